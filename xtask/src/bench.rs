@@ -1,13 +1,418 @@
-//! `cargo xtask bench ...`: speed and memory measurements, reported as ratios to a reference.
+//! `cargo xtask bench ...`: speed and memory measurements, reported as ratios to a reference
+//! measured in the same run on the same machine.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+
+use crate::cmd::cmd;
+use crate::load::client::Outcome;
+use crate::project_root;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// The inference server against a seed-style FastAPI reference.
-    Server,
+    /// The inference server: throughput and latency with wrk on one pinned core, open-loop p99 at
+    /// half that throughput, start-up time and memory; against a seed-style FastAPI reference.
+    Server(ServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Length of each load run.
+    #[arg(long, default_value = "10s", value_parser = crate::load::schedule::parse_duration)]
+    duration: Duration,
+    /// wrk connections (the seeds used 50).
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// CPU the server is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU the load generator is pinned to.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Skip the FastAPI reference (it needs PyPI for its first install).
+    #[arg(long)]
+    no_reference: bool,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/server.json")]
+    json: PathBuf,
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Server => anyhow::bail!("not yet"),
+        Command::Server(args) => server(&args),
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct WrkResult {
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerReport {
+    ours: WrkResult,
+    reference: Option<WrkResult>,
+    throughput_ratio: Option<f64>,
+    open_loop_rate: f64,
+    open_loop_p99_ms: f64,
+    open_loop_service_p99_ms: f64,
+    open_loop_achieved_rps: f64,
+    ready_ms_median: f64,
+    rss_idle_mib: f64,
+    rss_1000_conns_mib: f64,
+    connections: usize,
+    duration_s: f64,
+}
+
+fn server(args: &ServerArgs) -> anyhow::Result<()> {
+    for tool in ["wrk", "taskset"] {
+        which::which(tool).with_context(|| {
+            format!(
+                "`{tool}` is not installed; on Debian/Ubuntu: apt-get install {}",
+                if tool == "wrk" { "wrk" } else { "util-linux" }
+            )
+        })?;
+    }
+    let root = project_root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let lua = out_dir.join("post.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            crate::load::DEFAULT_BODY
+        ),
+    )?;
+    cmd("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "iris-serve",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .run()?;
+    let bin = root.join("target/release/iris-serve");
+
+    // Start-up: spawn to first 200 from /ready, five times.
+    let mut ready = Vec::new();
+    for _ in 0..5 {
+        let addr = free_addr()?;
+        let t0 = Instant::now();
+        let server = cmd("taskset")
+            .arg("-c")
+            .arg(args.server_cpu.to_string())
+            .arg(&bin)
+            .args(["--addr", &addr.to_string()])
+            .spawn_quiet()?;
+        let ok = wait_http_ok(addr, "/ready", Duration::from_secs(10));
+        ready.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let _ = server.kill();
+        ok?;
+    }
+    ready.sort_by(f64::total_cmp);
+    let ready_ms_median = ready[ready.len() / 2];
+
+    let addr = free_addr()?;
+    let server = cmd("taskset")
+        .arg("-c")
+        .arg(args.server_cpu.to_string())
+        .arg(&bin)
+        .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
+        .spawn_quiet()?;
+    let pid = *server.pids().first().context("server pid")?;
+    let result = (|| -> anyhow::Result<ServerReport> {
+        wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_millis(500));
+        let rss_idle_mib = rss_mib(pid)?;
+        eprintln!(
+            "iris-serve: wrk -t1 -c{} -d{}s",
+            args.connections,
+            args.duration.as_secs()
+        );
+        let ours = wrk(args, &lua, addr)?;
+        let rate = (ours.requests_per_sec / 2.0).round();
+        eprintln!("iris-serve: open loop at {rate} req/s (half the wrk throughput)");
+        let open = open_loop(args, addr, rate, &out_dir)?;
+        let latency = open
+            .totals
+            .latency
+            .clone()
+            .context("no responses in the open-loop run")?;
+        let service = open.totals.service_time.clone().context("no responses")?;
+        let rss_1000_conns_mib = rss_with_connections(pid, addr, 1000)?;
+        let reference = if args.no_reference {
+            None
+        } else {
+            Some(reference(args, &lua, &root, &out_dir)?)
+        };
+        let throughput_ratio = reference
+            .as_ref()
+            .map(|r| ours.requests_per_sec / r.requests_per_sec.max(1e-9));
+        Ok(ServerReport {
+            open_loop_rate: rate,
+            open_loop_p99_ms: latency.p99_ms,
+            open_loop_service_p99_ms: service.p99_ms,
+            open_loop_achieved_rps: open.totals.responses as f64 / open.elapsed_s,
+            ours,
+            reference,
+            throughput_ratio,
+            ready_ms_median,
+            rss_idle_mib,
+            rss_1000_conns_mib,
+            connections: args.connections,
+            duration_s: args.duration.as_secs_f64(),
+        })
+    })();
+    let _ = server.kill();
+    let report = result?;
+    print_server_report(&report);
+    let json = root.join(&args.json);
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("wrote {}", json.display());
+    Ok(())
+}
+
+fn print_server_report(r: &ServerReport) {
+    println!(
+        "\n| server (1 pinned core; wrk -t1 -c{} -d{}s on another) | req/s | p50 ms | p99 ms |",
+        r.connections, r.duration_s
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| iris-serve (Rust, axum) | {:.0} | {:.3} | {:.3} |",
+        r.ours.requests_per_sec, r.ours.p50_ms, r.ours.p99_ms
+    );
+    if let Some(reference) = &r.reference {
+        println!(
+            "| reference: FastAPI + uvicorn + scikit-learn | {:.0} | {:.3} | {:.3} |",
+            reference.requests_per_sec, reference.p50_ms, reference.p99_ms
+        );
+    }
+    if let Some(ratio) = r.throughput_ratio {
+        println!("\nthroughput ratio iris-serve / reference: {ratio:.1}x (target >= 30x)");
+    }
+    println!(
+        "open loop at {:.0} req/s (half of the above): achieved {:.0} req/s, p99 {:.3} ms from intended send time (target < 2 ms), service-time p99 {:.3} ms",
+        r.open_loop_rate, r.open_loop_achieved_rps, r.open_loop_p99_ms, r.open_loop_service_p99_ms
+    );
+    println!(
+        "ready after start: {:.1} ms (median of 5; target < 100 ms); RSS idle {:.1} MiB (target < 20), with 1,000 open connections {:.1} MiB (target < 64)",
+        r.ready_ms_median, r.rss_idle_mib, r.rss_1000_conns_mib
+    );
+}
+
+fn wrk(args: &ServerArgs, lua: &Path, addr: SocketAddr) -> anyhow::Result<WrkResult> {
+    let out = cmd("taskset")
+        .arg("-c")
+        .arg(args.load_cpu.to_string())
+        .args(["wrk", "-t1", "--latency"])
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.duration.as_secs().max(1)))
+        .arg("-s")
+        .arg(lua)
+        .arg(format!("http://{addr}/predict"))
+        .read()?;
+    parse_wrk(&out)
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => r.requests_per_sec = v.parse()?,
+            (Some("50%"), Some(v)) => r.p50_ms = wrk_ms(v)?,
+            (Some("90%"), Some(v)) => r.p90_ms = wrk_ms(v)?,
+            (Some("99%"), Some(v)) => r.p99_ms = wrk_ms(v)?,
+            _ => {}
+        }
+        if line.starts_with("Non-2xx") {
+            bail!("wrk saw error responses:\n{out}");
+        }
+    }
+    ensure!(
+        r.requests_per_sec > 0.0,
+        "could not read wrk's output:\n{out}"
+    );
+    Ok(r)
+}
+
+fn wrk_ms(v: &str) -> anyhow::Result<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().with_context(|| format!("wrk latency {v:?}"))?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => bail!("wrk latency unit in {v:?}"),
+    })
+}
+
+fn open_loop(
+    args: &ServerArgs,
+    addr: SocketAddr,
+    rate: f64,
+    out_dir: &Path,
+) -> anyhow::Result<Outcome> {
+    let json = out_dir.join("open-loop.json");
+    let exe = std::env::current_exe()?;
+    cmd("taskset")
+        .arg("-c")
+        .arg(args.load_cpu.to_string())
+        .arg(exe)
+        .args([
+            "load",
+            "--quiet",
+            "--rate",
+            &rate.to_string(),
+            "--connections",
+        ])
+        .arg(args.connections.to_string())
+        .arg("--duration")
+        .arg(format!("{}s", args.duration.as_secs_f64()))
+        .arg("--json")
+        .arg(&json)
+        .arg(format!("http://{addr}/predict"))
+        .read()?;
+    Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
+}
+
+fn reference(
+    args: &ServerArgs,
+    lua: &Path,
+    root: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<WrkResult> {
+    let venv = out_dir.join("reference-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        cmd("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .hint("install python3-venv")
+            .run()?;
+    }
+    cmd(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "fastapi==0.165.0",
+            "uvicorn==0.54.0",
+            "scikit-learn==1.9.1",
+        ])
+        .hint("the reference needs PyPI once; or pass --no-reference")
+        .run()?;
+    let addr = free_addr()?;
+    let server = cmd("taskset")
+        .arg("-c")
+        .arg(args.server_cpu.to_string())
+        .arg(&python)
+        .args([
+            "-m",
+            "uvicorn",
+            "reference_server:app",
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(addr.port().to_string())
+        .arg("--app-dir")
+        .arg(root.join("xtask/bench"))
+        .spawn_quiet()?;
+    let result = wait_http_ok(addr, "/health", Duration::from_secs(60)).and_then(|()| {
+        eprintln!(
+            "reference: wrk -t1 -c{} -d{}s",
+            args.connections,
+            args.duration.as_secs()
+        );
+        wrk(args, lua, addr)
+    });
+    let _ = server.kill();
+    result
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Polls `GET path` until it answers 200.
+fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n"
+            );
+            let mut head = [0u8; 12];
+            if s.read_exact(&mut head).is_ok() && &head[9..12] == b"200" {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("no 200 from http://{addr}{path} within {within:?}")
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+/// Opens `n` keep-alive connections, each having made one request, and reads the server's RSS.
+fn rss_with_connections(pid: u32, addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr)
+            .with_context(|| format!("opening connection {i} (raise `ulimit -n`?)"))?;
+        write!(s, "GET /health HTTP/1.1\r\nhost: b\r\n\r\n")?;
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf)?;
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    rss_mib(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 5s test @ http://127.0.0.1:18080/predict\n  1 threads and 50 connections\n  Latency Distribution\n     50%  705.00us\n     75%    1.26ms\n     90%    1.53ms\n     99%    2.59ms\n  273092 requests in 5.00s, 67.19MB read\nRequests/sec:  54599.89\n";
+        let r = parse_wrk(out).expect("parse");
+        assert_eq!(r.requests_per_sec, 54599.89);
+        assert_eq!(r.p50_ms, 0.705);
+        assert_eq!(r.p99_ms, 2.59);
+        assert!(parse_wrk("garbage").is_err());
+        assert!(parse_wrk(&format!("{out}Non-2xx or 3xx responses: 5\n")).is_err());
     }
 }

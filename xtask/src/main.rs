@@ -2,6 +2,8 @@
 //! each command lives in the module of the same name.
 
 mod bench;
+mod cmd;
+mod load;
 mod train;
 
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.
     Train(train::Args),
+    /// Drive HTTP load at a URL: closed loop (like wrk) or open loop (--rate/--stages, like wrk2).
+    Load(load::Args),
     /// Repeatable speed and memory measurements.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -28,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(&args),
+        Command::Load(args) => load::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -1,0 +1,377 @@
+//! The engine: HTTP/1.1 connections on hyper, one task per connection, closed or open loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+use super::schedule::Schedule;
+use super::stats::{ErrorClass, Shard, Totals, WindowCollector, WindowSummary, merge_totals};
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// `connections` connections, each sending its next request as soon as the last one finished.
+    Closed { duration: Duration },
+    /// Requests sent at the schedule's times, whatever the server does, through a pool of
+    /// `connections` connections.
+    Open { schedule: Schedule },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Uri,
+    pub method: Method,
+    /// Request bodies, used in turn (one per request).
+    pub bodies: Vec<Bytes>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub connections: usize,
+    pub mode: Mode,
+    /// Close and reopen a connection after this many requests.
+    pub max_requests_per_conn: Option<u64>,
+    /// Close and reopen a connection once it is this old.
+    pub conn_max_age: Option<Duration>,
+    pub timeout: Duration,
+}
+
+/// What a run produced: the totals and one summary per second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub started_at_unix_ms: u64,
+    pub elapsed_s: f64,
+    pub totals: Totals,
+    pub windows: Vec<WindowSummary>,
+    /// Open loop: requests the schedule asked for.
+    pub scheduled: Option<u64>,
+}
+
+struct Shared {
+    config: Config,
+    target: Target,
+    start: Instant,
+    deadline: Instant,
+    next: AtomicU64,
+    stop: AtomicBool,
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    addr: SocketAddr,
+    authority: HeaderValue,
+    path: Uri,
+}
+
+async fn resolve(url: &Uri) -> anyhow::Result<Target> {
+    match url.scheme_str() {
+        Some("http") => {}
+        Some(other) => bail!("{url}: only http:// URLs are supported, not {other}://"),
+        None => bail!("{url}: give a full URL such as http://127.0.0.1:8080/predict"),
+    }
+    let host = url.host().context("the URL has no host")?;
+    let port = url.port_u16().unwrap_or(80);
+    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = tokio::net::lookup_host((host_for_lookup, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let authority = HeaderValue::from_str(url.authority().map(|a| a.as_str()).unwrap_or(host))?;
+    let path = url
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse::<Uri>()?;
+    Ok(Target {
+        addr,
+        authority,
+        path,
+    })
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    // A worker that panicked mid-record leaves valid counters behind; keep going.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the load and calls `on_window` once a second with that second's numbers.
+pub async fn run(
+    config: Config,
+    mut on_window: impl FnMut(&WindowSummary) + Send,
+) -> anyhow::Result<Outcome> {
+    ensure!(config.connections > 0, "--connections must be at least 1");
+    ensure!(!config.bodies.is_empty(), "no request body to send");
+    let target = resolve(&config.url).await?;
+    let duration = match &config.mode {
+        Mode::Closed { duration } => *duration,
+        Mode::Open { schedule } => schedule.duration(),
+    };
+    ensure!(duration > Duration::ZERO, "the run has no duration");
+    let n_shards = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let start = Instant::now();
+    let started_at_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let shared = Arc::new(Shared {
+        target,
+        start,
+        deadline: start + duration,
+        next: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        shards: (0..n_shards)
+            .map(|_| Mutex::new(Shard::default()))
+            .collect(),
+        config,
+    });
+    let workers: Vec<_> = (0..shared.config.connections)
+        .map(|id| tokio::spawn(worker(id, shared.clone())))
+        .collect();
+
+    let mut windows = Vec::new();
+    let mut collector = WindowCollector::default();
+    let mut second = 0u32;
+    let mut last = start;
+    let collect = |collector: &mut WindowCollector, second: u32, from: Instant, to: Instant| {
+        for shard in &shared.shards {
+            collector.take_from(&mut lock(shard));
+        }
+        let offered = match &shared.config.mode {
+            Mode::Open { schedule } => {
+                let mid = (from - start) + (to - from) / 2;
+                Some(schedule.rate_at(mid))
+            }
+            Mode::Closed { .. } => None,
+        };
+        collector.finish(second, (to - from).as_secs_f64(), offered)
+    };
+    let mut all_done = futures_join(workers);
+    loop {
+        second += 1;
+        let tick = start + Duration::from_secs(u64::from(second));
+        tokio::select! {
+            () = tokio::time::sleep_until(tick.into()) => {
+                let w = collect(&mut collector, second, last, tick);
+                on_window(&w);
+                windows.push(w);
+                last = tick;
+            }
+            () = &mut all_done => {
+                let now = Instant::now();
+                if now > last + Duration::from_millis(50) {
+                    let w = collect(&mut collector, second, last, now);
+                    on_window(&w);
+                    windows.push(w);
+                }
+                break;
+            }
+        }
+        // Workers stop on their own at the deadline; this guards against a stuck server.
+        if Instant::now() > shared.deadline + shared.config.timeout + Duration::from_secs(1) {
+            shared.stop.store(true, Ordering::SeqCst);
+        }
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let mut shards: Vec<Shard> = Arc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("a load worker outlived the run"))?
+        .shards
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let scheduled = windows_scheduled(&windows);
+    Ok(Outcome {
+        started_at_unix_ms,
+        elapsed_s,
+        totals: merge_totals(&mut shards),
+        windows,
+        scheduled,
+    })
+}
+
+fn windows_scheduled(windows: &[WindowSummary]) -> Option<u64> {
+    windows
+        .iter()
+        .map(|w| w.offered_rps)
+        .sum::<Option<f64>>()
+        .map(|s| s.round() as u64)
+}
+
+/// Resolves when every worker has finished.
+fn futures_join(
+    workers: Vec<tokio::task::JoinHandle<()>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        for w in workers {
+            let _ = w.await;
+        }
+    })
+}
+
+/// tokio's timer fires on millisecond ticks, rounding deadlines up; aiming half a tick early
+/// centres the error on the intended time (within ±0.5ms) instead of always up to 1ms late.
+const TIMER_HALF_TICK: Duration = Duration::from_micros(500);
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    opened: Instant,
+    requests: u64,
+}
+
+async fn connect(target: &Target) -> anyhow::Result<Conn> {
+    let stream = TcpStream::connect(target.addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Errors surface on the sender side, where they are classified.
+        let _ = connection.await;
+    });
+    Ok(Conn {
+        sender,
+        opened: Instant::now(),
+        requests: 0,
+    })
+}
+
+enum Attempt {
+    Response {
+        status: u16,
+        served_by: Option<HeaderValue>,
+        keep_alive: bool,
+    },
+    Failed(ErrorClass),
+}
+
+async fn send(shared: &Shared, conn: &mut Conn, body: Bytes) -> Attempt {
+    let config = &shared.config;
+    let mut builder = Request::builder()
+        .method(config.method.clone())
+        .uri(shared.target.path.clone())
+        .header(hyper::header::HOST, shared.target.authority.clone());
+    for (name, value) in &config.headers {
+        builder = builder.header(name, value);
+    }
+    let Ok(request) = builder.body(Full::new(body)) else {
+        return Attempt::Failed(ErrorClass::Reset);
+    };
+    let exchange = async {
+        conn.sender.ready().await?;
+        let response = conn.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let served_by = response.headers().get("x-served-by").cloned();
+        let keep_alive = !response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        response.into_body().collect().await?;
+        Ok::<_, hyper::Error>(Attempt::Response {
+            status,
+            served_by,
+            keep_alive,
+        })
+    };
+    match tokio::time::timeout(config.timeout, exchange).await {
+        Ok(Ok(attempt)) => attempt,
+        Ok(Err(_)) => Attempt::Failed(ErrorClass::Reset),
+        Err(_) => Attempt::Failed(ErrorClass::Timeout),
+    }
+}
+
+async fn worker(id: usize, shared: Arc<Shared>) {
+    let shard = &shared.shards[id % shared.shards.len()];
+    let config = &shared.config;
+    let mut conn: Option<Conn> = None;
+    let mut sent_here = id as u64;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // When is this request meant to go out?
+        let (index, intended) = match &config.mode {
+            Mode::Closed { .. } => {
+                if Instant::now() >= shared.deadline {
+                    return;
+                }
+                sent_here += config.connections as u64;
+                (sent_here, None)
+            }
+            Mode::Open { schedule } => {
+                let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                let Some(offset) = schedule.time_of(i) else {
+                    return;
+                };
+                let at = shared.start + offset;
+                if let Some(wake) = at.checked_sub(TIMER_HALF_TICK) {
+                    tokio::time::sleep_until(wake.into()).await;
+                }
+                (i, Some(at))
+            }
+        };
+        if let Some(c) = &conn {
+            let too_many = config
+                .max_requests_per_conn
+                .is_some_and(|m| c.requests >= m);
+            let too_old = config.conn_max_age.is_some_and(|a| c.opened.elapsed() >= a);
+            if too_many || too_old {
+                conn = None;
+            }
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(config.timeout, connect(&shared.target)).await {
+                Ok(Ok(c)) => {
+                    lock(shard).record_connect();
+                    conn = Some(c);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    lock(shard).record_error(ErrorClass::Connect);
+                    if intended.is_none() {
+                        // Closed loop: don't spin on a refused port.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let body = config.bodies[(index % config.bodies.len() as u64) as usize].clone();
+        let sent = Instant::now();
+        let attempt = send(&shared, c, body).await;
+        let done = Instant::now();
+        c.requests += 1;
+        let mut s = lock(shard);
+        if let Some(at) = intended {
+            s.record_send_lag(sent.saturating_duration_since(at));
+        }
+        match attempt {
+            Attempt::Response {
+                status,
+                served_by,
+                keep_alive,
+            } => {
+                // A send up to half a tick early is measured from when it actually left.
+                let from = intended.map_or(sent, |at| at.max(sent));
+                s.record_response(
+                    done - from,
+                    done - sent,
+                    status,
+                    served_by.as_ref().and_then(|v| v.to_str().ok()),
+                );
+                if !keep_alive {
+                    conn = None;
+                }
+            }
+            Attempt::Failed(class) => {
+                s.record_error(class);
+                conn = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The numbers: HdrHistograms and counters, sharded so workers rarely contend, collected into
+//! one small summary per second. Nothing per request is ever stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Latencies are recorded in microseconds, up to a minute.
+const MAX_MICROS: u64 = 60_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The TCP connection could not be opened.
+    Connect,
+    /// No response within the request timeout.
+    Timeout,
+    /// The connection broke mid-request (reset, closed, protocol error).
+    Reset,
+    /// A response with a 4xx status.
+    Http4xx,
+    /// A response with a 5xx status.
+    Http5xx,
+}
+
+pub const ERROR_CLASSES: [ErrorClass; 5] = [
+    ErrorClass::Connect,
+    ErrorClass::Timeout,
+    ErrorClass::Reset,
+    ErrorClass::Http4xx,
+    ErrorClass::Http5xx,
+];
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    pub connect: u64,
+    pub timeout: u64,
+    pub reset: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+}
+
+impl ErrorCounts {
+    pub fn add(&mut self, class: ErrorClass, n: u64) {
+        match class {
+            ErrorClass::Connect => self.connect += n,
+            ErrorClass::Timeout => self.timeout += n,
+            ErrorClass::Reset => self.reset += n,
+            ErrorClass::Http4xx => self.http_4xx += n,
+            ErrorClass::Http5xx => self.http_5xx += n,
+        }
+    }
+
+    pub fn get(&self, class: ErrorClass) -> u64 {
+        match class {
+            ErrorClass::Connect => self.connect,
+            ErrorClass::Timeout => self.timeout,
+            ErrorClass::Reset => self.reset,
+            ErrorClass::Http4xx => self.http_4xx,
+            ErrorClass::Http5xx => self.http_5xx,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        ERROR_CLASSES.iter().map(|&c| self.get(c)).sum()
+    }
+
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for c in ERROR_CLASSES {
+            self.add(c, other.get(c));
+        }
+    }
+}
+
+fn histogram(sigfig: u8) -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, MAX_MICROS, sigfig).unwrap_or_else(|_| unreachable!())
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_MICROS)
+}
+
+/// One worker group's running numbers.
+pub struct Shard {
+    /// Latency from the intended send time (open loop) or the send time (closed loop).
+    latency: Histogram<u64>,
+    /// Latency from the actual send time (service time).
+    service: Histogram<u64>,
+    counts: Counts,
+    window: Window,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    responses: u64,
+    errors: ErrorCounts,
+    connects: u64,
+    late_sends: u64,
+    max_send_lag: Duration,
+    pods: HashMap<String, u64>,
+}
+
+struct Window {
+    latency: Histogram<u64>,
+    counts: Counts,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            latency: histogram(3),
+            service: histogram(3),
+            counts: Counts::default(),
+            window: Window {
+                latency: histogram(2),
+                counts: Counts::default(),
+            },
+        }
+    }
+}
+
+/// A send this much later than its intended time counts as late (the generator fell behind).
+pub const LATE_SEND: Duration = Duration::from_millis(5);
+
+impl Shard {
+    pub fn record_response(
+        &mut self,
+        latency: Duration,
+        service: Duration,
+        status: u16,
+        served_by: Option<&str>,
+    ) {
+        let (l, s) = (micros(latency), micros(service));
+        // Values are clamped into the histograms' range, so recording cannot fail.
+        let _ = self.latency.record(l);
+        let _ = self.service.record(s);
+        let _ = self.window.latency.record(l);
+        let error = match status {
+            400..=499 => Some(ErrorClass::Http4xx),
+            500..=599 => Some(ErrorClass::Http5xx),
+            _ => None,
+        };
+        for counts in [&mut self.counts, &mut self.window.counts] {
+            counts.responses += 1;
+            if let Some(class) = error {
+                counts.errors.add(class, 1);
+            }
+            if let Some(pod) = served_by {
+                match counts.pods.get_mut(pod) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.pods.insert(pod.to_owned(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn record_error(&mut self, class: ErrorClass) {
+        self.counts.errors.add(class, 1);
+        self.window.counts.errors.add(class, 1);
+    }
+
+    pub fn record_connect(&mut self) {
+        self.counts.connects += 1;
+        self.window.counts.connects += 1;
+    }
+
+    pub fn record_send_lag(&mut self, lag: Duration) {
+        for counts in [&mut self.counts, &mut self.window.counts] {
+            if lag > LATE_SEND {
+                counts.late_sends += 1;
+            }
+            counts.max_send_lag = counts.max_send_lag.max(lag);
+        }
+    }
+}
+
+/// Merges and resets every shard's current window.
+pub struct WindowCollector {
+    latency: Histogram<u64>,
+    counts: Counts,
+}
+
+impl Default for WindowCollector {
+    fn default() -> Self {
+        WindowCollector {
+            latency: histogram(2),
+            counts: Counts::default(),
+        }
+    }
+}
+
+impl WindowCollector {
+    pub fn take_from(&mut self, shard: &mut Shard) {
+        let _ = self.latency.add(&shard.window.latency);
+        shard.window.latency.reset();
+        let w = std::mem::take(&mut shard.window.counts);
+        merge_counts(&mut self.counts, w);
+    }
+
+    pub fn finish(&mut self, second: u32, seconds: f64, offered_rps: Option<f64>) -> WindowSummary {
+        let counts = std::mem::take(&mut self.counts);
+        let summary = WindowSummary {
+            second,
+            offered_rps,
+            achieved_rps: counts.responses as f64 / seconds.max(1e-9),
+            responses: counts.responses,
+            errors: counts.errors,
+            connects: counts.connects,
+            late_sends: counts.late_sends,
+            p50_ms: quantile_ms(&self.latency, 0.5),
+            p90_ms: quantile_ms(&self.latency, 0.9),
+            p99_ms: quantile_ms(&self.latency, 0.99),
+            max_ms: max_ms(&self.latency),
+            pods: counts.pods.into_iter().collect(),
+        };
+        self.latency.reset();
+        summary
+    }
+}
+
+fn merge_counts(into: &mut Counts, from: Counts) {
+    into.responses += from.responses;
+    into.errors.merge(&from.errors);
+    into.connects += from.connects;
+    into.late_sends += from.late_sends;
+    into.max_send_lag = into.max_send_lag.max(from.max_send_lag);
+    for (pod, n) in from.pods {
+        *into.pods.entry(pod).or_default() += n;
+    }
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+fn max_ms(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.max() as f64 / 1000.0)
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    /// Seconds since the load started, at the end of this window.
+    pub second: u32,
+    /// The schedule's arrival rate (open loop only).
+    pub offered_rps: Option<f64>,
+    pub achieved_rps: f64,
+    pub responses: u64,
+    pub errors: ErrorCounts,
+    pub connects: u64,
+    pub late_sends: u64,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// Responses per `x-served-by` value.
+    pub pods: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub mean_ms: f64,
+    pub stdev_ms: f64,
+    pub p50_ms: f64,
+    pub p75_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        (!h.is_empty()).then(|| LatencySummary {
+            mean_ms: h.mean() / 1000.0,
+            stdev_ms: h.stdev() / 1000.0,
+            p50_ms: ms(0.5),
+            p75_ms: ms(0.75),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        })
+    }
+}
+
+/// Whole-run totals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub responses: u64,
+    pub errors: ErrorCounts,
+    pub connects: u64,
+    pub late_sends: u64,
+    pub max_send_lag_ms: f64,
+    /// Latency from the intended send time: what a user of an open system waits.
+    pub latency: Option<LatencySummary>,
+    /// Latency from the actual send time.
+    pub service_time: Option<LatencySummary>,
+    pub pods: BTreeMap<String, u64>,
+}
+
+pub fn merge_totals(shards: &mut [Shard]) -> Totals {
+    let mut latency = histogram(3);
+    let mut service = histogram(3);
+    let mut counts = Counts::default();
+    for shard in shards {
+        let _ = latency.add(&shard.latency);
+        let _ = service.add(&shard.service);
+        merge_counts(&mut counts, std::mem::take(&mut shard.counts));
+    }
+    Totals {
+        responses: counts.responses,
+        errors: counts.errors,
+        connects: counts.connects,
+        late_sends: counts.late_sends,
+        max_send_lag_ms: counts.max_send_lag.as_secs_f64() * 1000.0,
+        latency: LatencySummary::of(&latency),
+        service_time: LatencySummary::of(&service),
+        pods: counts.pods.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_merge_into_totals_and_windows() {
+        let mut shards = vec![Shard::default(), Shard::default()];
+        for i in 0..100u64 {
+            let shard = &mut shards[(i % 2) as usize];
+            let d = Duration::from_micros(1000 + i * 10);
+            shard.record_response(
+                d,
+                d / 2,
+                if i < 98 { 200 } else { 503 },
+                Some(if i % 4 == 0 { "a" } else { "b" }),
+            );
+        }
+        shards[0].record_error(ErrorClass::Connect);
+        shards[1].record_connect();
+        shards[1].record_send_lag(Duration::from_millis(20));
+        let mut collector = WindowCollector::default();
+        for s in &mut shards {
+            collector.take_from(s);
+        }
+        let w = collector.finish(1, 1.0, Some(100.0));
+        assert_eq!(w.responses, 100);
+        assert_eq!(w.errors.http_5xx, 2);
+        assert_eq!(w.errors.connect, 1);
+        assert_eq!(w.errors.total(), 3);
+        assert_eq!(w.late_sends, 1);
+        assert_eq!(w.pods["a"], 25);
+        assert_eq!(w.pods["b"], 75);
+        let p50 = w.p50_ms.expect("p50");
+        assert!((p50 - 1.5).abs() < 0.02, "{p50}");
+        // The window was reset; the totals were not.
+        let empty = collector.finish(2, 1.0, None);
+        assert_eq!(empty.responses, 0);
+        assert_eq!(empty.p99_ms, None);
+        let t = merge_totals(&mut shards);
+        assert_eq!(t.responses, 100);
+        assert_eq!(t.errors.total(), 3);
+        assert_eq!(t.connects, 1);
+        let lat = t.latency.expect("latency");
+        assert!((lat.max_ms - 1.99).abs() < 0.01, "{lat:?}");
+        let svc = t.service_time.expect("service");
+        assert!((svc.max_ms - 0.995).abs() < 0.01, "{svc:?}");
+        assert_eq!(t.max_send_lag_ms, 20.0);
+    }
+
+    #[test]
+    fn out_of_range_latencies_are_clamped_not_lost() {
+        let mut s = Shard::default();
+        s.record_response(Duration::from_secs(3600), Duration::ZERO, 200, None);
+        let t = merge_totals(std::slice::from_mut(&mut s));
+        assert_eq!(t.responses, 1);
+        // HdrHistogram reports the top of the value's bucket (3 significant figures).
+        let max = t.latency.expect("lat").max_ms;
+        assert!((max - 60_000.0).abs() < 60.0, "{max}");
+    }
+}
