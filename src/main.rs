@@ -74,6 +74,9 @@ fn run(args: Args, started: Instant) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
+        // Handlers first: a signal that arrives once we say "listening" must drain, not kill.
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             format!("cannot listen on {addr}: {e} (is the port in use? try --addr)")
         })?;
@@ -87,14 +90,13 @@ fn run(args: Args, started: Instant) -> Result<(), String> {
             startup_ms = started.elapsed().as_secs_f64() * 1000.0,
             "listening"
         );
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         let (second_tx, second_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             for tx in [first_tx, second_tx] {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
                 }
                 let _ = tx.send(());
             }
