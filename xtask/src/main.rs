@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod load;
+mod manifests;
 mod train;
 
 use std::path::PathBuf;

@@ -1,0 +1,338 @@
+//! The YAML under `manifests/` as typed k8s-openapi objects, parsed strictly: a field the type
+//! does not know (a typo, a wrong indent) is an error naming the file, the object and the field.
+//! Applying is server-side apply of the typed object, so code changes typed fields, never text.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::project_root;
+
+/// The field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "iris-serve-xtask";
+
+/// Every kind this project's manifests use.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    ClusterRole(ClusterRole),
+    ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    Service(Service),
+    Deployment(Box<Deployment>),
+    HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
+    APIService(APIService),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace(_) => "Namespace",
+            Object::ServiceAccount(_) => "ServiceAccount",
+            Object::ClusterRole(_) => "ClusterRole",
+            Object::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Object::Role(_) => "Role",
+            Object::RoleBinding(_) => "RoleBinding",
+            Object::Service(_) => "Service",
+            Object::Deployment(_) => "Deployment",
+            Object::HorizontalPodAutoscaler(_) => "HorizontalPodAutoscaler",
+            Object::APIService(_) => "APIService",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Object::Namespace(o) => o.name_any(),
+            Object::ServiceAccount(o) => o.name_any(),
+            Object::ClusterRole(o) => o.name_any(),
+            Object::ClusterRoleBinding(o) => o.name_any(),
+            Object::Role(o) => o.name_any(),
+            Object::RoleBinding(o) => o.name_any(),
+            Object::Service(o) => o.name_any(),
+            Object::Deployment(o) => o.name_any(),
+            Object::HorizontalPodAutoscaler(o) => o.name_any(),
+            Object::APIService(o) => o.name_any(),
+        }
+    }
+
+    /// The object as the API server sees it (with apiVersion and kind).
+    pub fn to_value(&self) -> anyhow::Result<Value> {
+        Ok(match self {
+            Object::Namespace(o) => serde_json::to_value(o)?,
+            Object::ServiceAccount(o) => serde_json::to_value(o)?,
+            Object::ClusterRole(o) => serde_json::to_value(o)?,
+            Object::ClusterRoleBinding(o) => serde_json::to_value(o)?,
+            Object::Role(o) => serde_json::to_value(o)?,
+            Object::RoleBinding(o) => serde_json::to_value(o)?,
+            Object::Service(o) => serde_json::to_value(o)?,
+            Object::Deployment(o) => serde_json::to_value(o)?,
+            Object::HorizontalPodAutoscaler(o) => serde_json::to_value(o)?,
+            Object::APIService(o) => serde_json::to_value(o)?,
+        })
+    }
+
+    fn api_resource(&self) -> ApiResource {
+        match self {
+            Object::Namespace(_) => ApiResource::erase::<Namespace>(&()),
+            Object::ServiceAccount(_) => ApiResource::erase::<ServiceAccount>(&()),
+            Object::ClusterRole(_) => ApiResource::erase::<ClusterRole>(&()),
+            Object::ClusterRoleBinding(_) => ApiResource::erase::<ClusterRoleBinding>(&()),
+            Object::Role(_) => ApiResource::erase::<Role>(&()),
+            Object::RoleBinding(_) => ApiResource::erase::<RoleBinding>(&()),
+            Object::Service(_) => ApiResource::erase::<Service>(&()),
+            Object::Deployment(_) => ApiResource::erase::<Deployment>(&()),
+            Object::HorizontalPodAutoscaler(_) => {
+                ApiResource::erase::<HorizontalPodAutoscaler>(&())
+            }
+            Object::APIService(_) => ApiResource::erase::<APIService>(&()),
+        }
+    }
+
+    fn namespace(&self) -> Option<String> {
+        match self {
+            Object::Namespace(_)
+            | Object::ClusterRole(_)
+            | Object::ClusterRoleBinding(_)
+            | Object::APIService(_) => None,
+            Object::ServiceAccount(o) => o.namespace(),
+            Object::Role(o) => o.namespace(),
+            Object::RoleBinding(o) => o.namespace(),
+            Object::Service(o) => o.namespace(),
+            Object::Deployment(o) => o.namespace(),
+            Object::HorizontalPodAutoscaler(o) => o.namespace(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{} {ns}/{}", self.kind(), self.name()),
+            None => format!("{} {}", self.kind(), self.name()),
+        }
+    }
+}
+
+/// Parses a value into `T` and fails if serializing `T` back loses or changes anything.
+pub fn strict<T: DeserializeOwned + Serialize>(value: &Value, what: &str) -> anyhow::Result<T> {
+    let typed: T = serde_json::from_value(value.clone()).with_context(|| format!("{what}: does not match its schema"))?;
+    let back = serde_json::to_value(&typed)?;
+    if let Some(path) = first_difference(value, &back, String::new()) {
+        bail!("{what}: field `{path}` is not part of the schema (a typo, or in the wrong place?)");
+    }
+    Ok(typed)
+}
+
+/// The path of the first place `written` has something `typed` does not (or differs).
+fn first_difference(written: &Value, typed: &Value, path: String) -> Option<String> {
+    match (written, typed) {
+        (Value::Object(w), Value::Object(t)) => {
+            for (k, wv) in w {
+                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match t.get(k) {
+                    Some(tv) => {
+                        if let Some(p) = first_difference(wv, tv, sub) {
+                            return Some(p);
+                        }
+                    }
+                    // An explicitly empty value that the type omits is not a typo.
+                    None if is_empty(wv) => {}
+                    None => return Some(sub),
+                }
+            }
+            None
+        }
+        (Value::Array(w), Value::Array(t)) if w.len() == t.len() => w
+            .iter()
+            .zip(t)
+            .enumerate()
+            .find_map(|(i, (wv, tv))| first_difference(wv, tv, format!("{path}[{i}]"))),
+        (Value::Number(w), Value::Number(t)) if w.as_f64() == t.as_f64() => None,
+        (w, t) if w == t => None,
+        _ => Some(path),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// Every document of a multi-document YAML text, as typed objects.
+pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
+    let mut objects = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).with_context(|| format!("{source}: document {} is not valid YAML", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let name = value["metadata"]["name"].as_str().unwrap_or("?");
+        let what = format!("{source}: {kind} {name}");
+        let object = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => Object::Namespace(strict(&value, &what)?),
+            ("v1", "ServiceAccount") => Object::ServiceAccount(strict(&value, &what)?),
+            ("v1", "Service") => Object::Service(strict(&value, &what)?),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(strict(&value, &what)?),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(strict(&value, &what)?),
+            ("rbac.authorization.k8s.io/v1", "Role") => Object::Role(strict(&value, &what)?),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(strict(&value, &what)?),
+            ("apps/v1", "Deployment") => Object::Deployment(Box::new(strict(&value, &what)?)),
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+                Object::HorizontalPodAutoscaler(Box::new(strict(&value, &what)?))
+            }
+            ("apiregistration.k8s.io/v1", "APIService") => Object::APIService(strict(&value, &what)?),
+            _ => bail!("{what}: apiVersion {api_version:?} kind {kind:?} is not one this harness knows"),
+        };
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+/// All YAML files of a folder under `manifests/`, in file-name order.
+pub fn load_dir(relative: &str) -> anyhow::Result<Vec<Object>> {
+    let dir = project_root().join(relative);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut objects = Vec::new();
+    for file in files {
+        objects.extend(load_file(&file)?);
+    }
+    // Namespaces first, so everything in them can be created.
+    objects.sort_by_key(|o| !matches!(o, Object::Namespace(_)));
+    Ok(objects)
+}
+
+pub fn load_file(path: &Path) -> anyhow::Result<Vec<Object>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let source = path
+        .strip_prefix(project_root())
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    parse_yaml(&text, &source)
+}
+
+/// Server-side apply, forcing ownership of the fields we set.
+pub async fn apply(client: &Client, object: &Object) -> anyhow::Result<()> {
+    let resource = object.api_resource();
+    let api: Api<DynamicObject> = match object.namespace() {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let value = object.to_value()?;
+    api.patch(&object.name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value))
+        .await
+        .with_context(|| format!("applying {}", object.describe()))?;
+    Ok(())
+}
+
+pub fn deployment(objects: &mut [Object]) -> Option<&mut Deployment> {
+    objects.iter_mut().find_map(|o| match o {
+        Object::Deployment(d) => Some(d.as_mut()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_parses_strictly() {
+        let app = load_dir("manifests/app").expect("manifests/app");
+        let kinds: Vec<&str> = app.iter().map(Object::kind).collect();
+        assert_eq!(kinds[0], "Namespace");
+        for kind in ["Deployment", "Service", "HorizontalPodAutoscaler"] {
+            assert!(kinds.contains(&kind), "{kinds:?}");
+        }
+        let ms = load_dir("manifests/metrics-server").expect("manifests/metrics-server");
+        let names: Vec<String> = ms.iter().map(Object::describe).collect();
+        for want in [
+            "ServiceAccount kube-system/metrics-server",
+            "ClusterRole system:aggregated-metrics-reader",
+            "ClusterRole system:metrics-server",
+            "RoleBinding kube-system/metrics-server-auth-reader",
+            "ClusterRoleBinding metrics-server:system:auth-delegator",
+            "ClusterRoleBinding system:metrics-server",
+            "Service kube-system/metrics-server",
+            "Deployment kube-system/metrics-server",
+            "APIService v1beta1.metrics.k8s.io",
+        ] {
+            assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
+        }
+    }
+
+    #[test]
+    fn a_typo_is_an_error_that_names_the_field() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selectr:\n    a: b\n";
+        let err = parse_yaml(text, "t.yaml").expect_err("typo");
+        assert!(err.to_string().contains("spec.selectr"), "{err}");
+        let nested = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          imagePullPolicy: Never\n          readinessProbe:\n            httpGet: {path: /ready, port: 8080}\n            periodSecond: 2\n";
+        let err = parse_yaml(nested, "t.yaml").expect_err("typo");
+        assert!(err.to_string().contains("containers[0].readinessProbe.periodSecond"), "{err}");
+        let wrong_type = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: 80\n";
+        assert!(parse_yaml(wrong_type, "t.yaml").is_err());
+        let unknown = "apiVersion: v9\nkind: Thing\nmetadata:\n  name: x\n";
+        assert!(parse_yaml(unknown, "t.yaml").is_err());
+    }
+
+    #[test]
+    fn the_app_is_locked_down_and_autoscalable() {
+        let mut app = load_dir("manifests/app").expect("manifests/app");
+        let ns = app.iter().find_map(|o| match o {
+            Object::Namespace(n) => Some(n.clone()),
+            _ => None,
+        });
+        let labels = ns.expect("namespace").metadata.labels.expect("labels");
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        let d = deployment(&mut app).expect("deployment").clone();
+        let pod = d.spec.expect("spec").template.spec.expect("pod spec");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+        let psc = pod.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
+        let requests = c.resources.as_ref().and_then(|r| r.requests.clone()).expect("requests");
+        assert!(requests.contains_key("cpu"), "the HPA needs a CPU request");
+        let env = c.env.as_ref().expect("env");
+        assert!(env.iter().any(|e| e.name == "POD_NAME" && e.value_from.is_some()));
+        // The grace period covers preStop + the server's drain.
+        let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|p| p.sleep.as_ref()).expect("preStop sleep");
+        let args = c.args.as_ref().expect("args");
+        let drain: i64 = args[args.iter().position(|a| a == "--drain-seconds").expect("drain") + 1].parse().expect("number");
+        assert!(pod.termination_grace_period_seconds.expect("grace") > pre_stop.seconds + drain);
+        let hpa = app.iter().find_map(|o| match o {
+            Object::HorizontalPodAutoscaler(h) => Some(h.clone()),
+            _ => None,
+        });
+        let spec = hpa.expect("hpa").spec.expect("spec");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 3));
+        let down = spec.behavior.and_then(|b| b.scale_down).expect("scaleDown");
+        assert!(down.stabilization_window_seconds.expect("window") <= 90);
+    }
+}
