@@ -10,6 +10,7 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     hint: Option<String>,
+    env: Vec<(OsString, OsString)>,
 }
 
 pub fn cmd(program: impl Into<OsString>) -> Cmd {
@@ -17,6 +18,7 @@ pub fn cmd(program: impl Into<OsString>) -> Cmd {
         program: program.into(),
         args: Vec::new(),
         hint: None,
+        env: Vec::new(),
     }
 }
 
@@ -32,6 +34,11 @@ impl Cmd {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -57,7 +64,11 @@ impl Cmd {
     }
 
     pub fn expression(&self) -> duct::Expression {
-        duct::cmd(&self.program, &self.args)
+        let mut e = duct::cmd(&self.program, &self.args);
+        for (k, v) in &self.env {
+            e = e.env(k, v);
+        }
+        e
     }
 
     /// Runs to completion; returns stdout. Stderr is captured and shown only on failure.

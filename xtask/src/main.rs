@@ -2,9 +2,20 @@
 //! each command lives in the module of the same name.
 
 mod bench;
+mod cluster;
 mod cmd;
+mod deploy;
+mod docker;
+mod doctor;
+mod image;
+#[cfg(test)]
+mod kubemock;
 mod load;
 mod manifests;
+mod steps;
+#[cfg(test)]
+mod testing;
+mod tools;
 mod train;
 
 use std::path::PathBuf;
@@ -12,7 +23,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "iris-serve's harness", version)]
+#[command(
+    name = "cargo xtask",
+    about = "iris-serve's harness: train, build, deploy on kind, load, measure",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,10 +35,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.
-    Train(train::Args),
+    /// Check this machine can run the cluster path: Docker, kind, inotify limits, disk, port.
+    Doctor(doctor::Args),
+    /// Create, delete, inspect or collect logs from the kind cluster.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
+    /// Build the server image offline, or load it into a kind cluster's nodes.
+    #[command(subcommand)]
+    Image(image::Command),
+    /// Deploy the app (Namespace, Deployment, Service, HPA) and wait until it autoscales.
+    Deploy(deploy::Args),
     /// Drive HTTP load at a URL: closed loop (like wrk) or open loop (--rate/--stages, like wrk2).
     Load(load::Args),
+    /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.
+    Train(train::Args),
     /// Repeatable speed and memory measurements.
     #[command(subcommand)]
     Bench(bench::Command),
@@ -32,8 +57,12 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
+        Command::Deploy(args) => deploy::run(&args),
         Command::Load(args) => load::run(&args),
+        Command::Train(args) => train::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

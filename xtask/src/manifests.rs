@@ -11,9 +11,9 @@ use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
-use serde::{Deserialize, Serialize};
+use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::project_root;
@@ -30,7 +30,7 @@ pub enum Object {
     ClusterRoleBinding(ClusterRoleBinding),
     Role(Role),
     RoleBinding(RoleBinding),
-    Service(Service),
+    Service(Box<Service>),
     Deployment(Box<Deployment>),
     HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
     APIService(APIService),
@@ -125,7 +125,8 @@ impl Object {
 
 /// Parses a value into `T` and fails if serializing `T` back loses or changes anything.
 pub fn strict<T: DeserializeOwned + Serialize>(value: &Value, what: &str) -> anyhow::Result<T> {
-    let typed: T = serde_json::from_value(value.clone()).with_context(|| format!("{what}: does not match its schema"))?;
+    let typed: T = serde_json::from_value(value.clone())
+        .with_context(|| format!("{what}: does not match its schema"))?;
     let back = serde_json::to_value(&typed)?;
     if let Some(path) = first_difference(value, &back, String::new()) {
         bail!("{what}: field `{path}` is not part of the schema (a typo, or in the wrong place?)");
@@ -138,7 +139,11 @@ fn first_difference(written: &Value, typed: &Value, path: String) -> Option<Stri
     match (written, typed) {
         (Value::Object(w), Value::Object(t)) => {
             for (k, wv) in w {
-                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match t.get(k) {
                     Some(tv) => {
                         if let Some(p) = first_difference(wv, tv, sub) {
@@ -176,7 +181,8 @@ fn is_empty(v: &Value) -> bool {
 pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
     let mut objects = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).with_context(|| format!("{source}: document {} is not valid YAML", i + 1))?;
+        let value = Value::deserialize(doc)
+            .with_context(|| format!("{source}: document {} is not valid YAML", i + 1))?;
         if value.is_null() {
             continue;
         }
@@ -187,17 +193,27 @@ pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
         let object = match (api_version.as_str(), kind.as_str()) {
             ("v1", "Namespace") => Object::Namespace(strict(&value, &what)?),
             ("v1", "ServiceAccount") => Object::ServiceAccount(strict(&value, &what)?),
-            ("v1", "Service") => Object::Service(strict(&value, &what)?),
-            ("rbac.authorization.k8s.io/v1", "ClusterRole") => Object::ClusterRole(strict(&value, &what)?),
-            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => Object::ClusterRoleBinding(strict(&value, &what)?),
+            ("v1", "Service") => Object::Service(Box::new(strict(&value, &what)?)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+                Object::ClusterRole(strict(&value, &what)?)
+            }
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                Object::ClusterRoleBinding(strict(&value, &what)?)
+            }
             ("rbac.authorization.k8s.io/v1", "Role") => Object::Role(strict(&value, &what)?),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(strict(&value, &what)?),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                Object::RoleBinding(strict(&value, &what)?)
+            }
             ("apps/v1", "Deployment") => Object::Deployment(Box::new(strict(&value, &what)?)),
             ("autoscaling/v2", "HorizontalPodAutoscaler") => {
                 Object::HorizontalPodAutoscaler(Box::new(strict(&value, &what)?))
             }
-            ("apiregistration.k8s.io/v1", "APIService") => Object::APIService(strict(&value, &what)?),
-            _ => bail!("{what}: apiVersion {api_version:?} kind {kind:?} is not one this harness knows"),
+            ("apiregistration.k8s.io/v1", "APIService") => {
+                Object::APIService(strict(&value, &what)?)
+            }
+            _ => bail!(
+                "{what}: apiVersion {api_version:?} kind {kind:?} is not one this harness knows"
+            ),
         };
         objects.push(object);
     }
@@ -224,7 +240,8 @@ pub fn load_dir(relative: &str) -> anyhow::Result<Vec<Object>> {
 }
 
 pub fn load_file(path: &Path) -> anyhow::Result<Vec<Object>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let source = path
         .strip_prefix(project_root())
         .unwrap_or(path)
@@ -241,9 +258,13 @@ pub async fn apply(client: &Client, object: &Object) -> anyhow::Result<()> {
         None => Api::all_with(client.clone(), &resource),
     };
     let value = object.to_value()?;
-    api.patch(&object.name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value))
-        .await
-        .with_context(|| format!("applying {}", object.describe()))?;
+    api.patch(
+        &object.name(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .with_context(|| format!("applying {}", object.describe()))?;
     Ok(())
 }
 
@@ -279,19 +300,28 @@ mod tests {
             "Deployment kube-system/metrics-server",
             "APIService v1beta1.metrics.k8s.io",
         ] {
-            assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
+            assert!(
+                names.iter().any(|n| n == want),
+                "missing {want} in {names:?}"
+            );
         }
     }
 
     #[test]
     fn a_typo_is_an_error_that_names_the_field() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selectr:\n    a: b\n";
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selectr:\n    a: b\n";
         let err = parse_yaml(text, "t.yaml").expect_err("typo");
         assert!(err.to_string().contains("spec.selectr"), "{err}");
         let nested = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          imagePullPolicy: Never\n          readinessProbe:\n            httpGet: {path: /ready, port: 8080}\n            periodSecond: 2\n";
         let err = parse_yaml(nested, "t.yaml").expect_err("typo");
-        assert!(err.to_string().contains("containers[0].readinessProbe.periodSecond"), "{err}");
-        let wrong_type = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: 80\n";
+        assert!(
+            err.to_string()
+                .contains("containers[0].readinessProbe.periodSecond"),
+            "{err}"
+        );
+        let wrong_type =
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: 80\n";
         assert!(parse_yaml(wrong_type, "t.yaml").is_err());
         let unknown = "apiVersion: v9\nkind: Thing\nmetadata:\n  name: x\n";
         assert!(parse_yaml(unknown, "t.yaml").is_err());
@@ -313,18 +343,42 @@ mod tests {
         let sc = c.security_context.as_ref().expect("securityContext");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
         let psc = pod.security_context.as_ref().expect("pod securityContext");
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()), Some("RuntimeDefault"));
-        let requests = c.resources.as_ref().and_then(|r| r.requests.clone()).expect("requests");
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        let requests = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.clone())
+            .expect("requests");
         assert!(requests.contains_key("cpu"), "the HPA needs a CPU request");
         let env = c.env.as_ref().expect("env");
-        assert!(env.iter().any(|e| e.name == "POD_NAME" && e.value_from.is_some()));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "POD_NAME" && e.value_from.is_some())
+        );
         // The grace period covers preStop + the server's drain.
-        let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).and_then(|p| p.sleep.as_ref()).expect("preStop sleep");
+        let pre_stop = c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|p| p.sleep.as_ref())
+            .expect("preStop sleep");
         let args = c.args.as_ref().expect("args");
-        let drain: i64 = args[args.iter().position(|a| a == "--drain-seconds").expect("drain") + 1].parse().expect("number");
+        let drain: i64 = args[args
+            .iter()
+            .position(|a| a == "--drain-seconds")
+            .expect("drain")
+            + 1]
+        .parse()
+        .expect("number");
         assert!(pod.termination_grace_period_seconds.expect("grace") > pre_stop.seconds + drain);
         let hpa = app.iter().find_map(|o| match o {
             Object::HorizontalPodAutoscaler(h) => Some(h.clone()),

@@ -1,0 +1,945 @@
+//! `cargo xtask cluster up|down|status|logs`: the kind cluster's lifecycle.
+//!
+//! The cluster gets its own kubeconfig under `target/e2e/<name>/`; `~/.kube/config` is never
+//! touched. kind's own `--wait` only covers control-plane nodes and succeeds with a warning on
+//! timeout, so we do our own waits, each with a timeout that names what never came.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, ListParams, LogParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::cmd;
+use crate::doctor::{self, Needs};
+use crate::steps::Steps;
+use crate::{docker, manifests, project_root, tools};
+
+/// The cluster name used when none is given.
+pub const DEFAULT_NAME: &str = "iris-serve";
+/// The host port (on 127.0.0.1) mapped to the app's NodePort.
+pub const DEFAULT_HOST_PORT: u16 = 30080;
+/// The app Service's NodePort inside the cluster.
+pub const NODE_PORT: u16 = 30080;
+pub const KIND_CONFIG: &str = "kind/cluster.yaml";
+pub const METRICS_SERVER: &str = "manifests/metrics-server";
+
+const NODES_READY_TIMEOUT: Duration = Duration::from_secs(240);
+const SYSTEM_PODS_TIMEOUT: Duration = Duration::from_secs(240);
+const METRICS_TIMEOUT: Duration = Duration::from_secs(240);
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create the kind cluster (replacing one left by a crashed run) with metrics-server, and wait
+    /// until every node, every kube-system pod and the metrics API are ready.
+    Up(UpArgs),
+    /// Delete the cluster and its kubeconfig (idempotent).
+    Down(NameArgs),
+    /// Show the cluster's node containers and, if reachable, its nodes and pods.
+    Status(NameArgs),
+    /// Export kind's logs plus pod logs and events into target/e2e/<run>/logs.
+    Logs(NameArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NameArgs {
+    /// The kind cluster's name.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub cluster_name: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: NameArgs,
+    /// Worker nodes (default: as in kind/cluster.yaml).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Node image for every node (default: as pinned in kind/cluster.yaml).
+    #[arg(long)]
+    pub node_image: Option<String>,
+    /// Host port on 127.0.0.1 mapped to the app's NodePort.
+    #[arg(long, default_value_t = DEFAULT_HOST_PORT)]
+    pub host_port: u16,
+    /// Never download anything.
+    #[arg(long)]
+    pub offline: bool,
+    /// On failure, leave the cluster for debugging instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// kind's Cluster config, typed (kind.x-k8s.io/v1alpha4), strict about unknown fields.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KindConfig {
+    pub kind: String,
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub nodes: Vec<KindNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KindNode {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_port_mappings: Vec<PortMapping>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMapping {
+    pub container_port: u16,
+    pub host_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+impl KindConfig {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: KindConfig = serde_yaml::from_str(text).context("kind config")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load() -> anyhow::Result<Self> {
+        let path = project_root().join(KIND_CONFIG);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {KIND_CONFIG}"))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.kind == "Cluster",
+            "kind must be Cluster, not {:?}",
+            self.kind
+        );
+        ensure!(
+            self.api_version == "kind.x-k8s.io/v1alpha4",
+            "apiVersion must be kind.x-k8s.io/v1alpha4, not {:?}",
+            self.api_version
+        );
+        let control_planes = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .count();
+        ensure!(
+            control_planes == 1,
+            "exactly one control-plane node is supported, found {control_planes}"
+        );
+        for node in &self.nodes {
+            if let Some(image) = &node.image {
+                ensure!(
+                    image.contains("@sha256:"),
+                    "node image {image} must be pinned by digest (@sha256:...)"
+                );
+            }
+            for m in &node.extra_port_mappings {
+                ensure!(
+                    m.listen_address.as_deref() == Some("127.0.0.1"),
+                    "port mapping {} must listen on 127.0.0.1 only, not {:?}",
+                    m.host_port,
+                    m.listen_address
+                );
+            }
+        }
+        ensure!(
+            self.nodes.iter().any(|n| n
+                .extra_port_mappings
+                .iter()
+                .any(|m| m.container_port == NODE_PORT)),
+            "no node maps the app's NodePort {NODE_PORT} to the host"
+        );
+        Ok(())
+    }
+
+    /// Applies the command-line choices to the typed config.
+    pub fn customize(
+        &mut self,
+        name: &str,
+        workers: Option<usize>,
+        node_image: Option<&str>,
+        host_port: u16,
+    ) {
+        self.name = Some(name.to_owned());
+        if let Some(workers) = workers {
+            let template = self
+                .nodes
+                .iter()
+                .find(|n| n.role == Role::Worker)
+                .cloned()
+                .unwrap_or_else(|| KindNode {
+                    role: Role::Worker,
+                    image: self.nodes[0].image.clone(),
+                    extra_port_mappings: Vec::new(),
+                    labels: BTreeMap::new(),
+                });
+            self.nodes.retain(|n| n.role == Role::ControlPlane);
+            self.nodes.extend(std::iter::repeat_n(template, workers));
+        }
+        for node in &mut self.nodes {
+            if let Some(image) = node_image {
+                node.image = Some(image.to_owned());
+            }
+            for m in &mut node.extra_port_mappings {
+                if m.container_port == NODE_PORT {
+                    m.host_port = host_port;
+                }
+            }
+        }
+    }
+
+    pub fn to_yaml(&self) -> anyhow::Result<String> {
+        Ok(serde_yaml::to_string(self)?)
+    }
+
+    /// A hash of everything that makes the cluster what it is (for reusing a matching one).
+    pub fn hash(&self) -> anyhow::Result<String> {
+        Ok(iris_serve::model::sha256_hex(self.to_yaml()?.as_bytes())[..16].to_owned())
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths and clients.
+
+/// `target/e2e/<cluster>/`: the cluster's kubeconfig and its effective kind config.
+pub fn state_dir(name: &str) -> PathBuf {
+    project_root().join("target/e2e").join(name)
+}
+
+pub fn kubeconfig_path(name: &str) -> PathBuf {
+    state_dir(name).join("kubeconfig")
+}
+
+/// A client for the cluster through its isolated kubeconfig.
+pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| {
+        format!(
+            "reading kubeconfig {}; is the cluster up? (`cargo xtask cluster up`)",
+            kubeconfig.display()
+        )
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waits.
+
+/// Polls `check` until it returns Ok(true); on timeout the error says what never came, using the
+/// last message `check` left in `status`.
+pub async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Result<(), String>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last;
+    loop {
+        match check().await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(status)) => last = status,
+            Err(e) => last = format!("{e:#}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for {what}; last seen: {last}",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn condition_true(
+    conditions: Option<&Vec<k8s_openapi::api::core::v1::NodeCondition>>,
+    kind: &str,
+) -> bool {
+    conditions.is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// Which of these nodes are not Ready (empty: all are), and whether there are `expected` of them.
+pub fn nodes_not_ready(nodes: &[Node], expected: usize) -> Result<(), String> {
+    let not_ready: Vec<String> = nodes
+        .iter()
+        .filter(|n| {
+            !condition_true(
+                n.status.as_ref().and_then(|s| s.conditions.as_ref()),
+                "Ready",
+            )
+        })
+        .map(ResourceExt::name_any)
+        .collect();
+    if nodes.len() < expected {
+        return Err(format!("{} of {expected} nodes registered", nodes.len()));
+    }
+    if not_ready.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("nodes not Ready: {}", not_ready.join(", ")))
+    }
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+        || status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn pods_not_ready(pods: &[Pod]) -> Result<(), String> {
+    if pods.is_empty() {
+        return Err("no pods yet".to_owned());
+    }
+    let not_ready: Vec<String> = pods
+        .iter()
+        .filter(|p| !pod_ready(p))
+        .map(ResourceExt::name_any)
+        .collect();
+    if not_ready.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("pods not Ready: {}", not_ready.join(", ")))
+    }
+}
+
+pub async fn wait_nodes_ready(
+    client: &Client,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    poll_until(
+        &format!("{expected} nodes to be Ready"),
+        timeout,
+        || async {
+            let list = nodes.list(&ListParams::default()).await?;
+            Ok(nodes_not_ready(&list.items, expected))
+        },
+    )
+    .await
+}
+
+pub async fn wait_pods_ready(
+    client: &Client,
+    namespace: &str,
+    selector: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = match selector {
+        Some(s) => ListParams::default().labels(s),
+        None => ListParams::default(),
+    };
+    let what = format!(
+        "pods in {namespace}{} to be Ready",
+        selector.map(|s| format!(" ({s})")).unwrap_or_default()
+    );
+    poll_until(&what, timeout, || async {
+        let list = pods.list(&params).await?;
+        Ok(pods_not_ready(&list.items))
+    })
+    .await
+}
+
+/// The APIService's Available condition.
+pub fn apiservice_available(svc: Option<&APIService>) -> Result<(), String> {
+    let conditions = svc
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.conditions.as_ref());
+    match conditions.and_then(|c| c.iter().find(|c| c.type_ == "Available")) {
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) => Err(format!(
+            "Available={} ({}: {})",
+            c.status,
+            c.reason.as_deref().unwrap_or("-"),
+            c.message.as_deref().unwrap_or("-")
+        )),
+        None => Err("no Available condition yet".to_owned()),
+    }
+}
+
+/// Applies metrics-server and waits for the metrics API to serve node metrics.
+pub async fn install_metrics_server(client: &Client, nodes: usize) -> anyhow::Result<()> {
+    for object in manifests::load_dir(METRICS_SERVER)? {
+        manifests::apply(client, &object).await?;
+    }
+    let services: Api<APIService> = Api::all(client.clone());
+    poll_until(
+        "APIService v1beta1.metrics.k8s.io to be Available",
+        METRICS_TIMEOUT,
+        || async {
+            let svc = services.get_opt("v1beta1.metrics.k8s.io").await?;
+            Ok(apiservice_available(svc.as_ref()))
+        },
+    )
+    .await?;
+    poll_until(
+        "node metrics from the metrics API (metrics-server's first scrape)",
+        METRICS_TIMEOUT,
+        || async {
+            let request =
+                http::Request::get("/apis/metrics.k8s.io/v1beta1/nodes").body(Vec::new())?;
+            let list: serde_json::Value = client.request(request).await?;
+            let n = list["items"].as_array().map_or(0, Vec::len);
+            Ok(if n >= nodes {
+                Ok(())
+            } else {
+                Err(format!("metrics for {n} of {nodes} nodes"))
+            })
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The teardown guard.
+
+/// Deletes the cluster when dropped (error, panic, Ctrl-C unwinding the future), unless disarmed
+/// or `--keep`. Call [`Teardown::failed`] on an error first to export logs.
+pub struct Teardown {
+    name: String,
+    kind: PathBuf,
+    keep: bool,
+    armed: bool,
+}
+
+impl Teardown {
+    pub fn new(name: &str, kind: &Path, keep: bool) -> Self {
+        Teardown {
+            name: name.to_owned(),
+            kind: kind.to_path_buf(),
+            keep,
+            armed: true,
+        }
+    }
+
+    /// The run succeeded and the cluster should stay (e.g. `cluster up`).
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Exports logs (their path is printed) before the guard deletes the cluster.
+    pub async fn failed(&self, client: Option<&Client>) {
+        let dir = logs_dir(&self.name);
+        match export_logs(&self.kind, &self.name, client, &dir).await {
+            Ok(()) => eprintln!("logs of the failed run: {}", dir.display()),
+            Err(e) => eprintln!("could not export all logs to {}: {e:#}", dir.display()),
+        }
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.keep {
+            eprintln!(
+                "--keep: leaving cluster {} up; kubeconfig {}; delete it with `cargo xtask cluster down --cluster-name {}`",
+                self.name,
+                kubeconfig_path(&self.name).display(),
+                self.name
+            );
+            return;
+        }
+        eprintln!("tearing down cluster {}", self.name);
+        if let Err(e) = delete_with(&self.kind, &self.name) {
+            eprintln!("teardown of cluster {} failed: {e:#}", self.name);
+        }
+    }
+}
+
+fn delete_with(kind: &Path, name: &str) -> anyhow::Result<()> {
+    cmd(kind)
+        .args(["delete", "cluster", "--name", name, "--kubeconfig"])
+        .arg(kubeconfig_path(name))
+        .read()?;
+    let _ = std::fs::remove_file(kubeconfig_path(name));
+    Ok(())
+}
+
+pub fn logs_dir(name: &str) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    project_root()
+        .join("target/e2e")
+        .join(format!("{name}-{stamp}"))
+        .join("logs")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands.
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Up(args) => {
+                let cluster = up(&args).await?;
+                println!(
+                    "cluster {} (config {}) is up; kubeconfig {}; API {}; delete it with `cargo xtask cluster down --cluster-name {}` ({})",
+                    cluster.name,
+                    cluster.config_hash,
+                    cluster.kubeconfig.display(),
+                    cluster.client.default_namespace(),
+                    cluster.name,
+                    cluster.kind.display()
+                );
+                Ok(())
+            }
+            Command::Down(args) => down(&args.cluster_name).await,
+            Command::Status(args) => status(&args.cluster_name).await,
+            Command::Logs(args) => {
+                let kind = tools::ensure_kind(true).await.ok();
+                let dir = logs_dir(&args.cluster_name);
+                let client = client(&kubeconfig_path(&args.cluster_name)).await.ok();
+                match kind {
+                    Some(kind) => export_logs(&kind, &args.cluster_name, client.as_ref(), &dir).await?,
+                    None => bail!("kind {} is not installed: {}", tools::KIND_VERSION, tools::KIND_INSTALL_HINT),
+                }
+                println!("{}", dir.display());
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A cluster that is up and ready.
+pub struct Cluster {
+    pub name: String,
+    pub kind: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+    pub config_hash: String,
+}
+
+/// Creates the cluster and waits for it; on failure exports logs and deletes what it created.
+pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
+    let mut steps = Steps::new(5);
+    steps.start("doctor");
+    doctor::require(Needs {
+        kind: true,
+        host_port: Some(args.host_port),
+        offline: args.offline,
+    })
+    .await?;
+    let mut config = KindConfig::load()?;
+    config.customize(
+        &args.name.cluster_name,
+        args.workers,
+        args.node_image.as_deref(),
+        args.host_port,
+    );
+    let kind = tools::ensure_kind(args.offline).await?;
+    steps.done();
+
+    let name = &args.name.cluster_name;
+    steps.start("cluster create");
+    replace_stale(&kind, name).await?;
+    let dir = state_dir(name);
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("kind-config.yaml");
+    std::fs::write(&config_path, config.to_yaml()?)?;
+    let hash = config.hash()?;
+    std::fs::write(dir.join("config.sha256"), &hash)?;
+    let kubeconfig = kubeconfig_path(name);
+    let mut guard = Teardown::new(name, &kind, args.keep);
+    let created = cmd(&kind)
+        .args(["create", "cluster", "--name", name, "--config"])
+        .arg(&config_path)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("KUBECONFIG", &kubeconfig)
+        .hint("see the kind output above; `cargo xtask doctor` checks the usual causes")
+        .run();
+    if let Err(e) = created {
+        guard.failed(None).await;
+        return Err(e);
+    }
+    steps.done();
+
+    let client = match client(&kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            guard.failed(None).await;
+            return Err(e);
+        }
+    };
+    let waited = async {
+        steps.start("nodes Ready");
+        wait_nodes_ready(&client, config.node_count(), NODES_READY_TIMEOUT).await?;
+        steps.done();
+        steps.start("kube-system Ready");
+        wait_pods_ready(&client, "kube-system", None, SYSTEM_PODS_TIMEOUT).await?;
+        steps.done();
+        steps.start("metrics-server");
+        install_metrics_server(&client, config.node_count()).await?;
+        steps.done();
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = waited {
+        guard.failed(Some(&client)).await;
+        return Err(e);
+    }
+    guard.disarm();
+    eprintln!(
+        "cluster {name} is ready; kubeconfig: {}",
+        kubeconfig.display()
+    );
+    Ok(Cluster {
+        name: name.clone(),
+        kind,
+        kubeconfig,
+        client,
+        config_hash: hash,
+    })
+}
+
+/// A cluster of this name left by an earlier run (its node containers carry kind's label) is
+/// deleted before a new one is created.
+pub async fn replace_stale(kind: &Path, name: &str) -> anyhow::Result<bool> {
+    let docker = docker::connect().await?;
+    let nodes = docker::kind_nodes(&docker, name).await?;
+    if nodes.is_empty() {
+        return Ok(false);
+    }
+    eprintln!(
+        "  found cluster {name} left by an earlier run ({} node containers: {}); replacing it",
+        nodes.len(),
+        nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    delete_with(kind, name)?;
+    Ok(true)
+}
+
+pub async fn down(name: &str) -> anyhow::Result<()> {
+    let docker = docker::connect().await?;
+    let nodes = docker::kind_nodes(&docker, name).await?;
+    if nodes.is_empty() {
+        let _ = std::fs::remove_file(kubeconfig_path(name));
+        println!("cluster {name}: nothing to delete");
+        return Ok(());
+    }
+    let kind = tools::ensure_kind(true)
+        .await
+        .with_context(|| format!("deleting cluster {name} needs kind"))?;
+    delete_with(&kind, name)?;
+    println!("cluster {name} deleted");
+    Ok(())
+}
+
+async fn status(name: &str) -> anyhow::Result<()> {
+    let docker = docker::connect().await?;
+    let nodes = docker::kind_nodes(&docker, name).await?;
+    if nodes.is_empty() {
+        println!(
+            "cluster {name}: not running (no containers labelled {}={name})",
+            docker::KIND_CLUSTER_LABEL
+        );
+        return Ok(());
+    }
+    println!("cluster {name}: {} node containers", nodes.len());
+    for n in &nodes {
+        println!(
+            "  {:<40} {:<14} {}",
+            n.name,
+            n.role,
+            if n.running { "running" } else { "stopped" }
+        );
+    }
+    let kubeconfig = kubeconfig_path(name);
+    println!("kubeconfig: {}", kubeconfig.display());
+    let client = client(&kubeconfig).await?;
+    let list = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    println!(
+        "nodes: {}",
+        nodes_not_ready(&list.items, nodes.len())
+            .err()
+            .unwrap_or_else(|| "all Ready".to_owned())
+    );
+    for ns in ["kube-system", "iris-serve"] {
+        let pods = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?;
+        let ready = pods.items.iter().filter(|p| pod_ready(p)).count();
+        println!("{ns}: {ready}/{} pods Ready", pods.items.len());
+    }
+    Ok(())
+}
+
+/// `kind export logs`, plus each pod's logs and the events of the namespaces we use.
+pub async fn export_logs(
+    kind: &Path,
+    name: &str,
+    client: Option<&Client>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let kind_result = cmd(kind)
+        .args(["export", "logs", "--name", name])
+        .arg(dir.join("kind"))
+        .read();
+    let Some(client) = client else {
+        return kind_result.map(|_| ());
+    };
+    for ns in ["iris-serve", "kube-system"] {
+        let pods = Api::<Pod>::namespaced(client.clone(), ns);
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list.items {
+                let pod_name = pod.name_any();
+                for c in pod.spec.map(|s| s.containers).unwrap_or_default() {
+                    let params = LogParams {
+                        container: Some(c.name.clone()),
+                        ..Default::default()
+                    };
+                    if let Ok(text) = pods.logs(&pod_name, &params).await {
+                        std::fs::write(dir.join(format!("{ns}.{pod_name}.{}.log", c.name)), text)?;
+                    }
+                }
+            }
+        }
+        let events = Api::<Event>::namespaced(client.clone(), ns);
+        if let Ok(list) = events.list(&ListParams::default()).await {
+            let lines: Vec<String> = list
+                .items
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} {} {}/{} {}: {}",
+                        e.last_timestamp
+                            .as_ref()
+                            .map(|t| format!("{t:?}"))
+                            .unwrap_or_default(),
+                        e.type_.as_deref().unwrap_or("-"),
+                        e.involved_object.kind.as_deref().unwrap_or("-"),
+                        e.involved_object.name.as_deref().unwrap_or("-"),
+                        e.reason.as_deref().unwrap_or("-"),
+                        e.message.as_deref().unwrap_or("-")
+                    )
+                })
+                .collect();
+            std::fs::write(dir.join(format!("{ns}.events.txt")), lines.join("\n"))?;
+        }
+    }
+    kind_result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubemock::{MockApi, json_response};
+
+    #[test]
+    fn the_kind_config_is_strict_and_customizable() {
+        let mut config = KindConfig::load().expect("kind/cluster.yaml");
+        assert_eq!(config.nodes.len(), 3);
+        let hash = config.hash().expect("hash");
+        config.customize(
+            "other",
+            Some(4),
+            Some("kindest/node:v1.35.0@sha256:abc"),
+            31000,
+        );
+        assert_eq!(config.name.as_deref(), Some("other"));
+        assert_eq!(config.nodes.len(), 5);
+        assert!(
+            config
+                .nodes
+                .iter()
+                .all(|n| n.image.as_deref() == Some("kindest/node:v1.35.0@sha256:abc"))
+        );
+        assert_eq!(config.nodes[0].extra_port_mappings[0].host_port, 31000);
+        assert_ne!(config.hash().expect("hash"), hash);
+        // Round trip: what we write is what kind reads.
+        let back = KindConfig::parse(&config.to_yaml().expect("yaml")).expect("parse");
+        assert_eq!(back, config);
+
+        let text = std::fs::read_to_string(project_root().join(KIND_CONFIG)).expect("read");
+        let typo = text.replace("extraPortMappings", "extraPortMapping");
+        let err = KindConfig::parse(&typo).expect_err("typo");
+        assert!(format!("{err:#}").contains("extraPortMapping"), "{err:#}");
+        let open = text.replace("listenAddress: 127.0.0.1", "listenAddress: 0.0.0.0");
+        assert!(
+            KindConfig::parse(&open).is_err(),
+            "the NodePort must not be exposed beyond loopback"
+        );
+        let unpinned = text.replace(
+            "@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5",
+            "",
+        );
+        assert!(KindConfig::parse(&unpinned).is_err());
+    }
+
+    fn node(name: &str, ready: &str) -> serde_json::Value {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_every_node_to_be_ready() {
+        let (client, mut api) = MockApi::new();
+        let server = tokio::spawn(async move {
+            let list = |items: Vec<serde_json::Value>| serde_json::json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items});
+            api.expect(
+                "GET",
+                "/api/v1/nodes",
+                json_response(list(vec![node("cp", "True")])),
+            )
+            .await;
+            api.expect(
+                "GET",
+                "/api/v1/nodes",
+                json_response(list(vec![
+                    node("cp", "True"),
+                    node("w1", "False"),
+                    node("w2", "True"),
+                ])),
+            )
+            .await;
+            api.expect(
+                "GET",
+                "/api/v1/nodes",
+                json_response(list(vec![
+                    node("cp", "True"),
+                    node("w1", "True"),
+                    node("w2", "True"),
+                ])),
+            )
+            .await;
+        });
+        wait_nodes_ready(&client, 3, Duration::from_secs(60))
+            .await
+            .expect("ready");
+        server.await.expect("mock");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_times_out_names_what_never_came() {
+        let (client, mut api) = MockApi::new();
+        let server = tokio::spawn(async move {
+            loop {
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": [node("cp", "True"), node("w1", "False")]});
+                if !api
+                    .try_expect("GET", "/api/v1/nodes", json_response(list))
+                    .await
+                {
+                    break;
+                }
+            }
+        });
+        let err = wait_nodes_ready(&client, 2, Duration::from_secs(10))
+            .await
+            .expect_err("timeout");
+        let text = err.to_string();
+        assert!(
+            text.contains("2 nodes to be Ready") && text.contains("w1"),
+            "{text}"
+        );
+        drop(client);
+        server.abort();
+    }
+
+    #[test]
+    fn apiservice_and_pod_readiness() {
+        let svc: APIService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "status": {"conditions": [{"type": "Available", "status": "False", "reason": "MissingEndpoints", "message": "no endpoints"}]}
+        }))
+        .expect("apiservice");
+        let err = apiservice_available(Some(&svc)).expect_err("not available");
+        assert!(err.contains("MissingEndpoints"));
+        assert!(apiservice_available(None).is_err());
+        let ok: APIService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x"}, "status": {"conditions": [{"type": "Available", "status": "True"}]}
+        }))
+        .expect("apiservice");
+        assert!(apiservice_available(Some(&ok)).is_ok());
+        let done: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "job"}, "status": {"phase": "Succeeded"}}),
+        )
+        .expect("pod");
+        let pending: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "status": {"phase": "Pending"}}),
+        )
+        .expect("pod");
+        assert!(pod_ready(&done));
+        assert_eq!(
+            pods_not_ready(&[done, pending]).expect_err("p"),
+            "pods not Ready: p"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_cluster_is_found_by_its_label() {
+        let Some(docker) = crate::testing::docker_or_skip("cluster stale detection").await else {
+            return;
+        };
+        let name = crate::testing::unique("iris-stale");
+        assert!(
+            docker::kind_nodes(&docker, &name)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        let _node = crate::testing::FixtureNode::start(
+            &docker,
+            &name,
+            &format!("{name}-control-plane"),
+            false,
+        )
+        .await
+        .expect("node");
+        let nodes = docker::kind_nodes(&docker, &name).await.expect("list");
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, format!("{name}-control-plane"));
+        // Another cluster's nodes are not ours.
+        assert!(
+            docker::kind_nodes(&docker, &format!("{name}-other"))
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! A Kubernetes API stand-in for unit tests: a kube `Client` over a tower-test mock service,
+//! answering the requests the code under test makes, in order, and checking each one.
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use tower_test::mock::{self, Handle};
+
+pub struct MockApi {
+    handle: Handle<Request<Body>, Response<Body>>,
+}
+
+impl MockApi {
+    pub fn new() -> (Client, MockApi) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), MockApi { handle })
+    }
+
+    /// Answers the next request, which must have this method and path; returns its URI query and body.
+    pub async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        response: Response<Body>,
+    ) -> (String, serde_json::Value) {
+        let (request, send) = self
+            .handle
+            .next_request()
+            .await
+            .expect("the code made no further request");
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        assert_eq!(request.uri().path(), path);
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("request body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        send.send_response(response);
+        (query, body)
+    }
+
+    /// Like `expect`, but returns false once the client is gone.
+    pub async fn try_expect(&mut self, method: &str, path: &str, response: Response<Body>) -> bool {
+        let Some((request, send)) = self.handle.next_request().await else {
+            return false;
+        };
+        assert_eq!(request.method().as_str(), method);
+        assert_eq!(request.uri().path(), path);
+        send.send_response(response);
+        true
+    }
+}
+
+pub fn json_response(value: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&value).expect("json")))
+        .expect("response")
+}
