@@ -508,7 +508,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Up(args) => {
-                let cluster = up(&args).await?;
+                let cluster = crate::signals::interruptible(up(&args)).await?;
                 println!(
                     "cluster {} (config {}) is up; kubeconfig {}; API {}; delete it with `cargo xtask cluster down --cluster-name {}` ({})",
                     cluster.name,

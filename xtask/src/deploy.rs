@@ -166,7 +166,7 @@ pub async fn deploy(client: &Client, settings: &AppSettings) -> anyhow::Result<(
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    runtime.block_on(crate::signals::interruptible(async {
         let client = cluster::client(&cluster::kubeconfig_path(&args.cluster_name)).await?;
         let image = match &args.image {
             Some(i) => i.clone(),
@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             cluster::DEFAULT_HOST_PORT
         );
         Ok(())
-    })
+    }))
 }
 
 #[cfg(test)]

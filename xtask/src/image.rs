@@ -46,7 +46,7 @@ pub struct LoadArgs {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    runtime.block_on(crate::signals::interruptible(async {
         let docker = docker::connect().await?;
         match command {
             Command::Build => {
@@ -68,7 +68,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         anyhow::Ok(())
-    })
+    }))
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ mod image;
 mod kubemock;
 mod load;
 mod manifests;
+mod signals;
 mod steps;
 #[cfg(test)]
 mod testing;
