@@ -12,6 +12,9 @@ mod image;
 mod kubemock;
 mod load;
 mod manifests;
+mod observe;
+mod report;
+mod scenario;
 mod signals;
 mod steps;
 #[cfg(test)]
@@ -48,6 +51,8 @@ enum Command {
     Deploy(deploy::Args),
     /// Drive HTTP load at a URL: closed loop (like wrk) or open loop (--rate/--stages, like wrk2).
     Load(load::Args),
+    /// Render a saved report.json again (terminal, report.md, timeline.svg).
+    Report(report::Args),
     /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.
     Train(train::Args),
     /// Repeatable speed and memory measurements.
@@ -63,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(cmd) => image::run(cmd),
         Command::Deploy(args) => deploy::run(&args),
         Command::Load(args) => load::run(&args),
+        Command::Report(args) => report::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
