@@ -544,9 +544,10 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub client: Client,
     pub config_hash: String,
+    pub nodes: usize,
 }
 
-/// Creates the cluster and waits for it; on failure exports logs and deletes what it created.
+/// Runs the doctor, provisions kind, then creates the cluster and waits for it.
 pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
     let mut steps = Steps::new(5);
     steps.start("doctor");
@@ -556,28 +557,38 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
         offline: args.offline,
     })
     .await?;
+    let kind = tools::ensure_kind(args.offline).await?;
+    steps.done();
+    up_with(args, &kind, &[], &mut steps).await
+}
+
+/// Creates the cluster (replacing a stale one) and waits for nodes, kube-system and the metrics
+/// API. `preload` images are loaded into the nodes before metrics-server is installed (offline
+/// runs bring metrics-server's image in a bundle). On failure exports logs and deletes the cluster.
+pub async fn up_with(
+    args: &UpArgs,
+    kind: &Path,
+    preload: &[String],
+    steps: &mut Steps,
+) -> anyhow::Result<Cluster> {
+    let name = &args.name.cluster_name;
     let mut config = KindConfig::load()?;
     config.customize(
-        &args.name.cluster_name,
+        name,
         args.workers,
         args.node_image.as_deref(),
         args.host_port,
     );
-    let kind = tools::ensure_kind(args.offline).await?;
-    steps.done();
-
-    let name = &args.name.cluster_name;
     steps.start("cluster create");
-    replace_stale(&kind, name).await?;
+    replace_stale(kind, name).await?;
     let dir = state_dir(name);
     std::fs::create_dir_all(&dir)?;
     let config_path = dir.join("kind-config.yaml");
     std::fs::write(&config_path, config.to_yaml()?)?;
     let hash = config.hash()?;
-    std::fs::write(dir.join("config.sha256"), &hash)?;
     let kubeconfig = kubeconfig_path(name);
-    let mut guard = Teardown::new(name, &kind, args.keep);
-    let created = cmd(&kind)
+    let mut guard = Teardown::new(name, kind, args.keep);
+    let created = cmd(kind)
         .args(["create", "cluster", "--name", name, "--config"])
         .arg(&config_path)
         .arg("--kubeconfig")
@@ -602,6 +613,12 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
         steps.start("nodes Ready");
         wait_nodes_ready(&client, config.node_count(), NODES_READY_TIMEOUT).await?;
         steps.done();
+        if !preload.is_empty() {
+            let docker = docker::connect().await?;
+            for image in preload {
+                crate::image::load(&docker, image, name).await?;
+            }
+        }
         steps.start("kube-system Ready");
         wait_pods_ready(&client, "kube-system", None, SYSTEM_PODS_TIMEOUT).await?;
         steps.done();
@@ -615,6 +632,8 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
         guard.failed(Some(&client)).await;
         return Err(e);
     }
+    // Written last: a cluster is only reusable once it got this far.
+    std::fs::write(dir.join("config.sha256"), &hash)?;
     guard.disarm();
     eprintln!(
         "cluster {name} is ready; kubeconfig: {}",
@@ -622,11 +641,61 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
     );
     Ok(Cluster {
         name: name.clone(),
-        kind,
+        kind: kind.to_path_buf(),
         kubeconfig,
         client,
         config_hash: hash,
+        nodes: config.node_count(),
     })
+}
+
+/// The running cluster of this name, if it was made from the same config (same hash) and its
+/// nodes are all running and Ready.
+pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Cluster>> {
+    let name = &args.name.cluster_name;
+    let mut config = KindConfig::load()?;
+    config.customize(
+        name,
+        args.workers,
+        args.node_image.as_deref(),
+        args.host_port,
+    );
+    let hash = config.hash()?;
+    let recorded =
+        std::fs::read_to_string(state_dir(name).join("config.sha256")).unwrap_or_default();
+    if recorded.trim() != hash {
+        if !recorded.is_empty() {
+            eprintln!(
+                "  cluster {name} exists with another config ({} != {hash}); recreating it",
+                recorded.trim()
+            );
+        }
+        return Ok(None);
+    }
+    let docker = docker::connect().await?;
+    let nodes = docker::kind_nodes(&docker, name).await?;
+    if nodes.len() != config.node_count() || nodes.iter().any(|n| !n.running) {
+        return Ok(None);
+    }
+    let kubeconfig = kubeconfig_path(name);
+    let Ok(client) = client(&kubeconfig).await else {
+        return Ok(None);
+    };
+    if wait_nodes_ready(&client, config.node_count(), Duration::from_secs(30))
+        .await
+        .is_err()
+    {
+        return Ok(None);
+    }
+    eprintln!("  reusing cluster {name} (config {hash})");
+    Ok(Some(Cluster {
+        name: name.clone(),
+        kind: kind.to_path_buf(),
+        kubeconfig,
+        client,
+        config_hash: hash,
+        nodes: config.node_count(),
+    }))
 }
 
 /// A cluster of this name left by an earlier run (its node containers carry kind's label) is

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use anyhow::{Context, bail};
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::{BuildImageOptionsBuilder, ListContainersOptions};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ListContainersOptions, RemoveImageOptions,
+};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
@@ -220,4 +222,30 @@ async fn drain_build(
         }
     }
     Ok(())
+}
+
+/// Removes an image from a destructor or a panic path.
+pub fn remove_image_blocking(docker: &Docker, reference: &str) {
+    let (docker, reference) = (docker.clone(), reference.to_owned());
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let _ = docker
+                .remove_image(
+                    &reference,
+                    Some(RemoveImageOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                    None,
+                )
+                .await;
+        });
+    })
+    .join();
 }

@@ -2,11 +2,13 @@
 //! each command lives in the module of the same name.
 
 mod bench;
+mod bundle;
 mod cluster;
 mod cmd;
 mod deploy;
 mod docker;
 mod doctor;
+mod e2e;
 mod image;
 #[cfg(test)]
 mod kubemock;
@@ -39,6 +41,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: a kind cluster with metrics-server, the app and its HPA, load scenarios, a
+    /// report (target/e2e/<run>/), and teardown; or the same against an existing cluster.
+    E2e(Box<e2e::Args>),
+    /// Save what a run pulls (node image, metrics-server image, kind) for offline runs.
+    Bundle(bundle::Args),
     /// Check this machine can run the cluster path: Docker, kind, inotify limits, disk, port.
     Doctor(doctor::Args),
     /// Create, delete, inspect or collect logs from the kind cluster.
@@ -63,6 +70,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::E2e(args) => e2e::run(&args),
+        Command::Bundle(args) => bundle::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Image(cmd) => image::run(cmd),

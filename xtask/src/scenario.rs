@@ -413,8 +413,10 @@ mod tests {
     }
 
     fn outcome(responses: u64, errors_5xx: u64, p99: f64) -> Outcome {
-        let mut errors = crate::load::stats::ErrorCounts::default();
-        errors.http_5xx = errors_5xx;
+        let errors = crate::load::stats::ErrorCounts {
+            http_5xx: errors_5xx,
+            ..Default::default()
+        };
         Outcome {
             started_at_unix_ms: 0,
             elapsed_s: 10.0,

@@ -14,3 +14,12 @@ pub async fn interruptible<T>(work: impl Future<Output = anyhow::Result<T>>) -> 
         _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM); what this run created was cleaned up")),
     }
 }
+
+/// For the teardown tests: when `XTASK_TEST_PAUSE` names this point, say so on stderr and wait
+/// (cancellably), so a test can send a signal to the process exactly here.
+pub async fn test_pause(point: &str) {
+    if std::env::var("XTASK_TEST_PAUSE").is_ok_and(|p| p == point) {
+        eprintln!("paused at {point}");
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    }
+}

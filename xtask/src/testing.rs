@@ -8,10 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, RemoveImageOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
+pub use crate::docker::remove_image_blocking;
 use crate::docker::{self, ImageFile, KIND_CLUSTER_LABEL, KIND_ROLE_LABEL};
 
 /// The engine, or None on a developer's machine without one (loudly). In CI (`CI` set) a missing
@@ -206,32 +205,6 @@ pub fn remove_container_blocking(docker: &Docker, id: &str) {
                         v: true,
                         ..Default::default()
                     }),
-                )
-                .await;
-        });
-    })
-    .join();
-}
-
-/// Removes an image from a destructor or a panic path.
-pub fn remove_image_blocking(docker: &Docker, reference: &str) {
-    let (docker, reference) = (docker.clone(), reference.to_owned());
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            let _ = docker
-                .remove_image(
-                    &reference,
-                    Some(RemoveImageOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                    None,
                 )
                 .await;
         });

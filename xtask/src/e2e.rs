@@ -1,0 +1,647 @@
+//! `cargo xtask e2e`: doctor → tools → cluster up (+ metrics-server) → image build → image load →
+//! deploy → scenarios → report → teardown. One step list, phase timings in the report, and a
+//! teardown that runs on success, failure, panic, Ctrl-C and SIGTERM (logs exported first on
+//! failure), unless `--keep`.
+//!
+//! With `--context`/`--kubeconfig` the same deploy, scenarios and report run against an existing
+//! cluster: no kind, no image load, only the harness's own namespace, deleted afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use bollard::Docker;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, ResourceExt};
+
+use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
+use crate::deploy::{self, AppSettings, NAMESPACE};
+use crate::doctor::{self, Needs};
+use crate::report::{self, Report, Settings, Versions};
+use crate::scenario::{self, Gates, ScenarioFile};
+use crate::steps::Steps;
+use crate::{bundle, docker, image, manifests, project_root, tools};
+
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "iris-serve-xtask");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Leave the cluster (and what was deployed) up at the end, and say how to reach it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Use a running cluster of the same name if it was made from the same config (hash of the
+    /// effective kind config); it is left running afterwards.
+    #[arg(long)]
+    pub reuse: bool,
+    /// A scenario name from xtask/scenarios.yaml, or a scenarios file (default: all of the default file).
+    #[arg(long)]
+    pub scenario: Option<String>,
+    /// The kind cluster's name.
+    #[arg(long, default_value = cluster::DEFAULT_NAME)]
+    pub cluster_name: String,
+    /// Worker nodes (default: as in kind/cluster.yaml, 2).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Node image for every node (default: the digest pinned in kind/cluster.yaml).
+    #[arg(long)]
+    pub node_image: Option<String>,
+    /// Host port on 127.0.0.1 mapped to the app's NodePort.
+    #[arg(long, default_value_t = cluster::DEFAULT_HOST_PORT)]
+    pub host_port: u16,
+    /// Where run folders go (`<out>/<run-id>/report.json|report.md|timeline.svg`).
+    #[arg(long, default_value = "target/e2e")]
+    pub out: PathBuf,
+    /// Never touch the network: kind and images come from the machine or --bundle.
+    #[arg(long)]
+    pub offline: bool,
+    /// A bundle made by `cargo xtask bundle` (with --offline: the node and metrics-server images and kind).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// Run against this context of an existing cluster (from --kubeconfig or $KUBECONFIG/~/.kube/config, read only).
+    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
+    pub context: Option<String>,
+    /// The kubeconfig of an existing cluster (with --context, or its current context).
+    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
+    pub kubeconfig: Option<PathBuf>,
+    /// Existing cluster: an image the cluster can pull (skips the build).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Existing cluster: build locally and push to this repository (e.g. ghcr.io/me/iris-serve);
+    /// credentials from $REGISTRY_USERNAME / $REGISTRY_PASSWORD.
+    #[arg(long, conflicts_with = "image")]
+    pub push: Option<String>,
+    /// Existing cluster: the URL the load goes to (default: the first node's address, NodePort 30080).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Gate: fail when a scenario's error rate is over this (0.01 = 1%).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Gate: fail when the HPA has not decided to scale up within this many seconds of load start.
+    #[arg(long)]
+    pub expect_scale_up_within_s: Option<f64>,
+}
+
+impl Args {
+    fn existing_cluster(&self) -> bool {
+        self.context.is_some() || self.kubeconfig.is_some()
+    }
+
+    fn gates(&self) -> Gates {
+        Gates {
+            max_p99_ms: self.max_p99_ms,
+            max_error_rate: self.max_error_rate,
+            expect_scale_up_within_s: self.expect_scale_up_within_s,
+        }
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(crate::signals::interruptible(e2e(args)))?;
+    if report.passed() {
+        Ok(())
+    } else {
+        bail!(
+            "quality gates failed:\n  {}",
+            report.failed_gates().join("\n  ")
+        )
+    }
+}
+
+fn run_id() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string()
+}
+
+/// Things this run created that go away at the end (in reverse), unless `--keep`.
+struct RunGuard {
+    keep: bool,
+    docker: Option<Docker>,
+    images: Vec<String>,
+    namespace: Option<(Client, String)>,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Some((client, ns)) = self.namespace.take() {
+            eprintln!("deleting namespace {ns}");
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&ns, &DeleteParams::default())
+                        .await;
+                });
+            })
+            .join();
+        }
+        if let Some(docker) = &self.docker {
+            for image in self.images.drain(..) {
+                docker::remove_image_blocking(docker, &image);
+            }
+        }
+    }
+}
+
+async fn e2e(args: &Args) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let scenarios = ScenarioFile::select(args.scenario.as_deref())?;
+    let run_id = run_id();
+    let out_dir = project_root().join(&args.out).join(&run_id);
+    if args.existing_cluster() {
+        return existing(args, &scenarios, &run_id, &out_dir).await;
+    }
+    let mut steps = Steps::new(8);
+    steps.start("doctor");
+    if let Some(dir) = &args.bundle {
+        ensure!(args.offline, "--bundle is for offline runs: add --offline");
+        let docker = docker::connect().await?;
+        bundle::load(&docker, dir)
+            .await
+            .with_context(|| format!("loading the bundle {}", dir.display()))?;
+    }
+    let up = UpArgs {
+        name: NameArgs {
+            cluster_name: args.cluster_name.clone(),
+        },
+        workers: args.workers,
+        node_image: args.node_image.clone(),
+        host_port: args.host_port,
+        offline: args.offline,
+        keep: args.keep,
+    };
+    let existing_nodes = docker::connect().await.ok().map(|d| async move {
+        docker::kind_nodes(&d, &args.cluster_name)
+            .await
+            .unwrap_or_default()
+    });
+    let has_cluster = match existing_nodes {
+        Some(f) => !f.await.is_empty(),
+        None => false,
+    };
+    // A reused cluster holds the host port itself.
+    let port = (!(args.reuse && has_cluster)).then_some(args.host_port);
+    crate::signals::test_pause("e2e-doctor").await;
+    doctor::require(Needs {
+        kind: true,
+        host_port: port,
+        offline: args.offline,
+    })
+    .await?;
+    let kind = tools::ensure_kind(args.offline).await?;
+    steps.done();
+
+    let preload: Vec<String> = match &args.bundle {
+        Some(_) => bundle::images_for_run()?
+            .into_iter()
+            .filter(|i| !i.starts_with("kindest/node"))
+            .collect(),
+        None => Vec::new(),
+    };
+    let reused = if args.reuse {
+        cluster::reusable(&up, &kind).await?
+    } else {
+        None
+    };
+    let reusing = reused.is_some();
+    let cluster: Cluster = match reused {
+        Some(c) => c,
+        None => cluster::up_with(&up, &kind, &preload, &mut steps).await?,
+    };
+    // From here on the cluster is this run's to delete (a reused one stays).
+    let mut teardown = Teardown::new(&cluster.name, &kind, args.keep || reusing);
+    let docker = docker::connect().await?;
+    let mut guard = RunGuard {
+        keep: args.keep,
+        docker: Some(docker.clone()),
+        images: Vec::new(),
+        namespace: None,
+    };
+    let result = async {
+        steps.start("image build");
+        let built = image::build(&docker).await?;
+        if built.built && !reusing {
+            guard.images.push(built.reference.clone());
+        }
+        steps.start("image load");
+        image::load(&docker, &built.reference, &cluster.name).await?;
+        steps.start("deploy");
+        let settings = AppSettings {
+            image: built.reference.clone(),
+            pull_policy: "Never".to_owned(),
+            max_replicas: None,
+        };
+        deploy::deploy(&cluster.client, &settings).await?;
+        steps.start("scenarios");
+        let url = format!("http://127.0.0.1:{}/predict", args.host_port);
+        let mut results = Vec::new();
+        for s in &scenarios {
+            results.push(scenario::run(&cluster.client, s, &settings, &url, &args.gates()).await?);
+        }
+        steps.start("report");
+        let versions = Versions {
+            iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
+            model_sha256: iris_serve::model::Model::embedded()?.sha256,
+            image: built.reference.clone(),
+            kind: Some(tools::KIND_VERSION.to_owned()),
+            node_image: cluster::KindConfig::load()?
+                .nodes
+                .first()
+                .and_then(|n| n.image.clone())
+                .or(args.node_image.clone()),
+            kubernetes: server_version(&cluster.client).await,
+            metrics_server: "v0.9.0".to_owned(),
+        };
+        let settings_report = report_settings(&cluster.name, cluster.nodes, &settings, &url)?;
+        steps.done();
+        let report = Report {
+            run_id: run_id.clone(),
+            created_unix_s: crate::observe::unix_now_s(),
+            versions,
+            settings: settings_report,
+            phases: phases(&steps, started),
+            scenarios: results,
+        };
+        let files = report::write(&report, &out_dir)?;
+        eprint!("{}", report::render_terminal(&report));
+        for f in files {
+            eprintln!("  wrote {}", f.display());
+        }
+        anyhow::Ok(report)
+    }
+    .await;
+    match &result {
+        Ok(_) if args.keep || reusing => {
+            teardown.disarm();
+            eprintln!(
+                "cluster {} left running: KUBECONFIG={} kubectl get pods -n {NAMESPACE}; the app is at http://127.0.0.1:{}/predict",
+                cluster.name,
+                cluster.kubeconfig.display(),
+                args.host_port
+            );
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if !args.keep && !reusing {
+                teardown.failed(Some(&cluster.client)).await;
+            } else {
+                teardown.disarm();
+            }
+        }
+    }
+    drop(guard);
+    drop(teardown);
+    result
+}
+
+fn phases(steps: &Steps, started: Instant) -> Vec<(String, f64)> {
+    let mut phases: Vec<(String, f64)> = steps
+        .timings
+        .iter()
+        .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+        .collect();
+    phases.push(("total".to_owned(), started.elapsed().as_secs_f64()));
+    phases
+}
+
+async fn server_version(client: &Client) -> Option<String> {
+    client.apiserver_version().await.ok().map(|v| v.git_version)
+}
+
+fn report_settings(
+    cluster: &str,
+    nodes: usize,
+    settings: &AppSettings,
+    url: &str,
+) -> anyhow::Result<Settings> {
+    let mut objects = deploy::app_objects(settings)?;
+    let resources = manifests::deployment(&mut objects)
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.resources.as_ref())
+        .map(serde_json::to_value)
+        .transpose()?
+        .unwrap_or_default();
+    let hpa = objects
+        .iter()
+        .find_map(|o| match o {
+            manifests::Object::HorizontalPodAutoscaler(h) => {
+                h.spec.as_ref().map(serde_json::to_value)
+            }
+            _ => None,
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let resolution = manifests::load_dir(cluster::METRICS_SERVER)?
+        .into_iter()
+        .find_map(|o| match o {
+            manifests::Object::Deployment(d) => {
+                d.spec.and_then(|s| s.template.spec).and_then(|p| {
+                    p.containers[0]
+                        .args
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find_map(|a| a.strip_prefix("--metric-resolution=").map(str::to_owned))
+                })
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| "60s".to_owned());
+    Ok(Settings {
+        cluster: cluster.to_owned(),
+        nodes,
+        resources,
+        hpa,
+        metric_resolution: resolution,
+        target_url: url.to_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Existing clusters.
+
+async fn existing_client(args: &Args) -> anyhow::Result<Client> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        None => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("reading $KUBECONFIG or ~/.kube/config")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Refuses to run in a namespace the harness did not create.
+pub fn namespace_is_ours(ns: Option<&Namespace>) -> Result<(), String> {
+    match ns {
+        None => Ok(()),
+        Some(ns) if ns.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1) => {
+            Ok(())
+        }
+        Some(ns) => Err(format!(
+            "namespace {} exists and was not created by this harness (no label {}={}); it will not touch it",
+            ns.name_any(),
+            MANAGED_BY.0,
+            MANAGED_BY.1
+        )),
+    }
+}
+
+async fn existing(
+    args: &Args,
+    scenarios: &[scenario::Scenario],
+    run_id: &str,
+    out_dir: &Path,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut steps = Steps::new(6);
+    steps.start("doctor");
+    if args.image.is_none() {
+        ensure!(
+            args.push.is_some(),
+            "against an existing cluster, say which image to run: --image REF (one the cluster can pull) or --push REPO"
+        );
+        doctor::require(Needs {
+            kind: false,
+            host_port: None,
+            offline: args.offline,
+        })
+        .await?;
+    }
+    let client = existing_client(args).await?;
+    let svc = Api::<APIService>::all(client.clone())
+        .get_opt("v1beta1.metrics.k8s.io")
+        .await?;
+    cluster::apiservice_available(svc.as_ref()).map_err(|e| {
+        anyhow::anyhow!("the cluster's metrics API (v1beta1.metrics.k8s.io) is not available ({e}); the HPA needs metrics-server: install it, e.g. from manifests/metrics-server/")
+    })?;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_opt(NAMESPACE)
+        .await?;
+    namespace_is_ours(ns.as_ref()).map_err(anyhow::Error::msg)?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    steps.start("image");
+    let image = match (&args.image, &args.push) {
+        (Some(image), _) => image.clone(),
+        (None, Some(repo)) => {
+            let docker = docker::connect().await?;
+            let built = image::build(&docker).await?;
+            push(&docker, &built.reference, repo).await?
+        }
+        (None, None) => unreachable!("checked above"),
+    };
+    let url = match &args.url {
+        Some(u) => u.clone(),
+        None => node_url(&nodes).context("no node address to reach the NodePort; pass --url")?,
+    };
+    let mut guard = RunGuard {
+        keep: args.keep,
+        docker: None,
+        images: Vec::new(),
+        namespace: Some((client.clone(), NAMESPACE.to_owned())),
+    };
+    let result = async {
+        steps.start("deploy");
+        let settings = AppSettings {
+            image: image.clone(),
+            pull_policy: "IfNotPresent".to_owned(),
+            max_replicas: None,
+        };
+        deploy::deploy(&client, &settings).await?;
+        steps.start("scenarios");
+        let mut results = Vec::new();
+        for s in scenarios {
+            results.push(scenario::run(&client, s, &settings, &url, &args.gates()).await?);
+        }
+        steps.start("report");
+        let versions = Versions {
+            iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
+            model_sha256: iris_serve::model::Model::embedded()?.sha256,
+            image: image.clone(),
+            kind: None,
+            node_image: None,
+            kubernetes: server_version(&client).await,
+            metrics_server: "the cluster's".to_owned(),
+        };
+        let cluster_name = args
+            .context
+            .clone()
+            .unwrap_or_else(|| "existing cluster".to_owned());
+        let settings_report = report_settings(&cluster_name, nodes.len(), &settings, &url)?;
+        steps.done();
+        let report = Report {
+            run_id: run_id.to_owned(),
+            created_unix_s: crate::observe::unix_now_s(),
+            versions,
+            settings: settings_report,
+            phases: phases(&steps, started),
+            scenarios: results,
+        };
+        report::write(&report, out_dir)?;
+        eprint!("{}", report::render_terminal(&report));
+        anyhow::Ok(report)
+    }
+    .await;
+    if args.keep {
+        eprintln!(
+            "--keep: namespace {NAMESPACE} left in place; delete it with `kubectl delete namespace {NAMESPACE}`"
+        );
+        guard.namespace = None;
+    }
+    drop(guard);
+    result
+}
+
+/// `http://<first node's ExternalIP, else InternalIP>:30080/predict`.
+pub fn node_url(nodes: &[Node]) -> Option<String> {
+    let addresses: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .filter_map(|s| s.addresses.as_ref())
+        .flatten()
+        .collect();
+    let pick = |kind: &str| {
+        addresses
+            .iter()
+            .find(|a| a.type_ == kind)
+            .map(|a| a.address.clone())
+    };
+    pick("ExternalIP")
+        .or_else(|| pick("InternalIP"))
+        .map(|ip| format!("http://{ip}:{}/predict", cluster::NODE_PORT))
+}
+
+async fn push(docker: &Docker, reference: &str, repo: &str) -> anyhow::Result<String> {
+    use bollard::query_parameters::{PushImageOptions, TagImageOptions};
+    use futures::StreamExt;
+    let tag = reference.rsplit(':').next().unwrap_or("latest");
+    docker
+        .tag_image(
+            reference,
+            Some(TagImageOptions {
+                repo: Some(repo.to_owned()),
+                tag: Some(tag.to_owned()),
+            }),
+        )
+        .await
+        .with_context(|| format!("tagging {reference} as {repo}:{tag}"))?;
+    let credentials = match (
+        std::env::var("REGISTRY_USERNAME"),
+        std::env::var("REGISTRY_PASSWORD"),
+    ) {
+        (Ok(username), Ok(password)) => Some(bollard::auth::DockerCredentials {
+            username: Some(username),
+            password: Some(password),
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    let target = format!("{repo}:{tag}");
+    let mut pushing = docker.push_image(
+        repo,
+        Some(PushImageOptions {
+            tag: Some(tag.to_owned()),
+            ..Default::default()
+        }),
+        credentials,
+    );
+    while let Some(progress) = pushing.next().await {
+        let info = progress.with_context(|| format!("pushing {target}"))?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            bail!(
+                "pushing {target}: {message} (set REGISTRY_USERNAME and REGISTRY_PASSWORD for a registry that needs a login)"
+            );
+        }
+    }
+    eprintln!("  pushed {target}");
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_namespace_is_touched() {
+        assert!(namespace_is_ours(None).is_ok());
+        let ours: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "iris-serve", "labels": {"app.kubernetes.io/managed-by": "iris-serve-xtask"}}})).expect("ns");
+        assert!(namespace_is_ours(Some(&ours)).is_ok());
+        let theirs: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "iris-serve"}}))
+                .expect("ns");
+        assert!(
+            namespace_is_ours(Some(&theirs))
+                .expect_err("not ours")
+                .contains("will not touch it")
+        );
+        // The manifest carries the label that makes it ours.
+        let objects = manifests::load_dir(deploy::APP_DIR).expect("app");
+        let manifests::Object::Namespace(ns) = &objects[0] else {
+            panic!("namespace first")
+        };
+        assert!(namespace_is_ours(Some(ns)).is_ok());
+    }
+
+    #[test]
+    fn the_load_reaches_a_node_port() {
+        let nodes: Vec<Node> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "a"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"}, {"type": "Hostname", "address": "a"}]}},
+            {"metadata": {"name": "b"}, "status": {"addresses": [{"type": "ExternalIP", "address": "34.1.2.3"}]}}
+        ]))
+        .expect("nodes");
+        assert_eq!(
+            node_url(&nodes).as_deref(),
+            Some("http://34.1.2.3:30080/predict")
+        );
+        assert_eq!(
+            node_url(&nodes[..1]).as_deref(),
+            Some("http://10.0.0.5:30080/predict")
+        );
+        assert_eq!(node_url(&[]), None);
+    }
+
+    #[test]
+    fn report_settings_record_requests_limits_hpa_and_resolution() {
+        let settings = AppSettings {
+            image: "iris-serve:x".into(),
+            pull_policy: "Never".into(),
+            max_replicas: None,
+        };
+        let s =
+            report_settings("c", 3, &settings, "http://127.0.0.1:30080/predict").expect("settings");
+        assert_eq!(s.resources["requests"]["cpu"], "100m");
+        assert_eq!(s.resources["limits"]["cpu"], "250m");
+        assert_eq!(
+            s.hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            60
+        );
+        assert_eq!(s.metric_resolution, "15s");
+    }
+}
