@@ -18,9 +18,31 @@ pub enum Command {
     /// The inference server: throughput and latency with wrk on one pinned core, open-loop p99 at
     /// half that throughput, start-up time and memory; against a seed-style FastAPI reference.
     Server(ServerArgs),
+    /// The load generator against wrk, same server, same connections, same pinned cores:
+    /// closed-loop throughput and p50, and how exactly open loop holds a rate.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Length of each run.
+    #[arg(long, default_value = "10s", value_parser = crate::load::schedule::parse_duration)]
+    duration: Duration,
+    /// Connections for both tools.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+    /// CPU the server is pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU both load generators are pinned to.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/load.json")]
+    json: PathBuf,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Length of each load run.
     #[arg(long, default_value = "10s", value_parser = crate::load::schedule::parse_duration)]
@@ -45,6 +67,7 @@ pub struct ServerArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Server(args) => server(&args),
+        Command::Load(args) => load_vs_wrk(&args),
     }
 }
 
@@ -73,37 +96,11 @@ struct ServerReport {
 }
 
 fn server(args: &ServerArgs) -> anyhow::Result<()> {
-    for tool in ["wrk", "taskset"] {
-        which::which(tool).with_context(|| {
-            format!(
-                "`{tool}` is not installed; on Debian/Ubuntu: apt-get install {}",
-                if tool == "wrk" { "wrk" } else { "util-linux" }
-            )
-        })?;
-    }
     let root = project_root();
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let lua = out_dir.join("post.lua");
-    std::fs::write(
-        &lua,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-            crate::load::DEFAULT_BODY
-        ),
-    )?;
-    cmd("cargo")
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "iris-serve",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .run()?;
-    let bin = root.join("target/release/iris-serve");
+    let lua = write_lua(&out_dir)?;
+    let bin = build_server(&root)?;
 
     // Start-up: spawn to first 200 from /ready, five times.
     let mut ready = Vec::new();
@@ -144,7 +141,12 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
         let ours = wrk(args, &lua, addr)?;
         let rate = (ours.requests_per_sec / 2.0).round();
         eprintln!("iris-serve: open loop at {rate} req/s (half the wrk throughput)");
-        let open = open_loop(args, addr, rate, &out_dir)?;
+        let open = run_load(
+            args,
+            addr,
+            &["--rate", &rate.to_string()],
+            &out_dir.join("open-loop.json"),
+        )?;
         let latency = open
             .totals
             .latency
@@ -182,6 +184,180 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
     eprintln!("wrote {}", json.display());
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct LoadReport {
+    wrk: WrkResult,
+    ours_rps: f64,
+    ours_p50_ms: f64,
+    ours_p99_ms: f64,
+    throughput_ratio: f64,
+    p50_ratio: f64,
+    open_loop_rate: f64,
+    open_loop_achieved_rps: f64,
+    open_loop_rate_error: f64,
+    open_loop_behind_schedule: bool,
+}
+
+fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
+    let root = project_root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let lua = write_lua(&out_dir)?;
+    let bin = build_server(&root)?;
+    let addr = free_addr()?;
+    let server = cmd("taskset")
+        .arg("-c")
+        .arg(args.server_cpu.to_string())
+        .arg(&bin)
+        .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
+        .spawn_quiet()?;
+    let common = ServerArgs {
+        duration: args.duration,
+        connections: args.connections,
+        server_cpu: args.server_cpu,
+        load_cpu: args.load_cpu,
+        no_reference: true,
+        json: args.json.clone(),
+    };
+    let result = (|| -> anyhow::Result<LoadReport> {
+        wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
+        eprintln!(
+            "wrk -t1 -c{} -d{}s",
+            args.connections,
+            args.duration.as_secs()
+        );
+        let wrk = wrk(&common, &lua, addr)?;
+        eprintln!(
+            "cargo xtask load -c{} -d{}s",
+            args.connections,
+            args.duration.as_secs()
+        );
+        let closed = run_load(&common, addr, &[], &out_dir.join("load-closed.json"))?;
+        let latency = closed.totals.latency.clone().context("no responses")?;
+        let ours_rps = closed.totals.responses as f64 / closed.elapsed_s;
+        let rate = (wrk.requests_per_sec / 2.0).round();
+        // Open loop needs a pool large enough that a slow response never holds up the next send.
+        let pool = (args.connections * 4).to_string();
+        eprintln!("cargo xtask load --rate {rate} -c{pool} (half of wrk's throughput)");
+        let open_args = ServerArgs {
+            connections: args.connections * 4,
+            ..common.clone()
+        };
+        let open = run_load(
+            &open_args,
+            addr,
+            &["--rate", &rate.to_string()],
+            &out_dir.join("load-open.json"),
+        )?;
+        let achieved = open.totals.responses as f64 / args.duration.as_secs_f64();
+        Ok(LoadReport {
+            throughput_ratio: ours_rps / wrk.requests_per_sec,
+            p50_ratio: latency.p50_ms / wrk.p50_ms,
+            ours_rps,
+            ours_p50_ms: latency.p50_ms,
+            ours_p99_ms: latency.p99_ms,
+            wrk,
+            open_loop_rate: rate,
+            open_loop_achieved_rps: achieved,
+            open_loop_rate_error: (achieved - rate).abs() / rate,
+            open_loop_behind_schedule: crate::load::printer::behind_schedule(&open),
+        })
+    })();
+    let _ = server.kill();
+    let r = result?;
+    println!(
+        "\n| generator (1 pinned core; -c{} -d{}s; server on another core) | req/s | p50 ms | p99 ms |",
+        args.connections,
+        args.duration.as_secs()
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| wrk -t1 | {:.0} | {:.3} | {:.3} |",
+        r.wrk.requests_per_sec, r.wrk.p50_ms, r.wrk.p99_ms
+    );
+    println!(
+        "| cargo xtask load | {:.0} | {:.3} | {:.3} |",
+        r.ours_rps, r.ours_p50_ms, r.ours_p99_ms
+    );
+    println!(
+        "\nthroughput ratio load/wrk: {:.3} (target >= 1.0); p50 ratio: {:.3} (target <= 1.1: not slower than wrk by more than 10%)",
+        r.throughput_ratio, r.p50_ratio
+    );
+    println!(
+        "open loop at {:.0} req/s: achieved {:.1} req/s, off by {:.3}% (target < 1%){}",
+        r.open_loop_rate,
+        r.open_loop_achieved_rps,
+        r.open_loop_rate_error * 100.0,
+        if r.open_loop_behind_schedule {
+            "; the generator fell behind its schedule"
+        } else {
+            ""
+        }
+    );
+    let json = root.join(&args.json);
+    std::fs::write(&json, serde_json::to_vec_pretty(&r)?)?;
+    eprintln!("wrote {}", json.display());
+    Ok(())
+}
+
+fn run_load(
+    args: &ServerArgs,
+    addr: SocketAddr,
+    extra: &[&str],
+    json: &Path,
+) -> anyhow::Result<Outcome> {
+    let exe = std::env::current_exe()?;
+    cmd("taskset")
+        .arg("-c")
+        .arg(args.load_cpu.to_string())
+        .arg(exe)
+        .args(["load", "--quiet", "--connections"])
+        .arg(args.connections.to_string())
+        .arg("--duration")
+        .arg(format!("{}s", args.duration.as_secs_f64()))
+        .args(extra.iter().copied())
+        .arg("--json")
+        .arg(json)
+        .arg(format!("http://{addr}/predict"))
+        .read()?;
+    Ok(serde_json::from_slice(&std::fs::read(json)?)?)
+}
+
+fn write_lua(out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let lua = out_dir.join("post.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+            crate::load::DEFAULT_BODY
+        ),
+    )?;
+    Ok(lua)
+}
+
+fn build_server(root: &Path) -> anyhow::Result<PathBuf> {
+    for tool in ["wrk", "taskset"] {
+        which::which(tool).with_context(|| {
+            format!(
+                "`{tool}` is not installed; on Debian/Ubuntu: apt-get install {}",
+                if tool == "wrk" { "wrk" } else { "util-linux" }
+            )
+        })?;
+    }
+    cmd("cargo")
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "iris-serve",
+            "--manifest-path",
+        ])
+        .arg(root.join("Cargo.toml"))
+        .run()?;
+    Ok(root.join("target/release/iris-serve"))
 }
 
 fn print_server_report(r: &ServerReport) {
@@ -260,35 +436,6 @@ fn wrk_ms(v: &str) -> anyhow::Result<f64> {
         "m" => n * 60_000.0,
         _ => bail!("wrk latency unit in {v:?}"),
     })
-}
-
-fn open_loop(
-    args: &ServerArgs,
-    addr: SocketAddr,
-    rate: f64,
-    out_dir: &Path,
-) -> anyhow::Result<Outcome> {
-    let json = out_dir.join("open-loop.json");
-    let exe = std::env::current_exe()?;
-    cmd("taskset")
-        .arg("-c")
-        .arg(args.load_cpu.to_string())
-        .arg(exe)
-        .args([
-            "load",
-            "--quiet",
-            "--rate",
-            &rate.to_string(),
-            "--connections",
-        ])
-        .arg(args.connections.to_string())
-        .arg("--duration")
-        .arg(format!("{}s", args.duration.as_secs_f64()))
-        .arg("--json")
-        .arg(&json)
-        .arg(format!("http://{addr}/predict"))
-        .read()?;
-    Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
 }
 
 fn reference(

@@ -375,3 +375,147 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real server, in-process, on a loopback port.
+    async fn server() -> SocketAddr {
+        let state = iris_serve::AppState::new(
+            iris_serve::model::Model::embedded().expect("model"),
+            "pod-under-test",
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, iris_serve::app(state)).await;
+        });
+        addr
+    }
+
+    fn config(url: String, mode: Mode) -> Config {
+        Config {
+            url: url.parse().expect("url"),
+            method: Method::POST,
+            bodies: vec![Bytes::from_static(crate::load::DEFAULT_BODY.as_bytes())],
+            headers: vec![(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            connections: 4,
+            mode,
+            max_requests_per_conn: Some(5),
+            conn_max_age: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closed_loop_counts_every_response_pod_and_connection() {
+        let addr = server().await;
+        let mut seen = 0;
+        let outcome = run(
+            config(
+                format!("http://{addr}/predict"),
+                Mode::Closed {
+                    duration: Duration::from_millis(1500),
+                },
+            ),
+            |_| seen += 1,
+        )
+        .await
+        .expect("run");
+        let t = &outcome.totals;
+        assert!(t.responses > 100, "{t:?}");
+        assert_eq!(t.errors.total(), 0, "{t:?}");
+        // Recycling after 5 requests: at least one connect per 5 responses.
+        assert!(
+            t.connects * 5 >= t.responses,
+            "{} connects for {} responses",
+            t.connects,
+            t.responses
+        );
+        assert_eq!(t.pods.get("pod-under-test"), Some(&t.responses));
+        assert!(seen >= 1 && outcome.windows.len() == seen);
+        let in_windows: u64 = outcome.windows.iter().map(|w| w.responses).sum();
+        assert_eq!(
+            in_windows, t.responses,
+            "every response is in exactly one window"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_are_counted_by_class_never_dropped() {
+        let addr = server().await;
+        let not_found = run(
+            config(
+                format!("http://{addr}/nope"),
+                Mode::Closed {
+                    duration: Duration::from_millis(300),
+                },
+            ),
+            |_| {},
+        )
+        .await
+        .expect("run");
+        assert!(not_found.totals.responses > 0);
+        assert_eq!(not_found.totals.errors.http_4xx, not_found.totals.responses);
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let refused = run(
+            config(
+                format!("http://{closed_port}/predict"),
+                Mode::Closed {
+                    duration: Duration::from_millis(300),
+                },
+            ),
+            |_| {},
+        )
+        .await
+        .expect("run");
+        assert_eq!(refused.totals.responses, 0);
+        assert!(
+            refused.totals.errors.connect > 0,
+            "{:?}",
+            refused.totals.errors
+        );
+        assert!(
+            run(
+                config(
+                    "https://127.0.0.1:1/".into(),
+                    Mode::Closed {
+                        duration: Duration::from_millis(10)
+                    }
+                ),
+                |_| {}
+            )
+            .await
+            .is_err()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_sends_what_the_schedule_says() {
+        let addr = server().await;
+        let schedule = Schedule::constant(400.0, Duration::from_secs(1)).expect("schedule");
+        let outcome = run(
+            config(format!("http://{addr}/predict"), Mode::Open { schedule }),
+            |_| {},
+        )
+        .await
+        .expect("run");
+        assert_eq!(outcome.totals.responses, 400);
+        assert_eq!(outcome.totals.late_sends, 0, "{:?}", outcome.totals);
+        let service = outcome.totals.service_time.expect("service");
+        let corrected = outcome.totals.latency.expect("latency");
+        assert!(
+            corrected.p50_ms < 5.0 && service.p50_ms < 5.0,
+            "{corrected:?} {service:?}"
+        );
+    }
+}
