@@ -31,6 +31,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     about = "iris-serve's harness: train, build, deploy on kind, load, measure",
     version
 )]
