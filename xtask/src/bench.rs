@@ -96,23 +96,19 @@ struct ServerReport {
 }
 
 fn server(args: &ServerArgs) -> anyhow::Result<()> {
-    let root = project_root();
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let lua = write_lua(&out_dir)?;
-    let bin = build_server(&root)?;
+    let Prepared {
+        root,
+        out_dir,
+        lua,
+        bin,
+    } = prepare()?;
 
     // Start-up: spawn to first 200 from /ready, five times.
     let mut ready = Vec::new();
     for _ in 0..5 {
         let addr = free_addr()?;
         let t0 = Instant::now();
-        let server = cmd("taskset")
-            .arg("-c")
-            .arg(args.server_cpu.to_string())
-            .arg(&bin)
-            .args(["--addr", &addr.to_string()])
-            .spawn_quiet()?;
+        let server = spawn_pinned(&bin, args.server_cpu, addr)?;
         let ok = wait_http_ok(addr, "/ready", Duration::from_secs(10));
         ready.push(t0.elapsed().as_secs_f64() * 1000.0);
         let _ = server.kill();
@@ -122,12 +118,7 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     let ready_ms_median = ready[ready.len() / 2];
 
     let addr = free_addr()?;
-    let server = cmd("taskset")
-        .arg("-c")
-        .arg(args.server_cpu.to_string())
-        .arg(&bin)
-        .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
-        .spawn_quiet()?;
+    let server = spawn_pinned(&bin, args.server_cpu, addr)?;
     let pid = *server.pids().first().context("server pid")?;
     let result = (|| -> anyhow::Result<ServerReport> {
         wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
@@ -201,18 +192,14 @@ struct LoadReport {
 }
 
 fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
-    let root = project_root();
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let lua = write_lua(&out_dir)?;
-    let bin = build_server(&root)?;
+    let Prepared {
+        root,
+        out_dir,
+        lua,
+        bin,
+    } = prepare()?;
     let addr = free_addr()?;
-    let server = cmd("taskset")
-        .arg("-c")
-        .arg(args.server_cpu.to_string())
-        .arg(&bin)
-        .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
-        .spawn_quiet()?;
+    let server = spawn_pinned(&bin, args.server_cpu, addr)?;
     let common = ServerArgs {
         duration: args.duration,
         connections: args.connections,
@@ -323,6 +310,38 @@ fn run_load(
         .arg(format!("http://{addr}/predict"))
         .read()?;
     Ok(serde_json::from_slice(&std::fs::read(json)?)?)
+}
+
+struct Prepared {
+    root: PathBuf,
+    out_dir: PathBuf,
+    lua: PathBuf,
+    bin: PathBuf,
+}
+
+/// Checks the tools, builds the release server, writes wrk's POST script.
+fn prepare() -> anyhow::Result<Prepared> {
+    let root = project_root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let lua = write_lua(&out_dir)?;
+    let bin = build_server(&root)?;
+    Ok(Prepared {
+        root,
+        out_dir,
+        lua,
+        bin,
+    })
+}
+
+/// The server on one CPU, listening on `addr`.
+fn spawn_pinned(bin: &Path, cpu: usize, addr: SocketAddr) -> anyhow::Result<duct::Handle> {
+    cmd("taskset")
+        .arg("-c")
+        .arg(cpu.to_string())
+        .arg(bin)
+        .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
+        .spawn_quiet()
 }
 
 fn write_lua(out_dir: &Path) -> anyhow::Result<PathBuf> {

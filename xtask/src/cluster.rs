@@ -76,6 +76,20 @@ pub struct UpArgs {
     pub keep: bool,
 }
 
+impl UpArgs {
+    /// kind/cluster.yaml with this command line's choices applied.
+    pub fn kind_config(&self) -> anyhow::Result<KindConfig> {
+        let mut config = KindConfig::load()?;
+        config.customize(
+            &self.name.cluster_name,
+            self.workers,
+            self.node_image.as_deref(),
+            self.host_port,
+        );
+        Ok(config)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // kind's Cluster config, typed (kind.x-k8s.io/v1alpha4), strict about unknown fields.
 
@@ -572,13 +586,7 @@ pub async fn up_with(
     steps: &mut Steps,
 ) -> anyhow::Result<Cluster> {
     let name = &args.name.cluster_name;
-    let mut config = KindConfig::load()?;
-    config.customize(
-        name,
-        args.workers,
-        args.node_image.as_deref(),
-        args.host_port,
-    );
+    let config = args.kind_config()?;
     steps.start("cluster create");
     replace_stale(kind, name).await?;
     let dir = state_dir(name);
@@ -653,13 +661,7 @@ pub async fn up_with(
 /// nodes are all running and Ready.
 pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Cluster>> {
     let name = &args.name.cluster_name;
-    let mut config = KindConfig::load()?;
-    config.customize(
-        name,
-        args.workers,
-        args.node_image.as_deref(),
-        args.host_port,
-    );
+    let config = args.kind_config()?;
     let hash = config.hash()?;
     let recorded =
         std::fs::read_to_string(state_dir(name).join("config.sha256")).unwrap_or_default();

@@ -98,40 +98,17 @@ pub fn rollout_complete(d: Option<&Deployment>) -> Result<(), String> {
 
 /// The HPA reports a current CPU utilization (metrics flow end to end).
 pub fn hpa_reports_cpu(hpa: Option<&HorizontalPodAutoscaler>) -> Result<i32, String> {
-    let status = hpa
-        .and_then(|h| h.status.as_ref())
+    let hpa = hpa
+        .filter(|h| h.status.is_some())
         .ok_or("no HPA status yet")?;
-    let cpu = status.current_metrics.as_ref().and_then(|metrics| {
-        metrics.iter().find_map(|m| {
-            m.resource
-                .as_ref()
-                .filter(|r| r.name == "cpu")
-                .and_then(|r| r.current.average_utilization)
-        })
-    });
+    let (_, _, cpu, not_true) = crate::observe::hpa_fields(hpa);
     cpu.ok_or_else(|| {
-        let reasons: Vec<String> = status
-            .conditions
-            .iter()
-            .flatten()
-            .filter(|c| c.status != "True")
-            .map(|c| {
-                format!(
-                    "{}={} ({})",
-                    c.type_,
-                    c.status,
-                    c.reason.as_deref().unwrap_or("-")
-                )
-            })
-            .collect();
-        format!(
-            "no CPU utilization yet; {}",
-            if reasons.is_empty() {
-                "no conditions".to_owned()
-            } else {
-                reasons.join(", ")
-            }
-        )
+        let reasons = if not_true.is_empty() {
+            "no conditions".to_owned()
+        } else {
+            not_true.join(", ")
+        };
+        format!("no CPU utilization yet; {reasons}")
     })
 }
 

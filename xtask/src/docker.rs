@@ -224,28 +224,31 @@ async fn drain_build(
     Ok(())
 }
 
+/// Runs a future to completion on a thread of its own: for destructors and panic paths, which
+/// can't `.await` and may run inside (or outside) a runtime.
+pub fn block_on_thread<F>(future: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(future);
+        }
+    })
+    .join();
+}
+
 /// Removes an image from a destructor or a panic path.
 pub fn remove_image_blocking(docker: &Docker, reference: &str) {
     let (docker, reference) = (docker.clone(), reference.to_owned());
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
+    block_on_thread(async move {
+        let options = RemoveImageOptions {
+            force: true,
+            ..Default::default()
         };
-        rt.block_on(async {
-            let _ = docker
-                .remove_image(
-                    &reference,
-                    Some(RemoveImageOptions {
-                        force: true,
-                        ..Default::default()
-                    }),
-                    None,
-                )
-                .await;
-        });
-    })
-    .join();
+        let _ = docker.remove_image(&reference, Some(options), None).await;
+    });
 }

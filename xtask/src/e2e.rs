@@ -135,20 +135,11 @@ impl Drop for RunGuard {
         }
         if let Some((client, ns)) = self.namespace.take() {
             eprintln!("deleting namespace {ns}");
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async {
-                    let _ = Api::<Namespace>::all(client)
-                        .delete(&ns, &DeleteParams::default())
-                        .await;
-                });
-            })
-            .join();
+            docker::block_on_thread(async move {
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&ns, &DeleteParams::default())
+                    .await;
+            });
         }
         if let Some(docker) = &self.docker {
             for image in self.images.drain(..) {
@@ -185,14 +176,12 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         offline: args.offline,
         keep: args.keep,
     };
-    let existing_nodes = docker::connect().await.ok().map(|d| async move {
-        docker::kind_nodes(&d, &args.cluster_name)
+    let has_cluster = match docker::connect().await {
+        Ok(d) => !docker::kind_nodes(&d, &args.cluster_name)
             .await
             .unwrap_or_default()
-    });
-    let has_cluster = match existing_nodes {
-        Some(f) => !f.await.is_empty(),
-        None => false,
+            .is_empty(),
+        Err(_) => false,
     };
     // A reused cluster holds the host port itself.
     let port = (!(args.reuse && has_cluster)).then_some(args.host_port);
@@ -259,11 +248,11 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
             image: built.reference.clone(),
             kind: Some(tools::KIND_VERSION.to_owned()),
-            node_image: cluster::KindConfig::load()?
+            node_image: args.node_image.clone().or(up
+                .kind_config()?
                 .nodes
                 .first()
-                .and_then(|n| n.image.clone())
-                .or(args.node_image.clone()),
+                .and_then(|n| n.image.clone())),
             kubernetes: server_version(&cluster.client).await,
             metrics_server: "v0.9.0".to_owned(),
         };

@@ -296,6 +296,27 @@ pub fn render_svg(report: &Report) -> anyhow::Result<String> {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// One panel: a caption, time on x (0..end seconds), 0..top on y.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: impl AsRef<str>,
+    end: f64,
+    top: f64,
+    x_label_area: u32,
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    Ok(ChartBuilder::on(area)
+        .caption(caption.as_ref(), ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(x_label_area)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..end, 0f64..top)?)
+}
 
 fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
     let end = s
@@ -307,36 +328,29 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .max(1.0);
     let panels = area.split_evenly((4, 1));
     let events: Vec<f64> = s.observation.events.iter().map(|e| e.t_s).collect();
-    let mark_events = |chart: &mut ChartContext<
-        '_,
-        SVGBackend<'_>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
-                       top: f64|
-     -> Result<(), Box<dyn std::error::Error>> {
-        for &t in &events {
-            chart.draw_series(LineSeries::new(
-                vec![(t, 0.0), (t, top)],
-                RED.stroke_width(1),
-            ))?;
-        }
-        Ok(())
-    };
+    let mark_events =
+        |chart: &mut Chart<'_, '_>, top: f64| -> Result<(), Box<dyn std::error::Error>> {
+            for &t in &events {
+                chart.draw_series(LineSeries::new(
+                    vec![(t, 0.0), (t, top)],
+                    RED.stroke_width(1),
+                ))?;
+            }
+            Ok(())
+        };
 
     // Replicas.
     let top = f64::from(s.scenario.max_replicas) + 1.0;
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption(
-            format!(
-                "{}: replicas (HPA current, desired; ready)",
-                s.scenario.name
-            ),
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(20)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    let mut chart = panel(
+        &panels[0],
+        format!(
+            "{}: replicas (HPA current, desired; ready)",
+            s.scenario.name
+        ),
+        end,
+        top,
+        20,
+    )?;
     chart.configure_mesh().draw()?;
     let series = |f: &dyn Fn(&crate::observe::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
         s.observation
@@ -387,15 +401,13 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .filter_map(|w| w.offered_rps.map(|o| (f64::from(w.second), o)))
         .collect();
     let top = rps.iter().chain(&offered).map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption(
-            "requests/s (achieved; offered in open loop)",
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(20)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    let mut chart = panel(
+        &panels[1],
+        "requests/s (achieved; offered in open loop)",
+        end,
+        top,
+        20,
+    )?;
     chart.configure_mesh().draw()?;
     chart
         .draw_series(LineSeries::new(rps, BLUE.stroke_width(2)))?
@@ -422,12 +434,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .filter_map(|w| w.p99_ms.map(|p| (f64::from(w.second), p)))
         .collect();
     let top = p99.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption("p99 latency (ms)", ("sans-serif", 16))
-        .margin(8)
-        .x_label_area_size(20)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    let mut chart = panel(&panels[2], "p99 latency (ms)", end, top, 20)?;
     chart.configure_mesh().draw()?;
     chart.draw_series(LineSeries::new(p99, RGBColor(230, 120, 0).stroke_width(2)))?;
     mark_events(&mut chart, top)?;
@@ -435,15 +442,13 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
     // CPU.
     let cpu = series(&|x| x.cpu_utilization.map(f64::from));
     let top = cpu.iter().map(|p| p.1).fold(100.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&panels[3])
-        .caption(
-            "CPU utilization (% of request; HPA target 50%)",
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(36)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    let mut chart = panel(
+        &panels[3],
+        "CPU utilization (% of request; HPA target 50%)",
+        end,
+        top,
+        36,
+    )?;
     chart
         .configure_mesh()
         .x_desc("seconds since the load started")

@@ -189,27 +189,14 @@ impl Drop for FixtureNode {
 /// Removes a container (and its anonymous volumes) from a destructor or a panic path.
 pub fn remove_container_blocking(docker: &Docker, id: &str) {
     let (docker, id) = (docker.clone(), id.to_owned());
-    let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
+    docker::block_on_thread(async move {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
         };
-        rt.block_on(async {
-            let _ = docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        ..Default::default()
-                    }),
-                )
-                .await;
-        });
-    })
-    .join();
+        let _ = docker.remove_container(&id, Some(options)).await;
+    });
 }
 
 /// A tiny static program's worth of bytes is not needed to test packaging: any file will do.
