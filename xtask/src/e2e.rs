@@ -157,7 +157,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     if args.existing_cluster() {
         return existing(args, &scenarios, &run_id, &out_dir).await;
     }
-    let mut steps = Steps::new(8);
+    let mut steps = Steps::new(10);
     steps.start("doctor");
     if let Some(dir) = &args.bundle {
         ensure!(args.offline, "--bundle is for offline runs: add --offline");
@@ -407,7 +407,7 @@ async fn existing(
     out_dir: &Path,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut steps = Steps::new(6);
+    let mut steps = Steps::new(5);
     steps.start("doctor");
     if args.image.is_none() {
         ensure!(
