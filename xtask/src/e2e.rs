@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     pub keep: bool,
     /// Use a running cluster of the same name if it was made from the same config (hash of the
-    /// effective kind config); it is left running afterwards.
+    /// effective kind config), else make one; either way it is left running for the next run.
     #[arg(long)]
     pub reuse: bool,
     /// A scenario name from xtask/scenarios.yaml, or a scenarios file (default: all of the default file).
@@ -207,13 +207,14 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let reusing = reused.is_some();
+    // --reuse keeps the cluster (found or made now) for the next run; --keep keeps everything.
+    let keep_cluster = args.keep || args.reuse;
     let cluster: Cluster = match reused {
         Some(c) => c,
         None => cluster::up_with(&up, &kind, &preload, &mut steps).await?,
     };
     // From here on the cluster is this run's to delete (a reused one stays).
-    let mut teardown = Teardown::new(&cluster.name, &kind, args.keep || reusing);
+    let mut teardown = Teardown::new(&cluster.name, &kind, keep_cluster);
     let docker = docker::connect().await?;
     let mut guard = RunGuard {
         keep: args.keep,
@@ -224,7 +225,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     let result = async {
         steps.start("image build");
         let built = image::build(&docker).await?;
-        if built.built && !reusing {
+        if built.built && !keep_cluster {
             guard.images.push(built.reference.clone());
         }
         steps.start("image load");
@@ -275,7 +276,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     }
     .await;
     match &result {
-        Ok(_) if args.keep || reusing => {
+        Ok(_) if keep_cluster => {
             teardown.disarm();
             eprintln!(
                 "cluster {} left running: KUBECONFIG={} kubectl get pods -n {NAMESPACE}; the app is at http://127.0.0.1:{}/predict",
@@ -286,9 +287,9 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         }
         Ok(_) => {}
         Err(_) => {
-            if !args.keep && !reusing {
-                teardown.failed(Some(&cluster.client)).await;
-            } else {
+            // Logs first, always; then the guard deletes the cluster unless it is kept.
+            teardown.failed(Some(&cluster.client)).await;
+            if keep_cluster {
                 teardown.disarm();
             }
         }
