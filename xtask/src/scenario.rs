@@ -308,6 +308,30 @@ pub async fn wait_settled(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// The HPA's CPU utilization target and minReplicas, as deployed.
+pub fn hpa_target_and_min(settings: &AppSettings) -> anyhow::Result<(i32, i32)> {
+    let objects = deploy::app_objects(settings)?;
+    let spec = objects
+        .iter()
+        .find_map(|o| match o {
+            crate::manifests::Object::HorizontalPodAutoscaler(h) => h.spec.clone(),
+            _ => None,
+        })
+        .context("manifests/app has no HorizontalPodAutoscaler")?;
+    let target = spec
+        .metrics
+        .iter()
+        .flatten()
+        .find_map(|m| {
+            m.resource
+                .as_ref()
+                .filter(|r| r.name == "cpu")
+                .and_then(|r| r.target.average_utilization)
+        })
+        .context("the HPA has no CPU utilization target")?;
+    Ok((target, spec.min_replicas.unwrap_or(1)))
+}
+
 /// Runs one scenario against the deployed app at `url`.
 pub async fn run(
     client: &Client,
@@ -348,13 +372,14 @@ pub async fn run(
         "{}",
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
+    let (target, min) = hpa_target_and_min(&settings)?;
     let derived = observe::derive(
         &observation,
         &outcome.windows,
         &outcome.totals.pods,
         load_end_s,
-        50,
-        1,
+        target,
+        min,
         scenario.max_replicas,
     );
     let gates = judge(
@@ -454,6 +479,16 @@ mod tests {
             traffic_imbalance: None,
             scale_down_s: None,
         }
+    }
+
+    #[test]
+    fn the_hpa_target_comes_from_the_manifest() {
+        let settings = AppSettings {
+            image: "x".into(),
+            pull_policy: "Never".into(),
+            max_replicas: Some(1),
+        };
+        assert_eq!(hpa_target_and_min(&settings).expect("hpa"), (50, 1));
     }
 
     #[test]
