@@ -23,39 +23,36 @@ pub enum Command {
     Load(LoadArgs),
 }
 
-#[derive(Debug, clap::Args)]
-pub struct LoadArgs {
-    /// Length of each run.
+/// How a benchmark is run: one pinned core each for the server and the load, and the load's shape.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Rig {
+    /// Length of each load run.
     #[arg(long, default_value = "10s", value_parser = crate::load::schedule::parse_duration)]
     duration: Duration,
-    /// Connections for both tools.
+    /// Connections of every load generator (the seeds used 50).
     #[arg(long, default_value_t = 50)]
     connections: usize,
     /// CPU the server is pinned to.
     #[arg(long, default_value_t = 0)]
     server_cpu: usize,
-    /// CPU both load generators are pinned to.
+    /// CPU the load generators are pinned to.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    rig: Rig,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench/load.json")]
     json: PathBuf,
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Length of each load run.
-    #[arg(long, default_value = "10s", value_parser = crate::load::schedule::parse_duration)]
-    duration: Duration,
-    /// wrk connections (the seeds used 50).
-    #[arg(long, default_value_t = 50)]
-    connections: usize,
-    /// CPU the server is pinned to.
-    #[arg(long, default_value_t = 0)]
-    server_cpu: usize,
-    /// CPU the load generator is pinned to.
-    #[arg(long, default_value_t = 1)]
-    load_cpu: usize,
+    #[command(flatten)]
+    rig: Rig,
     /// Skip the FastAPI reference (it needs PyPI for its first install).
     #[arg(long)]
     no_reference: bool,
@@ -96,6 +93,7 @@ struct ServerReport {
 }
 
 fn server(args: &ServerArgs) -> anyhow::Result<()> {
+    let rig = &args.rig;
     let Prepared {
         root,
         out_dir,
@@ -108,7 +106,7 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     for _ in 0..5 {
         let addr = free_addr()?;
         let t0 = Instant::now();
-        let server = spawn_pinned(&bin, args.server_cpu, addr)?;
+        let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
         let ok = wait_http_ok(addr, "/ready", Duration::from_secs(10));
         ready.push(t0.elapsed().as_secs_f64() * 1000.0);
         let _ = server.kill();
@@ -118,7 +116,7 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     let ready_ms_median = ready[ready.len() / 2];
 
     let addr = free_addr()?;
-    let server = spawn_pinned(&bin, args.server_cpu, addr)?;
+    let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
     let pid = *server.pids().first().context("server pid")?;
     let result = (|| -> anyhow::Result<ServerReport> {
         wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
@@ -126,14 +124,14 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
         let rss_idle_mib = rss_mib(pid)?;
         eprintln!(
             "iris-serve: wrk -t1 -c{} -d{}s",
-            args.connections,
-            args.duration.as_secs()
+            rig.connections,
+            rig.duration.as_secs()
         );
-        let ours = wrk(args, &lua, addr)?;
+        let ours = wrk(rig, &lua, addr)?;
         let rate = (ours.requests_per_sec / 2.0).round();
         eprintln!("iris-serve: open loop at {rate} req/s (half the wrk throughput)");
         let open = run_load(
-            args,
+            rig,
             addr,
             &["--rate", &rate.to_string()],
             &out_dir.join("open-loop.json"),
@@ -148,7 +146,7 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
         let reference = if args.no_reference {
             None
         } else {
-            Some(reference(args, &lua, &root, &out_dir)?)
+            Some(reference(rig, &lua, &root, &out_dir)?)
         };
         let throughput_ratio = reference
             .as_ref()
@@ -164,8 +162,8 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
             ready_ms_median,
             rss_idle_mib,
             rss_1000_conns_mib,
-            connections: args.connections,
-            duration_s: args.duration.as_secs_f64(),
+            connections: rig.connections,
+            duration_s: rig.duration.as_secs_f64(),
         })
     })();
     let _ = server.kill();
@@ -192,6 +190,7 @@ struct LoadReport {
 }
 
 fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
+    let rig = &args.rig;
     let Prepared {
         root,
         out_dir,
@@ -199,46 +198,40 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
         bin,
     } = prepare()?;
     let addr = free_addr()?;
-    let server = spawn_pinned(&bin, args.server_cpu, addr)?;
-    let common = ServerArgs {
-        duration: args.duration,
-        connections: args.connections,
-        server_cpu: args.server_cpu,
-        load_cpu: args.load_cpu,
-        no_reference: true,
-        json: args.json.clone(),
-    };
+    let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
     let result = (|| -> anyhow::Result<LoadReport> {
         wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
         eprintln!(
             "wrk -t1 -c{} -d{}s",
-            args.connections,
-            args.duration.as_secs()
+            rig.connections,
+            rig.duration.as_secs()
         );
-        let wrk = wrk(&common, &lua, addr)?;
+        let wrk = wrk(rig, &lua, addr)?;
         eprintln!(
             "cargo xtask load -c{} -d{}s",
-            args.connections,
-            args.duration.as_secs()
+            rig.connections,
+            rig.duration.as_secs()
         );
-        let closed = run_load(&common, addr, &[], &out_dir.join("load-closed.json"))?;
+        let closed = run_load(rig, addr, &[], &out_dir.join("load-closed.json"))?;
         let latency = closed.totals.latency.clone().context("no responses")?;
         let ours_rps = closed.totals.responses as f64 / closed.elapsed_s;
         let rate = (wrk.requests_per_sec / 2.0).round();
         // Open loop needs a pool large enough that a slow response never holds up the next send.
-        let pool = (args.connections * 4).to_string();
-        eprintln!("cargo xtask load --rate {rate} -c{pool} (half of wrk's throughput)");
-        let open_args = ServerArgs {
-            connections: args.connections * 4,
-            ..common.clone()
+        let pool = Rig {
+            connections: rig.connections * 4,
+            ..rig.clone()
         };
+        eprintln!(
+            "cargo xtask load --rate {rate} -c{} (half of wrk's throughput)",
+            pool.connections
+        );
         let open = run_load(
-            &open_args,
+            &pool,
             addr,
             &["--rate", &rate.to_string()],
             &out_dir.join("load-open.json"),
         )?;
-        let achieved = open.totals.responses as f64 / args.duration.as_secs_f64();
+        let achieved = open.totals.responses as f64 / rig.duration.as_secs_f64();
         Ok(LoadReport {
             throughput_ratio: ours_rps / wrk.requests_per_sec,
             p50_ratio: latency.p50_ms / wrk.p50_ms,
@@ -256,8 +249,8 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
     let r = result?;
     println!(
         "\n| generator (1 pinned core; -c{} -d{}s; server on another core) | req/s | p50 ms | p99 ms |",
-        args.connections,
-        args.duration.as_secs()
+        rig.connections,
+        rig.duration.as_secs()
     );
     println!("|---|---:|---:|---:|");
     println!(
@@ -289,12 +282,7 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_load(
-    args: &ServerArgs,
-    addr: SocketAddr,
-    extra: &[&str],
-    json: &Path,
-) -> anyhow::Result<Outcome> {
+fn run_load(args: &Rig, addr: SocketAddr, extra: &[&str], json: &Path) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe()?;
     cmd("taskset")
         .arg("-c")
@@ -408,7 +396,7 @@ fn print_server_report(r: &ServerReport) {
     );
 }
 
-fn wrk(args: &ServerArgs, lua: &Path, addr: SocketAddr) -> anyhow::Result<WrkResult> {
+fn wrk(args: &Rig, lua: &Path, addr: SocketAddr) -> anyhow::Result<WrkResult> {
     let out = cmd("taskset")
         .arg("-c")
         .arg(args.load_cpu.to_string())
@@ -457,12 +445,7 @@ fn wrk_ms(v: &str) -> anyhow::Result<f64> {
     })
 }
 
-fn reference(
-    args: &ServerArgs,
-    lua: &Path,
-    root: &Path,
-    out_dir: &Path,
-) -> anyhow::Result<WrkResult> {
+fn reference(args: &Rig, lua: &Path, root: &Path, out_dir: &Path) -> anyhow::Result<WrkResult> {
     let venv = out_dir.join("reference-venv");
     let python = venv.join("bin/python");
     if !python.exists() {

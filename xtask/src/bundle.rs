@@ -165,11 +165,7 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(iris_serve::model::hex(&hasher.finalize()))
 }
 
 /// Writes the bundle into a temporary folder beside `out` and renames it into place at the end,
@@ -215,11 +211,7 @@ pub async fn save(
             out_file.write_all(&chunk)?;
         }
         out_file.flush()?;
-        let sha256 = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = iris_serve::model::hex(&hasher.finalize());
         eprintln!("  saved {reference} -> {file}");
         crate::signals::test_pause("bundle-saved-image").await;
         manifest.images.push(BundleImage {

@@ -257,21 +257,24 @@ pub fn kubeconfig_path(name: &str) -> PathBuf {
 
 /// A client for the cluster through its isolated kubeconfig.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| {
-        format!(
-            "reading kubeconfig {}; is the cluster up? (`cargo xtask cluster up`)",
-            kubeconfig.display()
-        )
-    })?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    client_from(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("is the cluster up? (`cargo xtask cluster up`)")
+}
+
+/// A client from a kubeconfig file (read only) and options such as the context.
+pub async fn client_from(kubeconfig: &Path, options: &KubeConfigOptions) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, options).await?;
     Ok(Client::try_from(config)?)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Waits.
 
-/// Polls `check` until it returns Ok(true); on timeout the error says what never came, using the
-/// last message `check` left in `status`.
+/// Polls `check` until it returns `Ok(Ok(()))`; on timeout the error says what never came and the
+/// last status `check` reported (its `Err(String)`, or its error).
 pub async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,

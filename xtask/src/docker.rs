@@ -161,14 +161,14 @@ pub struct ImageFile {
 }
 
 /// Builds `FROM scratch` + `files` + the extra Dockerfile lines, from a tar context made in
-/// memory: no base image, no pull, works offline. Returns the image id.
+/// memory: no base image, no pull, works offline. Returns the built image as Docker describes it.
 pub async fn build_scratch_image(
     docker: &Docker,
     tag: &str,
     files: &[ImageFile],
     dockerfile_tail: &str,
     labels: &HashMap<String, String>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<bollard::models::ImageInspect> {
     let mut dockerfile = String::from("FROM scratch\n");
     for (i, f) in files.iter().enumerate() {
         dockerfile.push_str(&format!("COPY f{i} {}\n", f.path));
@@ -199,11 +199,10 @@ pub async fn build_scratch_image(
     drain_build(stream)
         .await
         .with_context(|| format!("building image {tag}"))?;
-    let inspect = docker
+    docker
         .inspect_image(tag)
         .await
-        .with_context(|| format!("image {tag} missing right after its build"))?;
-    inspect.id.context("built image has no id")
+        .with_context(|| format!("image {tag} missing right after its build"))
 }
 
 /// Reads a build stream to its end, so errors reported inside it surface as errors.

@@ -152,13 +152,16 @@ pub async fn checks(needs: Needs) -> Vec<Finding> {
 }
 
 async fn docker_check() -> Finding {
-    let docker = match bollard::Docker::connect_with_local_defaults() {
+    let docker = match crate::docker::connect().await {
         Ok(d) => d,
-        Err(e) => return Finding::fail("docker", format!("cannot connect: {e}"), DOCKER_HINT),
+        Err(e) => {
+            return Finding::fail(
+                "docker",
+                format!("not reachable: {}", e.root_cause()),
+                DOCKER_HINT,
+            );
+        }
     };
-    if let Err(e) = docker.ping().await {
-        return Finding::fail("docker", format!("not reachable: {e}"), DOCKER_HINT);
-    }
     let version = docker
         .version()
         .await

@@ -14,7 +14,7 @@ use bollard::Docker;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use kube::{Client, ResourceExt};
 
 use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
@@ -372,17 +372,15 @@ async fn existing_client(args: &Args) -> anyhow::Result<Client> {
         context: args.context.clone(),
         ..Default::default()
     };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &options).await?
+    match &args.kubeconfig {
+        Some(path) => cluster::client_from(path, &options).await,
+        None => {
+            let config = kube::Config::from_kubeconfig(&options)
+                .await
+                .context("reading $KUBECONFIG or ~/.kube/config")?;
+            Ok(Client::try_from(config)?)
         }
-        None => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("reading $KUBECONFIG or ~/.kube/config")?,
-    };
-    Ok(Client::try_from(config)?)
+    }
 }
 
 /// Refuses to run in a namespace the harness did not create.

@@ -132,8 +132,9 @@ pub async fn package(docker: &Docker, binary: &[u8]) -> anyhow::Result<Image> {
     }];
     // Numeric user: there is no /etc/passwd in a scratch image, and "restricted" wants non-root.
     let tail = "USER 65532:65532\nEXPOSE 8080\nENTRYPOINT [\"/iris-serve\"]\n";
-    let id = docker::build_scratch_image(docker, &reference, &files, tail, &labels).await?;
-    let size = docker.inspect_image(&id).await?.size.unwrap_or(0);
+    let built = docker::build_scratch_image(docker, &reference, &files, tail, &labels).await?;
+    let id = built.id.context("built image has no id")?;
+    let size = built.size.unwrap_or(0);
     eprintln!(
         "  built {reference} ({:.1} MB{})",
         size as f64 / 1e6,
@@ -213,12 +214,7 @@ pub fn parse_snapshotter(config: &str) -> Option<String> {
 }
 
 fn platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    format!("linux/{arch}")
+    format!("linux/{}", crate::tools::go_arch())
 }
 
 /// Loads `reference` into every node of `cluster`; returns what happened per node.

@@ -129,8 +129,7 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
                     format!(
                         "{} ({:.2}%)",
                         t.errors.total(),
-                        100.0 * t.errors.total() as f64
-                            / (t.responses + t.errors.total()).max(1) as f64
+                        100.0 * t.error_rate().unwrap_or(0.0)
                     ),
                     format!(
                         "{} of {}",
@@ -302,6 +301,31 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
+/// A line with its legend entry.
+fn labelled(
+    chart: &mut Chart<'_, '_>,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    width: u32,
+    label: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(width)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// One panel: a caption, time on x (0..end seconds), 0..top on y.
 fn panel<'a, 'b>(
     area: &'a Area<'b>,
@@ -359,33 +383,29 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             .filter_map(|x| f(x).map(|v| (x.t_s, v)))
             .collect()
     };
-    chart
-        .draw_series(LineSeries::new(
-            series(&|x| x.hpa_current.map(f64::from)),
-            BLUE.stroke_width(2),
-        ))?
-        .label("current")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            series(&|x| x.hpa_desired.map(f64::from)),
-            MAGENTA,
-        ))?
-        .label("desired")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], MAGENTA));
-    chart
-        .draw_series(LineSeries::new(
-            series(&|x| Some(f64::from(x.ready_replicas))),
-            GREEN,
-        ))?
-        .label("ready")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], GREEN));
+    labelled(
+        &mut chart,
+        series(&|x| x.hpa_current.map(f64::from)),
+        BLUE,
+        2,
+        "current",
+    )?;
+    labelled(
+        &mut chart,
+        series(&|x| x.hpa_desired.map(f64::from)),
+        MAGENTA,
+        1,
+        "desired",
+    )?;
+    labelled(
+        &mut chart,
+        series(&|x| Some(f64::from(x.ready_replicas))),
+        GREEN,
+        1,
+        "ready",
+    )?;
     mark_events(&mut chart, top)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
 
     // Throughput.
     let rps: Vec<(f64, f64)> = s
@@ -409,22 +429,12 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         20,
     )?;
     chart.configure_mesh().draw()?;
-    chart
-        .draw_series(LineSeries::new(rps, BLUE.stroke_width(2)))?
-        .label("achieved")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLUE));
+    labelled(&mut chart, rps, BLUE, 2, "achieved")?;
     if !offered.is_empty() {
-        chart
-            .draw_series(LineSeries::new(offered, BLACK))?
-            .label("offered")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], BLACK));
+        labelled(&mut chart, offered, BLACK, 1, "offered")?;
     }
     mark_events(&mut chart, top)?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
 
     // Latency.
     let p99: Vec<(f64, f64)> = s

@@ -205,11 +205,7 @@ pub fn judge(gates: &Gates, outcome: &Outcome, derived: &Derived) -> Vec<GateRes
         });
     }
     if let Some(limit) = gates.max_error_rate {
-        let sent = outcome.totals.responses
-            + outcome.totals.errors.connect
-            + outcome.totals.errors.timeout
-            + outcome.totals.errors.reset;
-        let rate = (sent > 0).then(|| outcome.totals.errors.total() as f64 / sent as f64);
+        let rate = outcome.totals.error_rate();
         let passed = rate.is_some_and(|r| r <= limit);
         results.push(GateResult {
             gate: "max_error_rate".into(),

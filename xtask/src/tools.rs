@@ -23,15 +23,18 @@ pub const KIND_INSTALL_HINT: &str = "install kind v0.32.0 yourself and put it on
 (https://kind.sigs.k8s.io/docs/user/quick-start/#installation, or `go install sigs.k8s.io/kind@v0.32.0`), \
 or copy a verified kind v0.32.0 binary to ~/.cache/iris-serve/kind/v0.32.0/kind";
 
-/// `linux-amd64`, `darwin-arm64`, ... as kind names its release binaries.
-pub fn platform() -> String {
-    let os = std::env::consts::OS;
-    let arch = match std::env::consts::ARCH {
+/// This machine's architecture as Go (kind, Docker, containerd) names it: `amd64`, `arm64`.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
-    format!("{os}-{arch}")
+    }
+}
+
+/// `linux-amd64`, `darwin-arm64`, ... as kind names its release binaries.
+pub fn platform() -> String {
+    format!("{}-{}", std::env::consts::OS, go_arch())
 }
 
 pub fn pinned_sha256(platform: &str) -> Option<&'static str> {
@@ -211,11 +214,7 @@ pub async fn download_verified(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let actual = iris_serve::model::hex(&hasher.finalize());
     ensure!(
         actual == published,
         "refusing the downloaded kind: its sha256 {actual} differs from the published {published}"

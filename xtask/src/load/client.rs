@@ -117,6 +117,10 @@ pub async fn run(
         Mode::Open { schedule } => schedule.duration(),
     };
     ensure!(duration > Duration::ZERO, "the run has no duration");
+    let scheduled = match &config.mode {
+        Mode::Open { schedule } => Some(schedule.total_requests()),
+        Mode::Closed { .. } => None,
+    };
     let n_shards = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let start = Instant::now();
     let started_at_unix_ms = SystemTime::now()
@@ -154,7 +158,7 @@ pub async fn run(
         };
         collector.finish(second, (to - from).as_secs_f64(), offered)
     };
-    let mut all_done = futures_join(workers);
+    let mut all_done = std::pin::pin!(futures::future::join_all(workers));
     loop {
         second += 1;
         let tick = start + Duration::from_secs(u64::from(second));
@@ -165,7 +169,7 @@ pub async fn run(
                 windows.push(w);
                 last = tick;
             }
-            () = &mut all_done => {
+            _ = &mut all_done => {
                 let now = Instant::now();
                 if now > last + Duration::from_millis(50) {
                     let w = collect(&mut collector, second, last, now);
@@ -187,32 +191,12 @@ pub async fn run(
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .collect();
-    let scheduled = windows_scheduled(&windows);
     Ok(Outcome {
         started_at_unix_ms,
         elapsed_s,
         totals: merge_totals(&mut shards),
         windows,
         scheduled,
-    })
-}
-
-fn windows_scheduled(windows: &[WindowSummary]) -> Option<u64> {
-    windows
-        .iter()
-        .map(|w| w.offered_rps)
-        .sum::<Option<f64>>()
-        .map(|s| s.round() as u64)
-}
-
-/// Resolves when every worker has finished.
-fn futures_join(
-    workers: Vec<tokio::task::JoinHandle<()>>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(async move {
-        for w in workers {
-            let _ = w.await;
-        }
     })
 }
 

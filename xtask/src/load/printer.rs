@@ -95,8 +95,8 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
 
 /// More than 1% of sends left later than they should: the offered load was not what was asked.
 pub fn behind_schedule(outcome: &Outcome) -> bool {
-    let sent = outcome.totals.responses + outcome.totals.errors.total();
-    sent > 0 && outcome.totals.late_sends as f64 > 0.01 * sent as f64
+    let attempts = outcome.totals.attempts();
+    attempts > 0 && outcome.totals.late_sends as f64 > 0.01 * attempts as f64
 }
 
 /// A live line on a terminal; a plain line every few seconds otherwise (CI logs).

@@ -305,6 +305,19 @@ pub struct Totals {
     pub pods: BTreeMap<String, u64>,
 }
 
+impl Totals {
+    /// Requests that got an answer, or failed without one (connect, timeout, reset).
+    pub fn attempts(&self) -> u64 {
+        self.responses + self.errors.connect + self.errors.timeout + self.errors.reset
+    }
+
+    /// Errors of every class (4xx/5xx responses included) over attempts.
+    pub fn error_rate(&self) -> Option<f64> {
+        let attempts = self.attempts();
+        (attempts > 0).then(|| self.errors.total() as f64 / attempts as f64)
+    }
+}
+
 pub fn merge_totals(shards: &mut [Shard]) -> Totals {
     let mut latency = histogram(3);
     let mut service = histogram(3);
