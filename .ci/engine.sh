@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Brings up the container stack the tests must meet: the one users run, not this machine's distro's.
+#
+#   eval "$(bash .ci/engine.sh)"     # then: cargo test --workspace --locked
+#
+# - Docker Engine 28+ on the default socket. A running 28+ engine (a GitHub runner's) is used as it
+#   is. Otherwise Debian unstable's `docker.io` (28.x) is fetched by package name into a cache
+#   outside the repository (a private apt state: no system-wide upgrade) and started.
+# - containerd 2.x binaries for the kind-node fixture (kind v0.32's nodes run containerd 2.3):
+#   Debian unstable's `containerd` (2.1.x), same cache. The tests find them via IRIS_FIXTURE_BIN.
+# - A second engine with Docker's containerd image store (`features.containerd-snapshotter`, the
+#   default of fresh Docker 29 installs) on its own socket and data root, no networking; the image
+#   build/save/load tests also run against it, found via IRIS_TEST_DOCKER_CONTAINERD_STORE.
+#
+# Logs go to stderr; stdout is only `export` lines for the caller to eval. Root (or sudo) needed to
+# start an engine. Set IRIS_ENGINE_CACHE to move the cache (default ~/.cache/iris-serve/engine).
+set -euo pipefail
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+CACHE="${IRIS_ENGINE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/iris-serve/engine}"
+BIN="$CACHE/bin"
+MIN_DOCKER_MAJOR=28
+
+major() { printf '%s' "${1%%.*}" | tr -cd '0-9'; }
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >&2
+    $SUDO apt-get install -y -qq "$@" >&2
+}
+
+# Debian unstable's docker.io and containerd, unpacked once into $BIN (kept between runs).
+fetch_unstable_binaries() {
+    if [ -f "$BIN/.complete" ]; then
+        log "cached engine binaries: $(tr '\n' ' ' <"$BIN/.complete")($BIN)"
+        return
+    fi
+    command -v apt-get >/dev/null || die "no apt-get: install Docker Engine ${MIN_DOCKER_MAJOR}+ and containerd 2.x yourself, then set IRIS_FIXTURE_BIN to the folder holding containerd, ctr, containerd-shim-runc-v2 and runc"
+    local first
+    first=$(ls /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$first" ] || die "no /etc/apt/sources.list.d/debian.sources to take the Debian mirror from"
+    local work
+    work=$(mktemp -d)
+    mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/debs"
+    # The machine's own first Debian entry (deb822 stanza), with the suite changed to sid.
+    awk 'BEGIN { RS = ""; ORS = "\n\n" } NR == 1' "$first" |
+        sed -E 's/^Suites:.*/Suites: sid/' >"$work/apt/unstable.sources"
+    local opts=(-o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$work/apt"
+        -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache"
+        -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")
+    log "fetching docker.io and containerd from Debian unstable (private apt state in $work)"
+    apt-get "${opts[@]}" update -qq >&2
+    (cd "$work/debs" && apt-get "${opts[@]}" download docker.io containerd >&2)
+    local unpacked="$work/x" staging="$CACHE/bin.partial"
+    rm -rf "$staging"
+    mkdir -p "$staging" "$unpacked"
+    for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$unpacked"; done
+    cp "$unpacked"/usr/sbin/dockerd "$unpacked"/usr/sbin/docker-proxy "$staging"/
+    cp "$unpacked"/usr/bin/containerd "$unpacked"/usr/bin/containerd-shim-runc-v2 "$unpacked"/usr/bin/ctr "$staging"/
+    # unstable's runc needs a newer glibc; the system's (bookworm 1.1.x) works with both.
+    command -v runc >/dev/null || apt_install runc
+    cp "$(command -v runc)" "$staging"/runc
+    {
+        echo "docker.io $(dpkg-deb -f "$work"/debs/docker.io_*.deb Version)"
+        echo "containerd $(dpkg-deb -f "$work"/debs/containerd_*.deb Version)"
+    } >"$staging/.complete"
+    rm -rf "$BIN"
+    mv "$staging" "$BIN"
+    rm -rf "$work"
+    log "unpacked $(tr '\n' ' ' <"$BIN/.complete")into $BIN"
+}
+
+server_version() { DOCKER_HOST="$1" docker version --format '{{.Server.Version}}' 2>/dev/null || true; }
+
+wait_for() {
+    local host="$1" logfile="$2"
+    for _ in $(seq 1 60); do
+        if [ -n "$(server_version "$host")" ]; then return 0; fi
+        sleep 1
+    done
+    tail -20 "$logfile" >&2 || true
+    die "the engine at $host did not start (log: $logfile)"
+}
+
+command -v docker >/dev/null || apt_install docker.io # the client only is used from here on
+command -v iptables >/dev/null || apt_install iptables
+
+fetch_unstable_binaries
+
+DEFAULT_HOST="unix:///var/run/docker.sock"
+running=$(server_version "$DEFAULT_HOST")
+if [ -n "$running" ] && [ "$(major "$running")" -ge "$MIN_DOCKER_MAJOR" ]; then
+    log "Docker Engine $running already running: using it as it is"
+else
+    if [ -n "$running" ]; then
+        [ "${CI:-}" = "true" ] || [ -n "${IRIS_REPLACE_ENGINE:-}" ] ||
+            die "Docker Engine $running is running; the tests need ${MIN_DOCKER_MAJOR}+. Stop it, or rerun with IRIS_REPLACE_ENGINE=1 to let this script stop it and start ${MIN_DOCKER_MAJOR}.x"
+        log "stopping Docker Engine $running (the tests need ${MIN_DOCKER_MAJOR}+)"
+        $SUDO sh -c 'kill "$(cat /var/run/docker.pid)" 2>/dev/null || pkill -x dockerd || true'
+        for _ in $(seq 1 30); do pgrep -x dockerd >/dev/null || break; sleep 1; done
+    fi
+    log "starting Docker Engine from $BIN"
+    $SUDO env PATH="$BIN:$PATH" sh -c "nohup dockerd >/tmp/iris-dockerd.log 2>&1 &"
+    wait_for "$DEFAULT_HOST" /tmp/iris-dockerd.log
+fi
+
+# The containerd image store engine: own socket, data root, exec root; no bridge, no iptables (its
+# tests build, save and load images; they open no ports).
+CS_DIR=/run/iris-docker-cs
+CS_HOST="unix://$CS_DIR/docker.sock"
+if [ -z "$(server_version "$CS_HOST")" ]; then
+    log "starting a second engine with the containerd image store ($CS_HOST)"
+    $SUDO mkdir -p "$CS_DIR"
+    printf '{ "features": { "containerd-snapshotter": true } }\n' | $SUDO tee "$CS_DIR/daemon.json" >/dev/null
+    $SUDO env PATH="$BIN:$PATH" sh -c "nohup dockerd --config-file $CS_DIR/daemon.json \
+        -H $CS_HOST --data-root /var/lib/iris-docker-cs --exec-root $CS_DIR/exec \
+        --pidfile $CS_DIR/docker.pid --bridge=none --iptables=false --ip6tables=false \
+        >/tmp/iris-dockerd-cs.log 2>&1 &"
+    wait_for "$CS_HOST" /tmp/iris-dockerd-cs.log
+fi
+
+log "$(docker version --format 'Docker Engine {{.Server.Version}} (API {{.Server.APIVersion}})') on $DEFAULT_HOST; $(DOCKER_HOST=$CS_HOST docker info --format 'containerd image store engine {{.ServerVersion}}: storage driver {{.Driver}} {{range .DriverStatus}}{{index . 0}}={{index . 1}} {{end}}') on $CS_HOST"
+log "fixture containerd: $("$BIN/containerd" --version)"
+
+printf 'export IRIS_FIXTURE_BIN=%q\n' "$BIN"
+printf 'export IRIS_TEST_DOCKER_CONTAINERD_STORE=%q\n' "$CS_HOST"
