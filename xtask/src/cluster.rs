@@ -262,6 +262,14 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
         .context("is the cluster up? (`cargo xtask cluster up`)")
 }
 
+/// The API server URL a kubeconfig's current context points at (kind: https://127.0.0.1:<port>).
+pub async fn api_url(kubeconfig: &Path) -> anyhow::Result<String> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(config.cluster_url.to_string())
+}
+
 /// A client from a kubeconfig file (read only) and options such as the context.
 pub async fn client_from(kubeconfig: &Path, options: &KubeConfigOptions) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)
@@ -498,11 +506,22 @@ impl Drop for Teardown {
     }
 }
 
-fn delete_with(kind: &Path, name: &str) -> anyhow::Result<()> {
+fn delete_command(kind: &Path, name: &str) -> crate::cmd::Cmd {
     cmd(kind)
         .args(["delete", "cluster", "--name", name, "--kubeconfig"])
         .arg(kubeconfig_path(name))
-        .read()?;
+}
+
+/// For the teardown guard's destructor, which cannot await.
+fn delete_with(kind: &Path, name: &str) -> anyhow::Result<()> {
+    delete_command(kind, name).read()?;
+    let _ = std::fs::remove_file(kubeconfig_path(name));
+    Ok(())
+}
+
+/// For commands: interruptible while kind runs.
+async fn delete_async(kind: &Path, name: &str) -> anyhow::Result<()> {
+    delete_command(kind, name).run_async().await?;
     let _ = std::fs::remove_file(kubeconfig_path(name));
     Ok(())
 }
@@ -526,18 +545,23 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         match command {
             Command::Up(args) => {
                 let cluster = crate::signals::interruptible(up(&args)).await?;
+                let api = api_url(&cluster.kubeconfig)
+                    .await
+                    .unwrap_or_else(|e| format!("unknown ({e:#})"));
                 println!(
                     "cluster {} (config {}) is up; kubeconfig {}; API {}; delete it with `cargo xtask cluster down --cluster-name {}` ({})",
                     cluster.name,
                     cluster.config_hash,
                     cluster.kubeconfig.display(),
-                    cluster.client.default_namespace(),
+                    api,
                     cluster.name,
                     cluster.kind.display()
                 );
                 Ok(())
             }
-            Command::Down(args) => down(&args.cluster_name).await,
+            Command::Down(args) => {
+                crate::signals::interruptible(down(&args.cluster_name)).await
+            }
             Command::Status(args) => status(&args.cluster_name).await,
             Command::Logs(args) => {
                 let kind = tools::ensure_kind(true).await.ok();
@@ -600,13 +624,16 @@ pub async fn up_with(
     let kubeconfig = kubeconfig_path(name);
     let mut guard = Teardown::new(name, kind, args.keep);
     let created = cmd(kind)
-        .args(["create", "cluster", "--name", name, "--config"])
+        // --retain: a failed create keeps its nodes, so the guard can export their logs (kind's
+        // own cleanup would delete them first) before it deletes the cluster.
+        .args(["create", "cluster", "--retain", "--name", name, "--config"])
         .arg(&config_path)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .env("KUBECONFIG", &kubeconfig)
         .hint("see the kind output above; `cargo xtask doctor` checks the usual causes")
-        .run();
+        .run_async()
+        .await;
     if let Err(e) = created {
         guard.failed(None).await;
         return Err(e);
@@ -720,7 +747,7 @@ pub async fn replace_stale(kind: &Path, name: &str) -> anyhow::Result<bool> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    delete_with(kind, name)?;
+    delete_async(kind, name).await?;
     Ok(true)
 }
 
@@ -735,7 +762,7 @@ pub async fn down(name: &str) -> anyhow::Result<()> {
     let kind = tools::ensure_kind(true)
         .await
         .with_context(|| format!("deleting cluster {name} needs kind"))?;
-    delete_with(&kind, name)?;
+    delete_async(&kind, name).await?;
     println!("cluster {name} deleted");
     Ok(())
 }
@@ -1001,6 +1028,7 @@ mod tests {
             &docker,
             &name,
             &format!("{name}-control-plane"),
+            "control-plane",
             false,
         )
         .await

@@ -2,6 +2,9 @@
 //! a failure into an error that says what failed and what to try.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -119,6 +122,45 @@ impl Cmd {
             .with_context(|| self.failure("could not be started"))
     }
 
+    /// [`Cmd::run`] for async code: the child runs in a process group of its own and is awaited
+    /// off the runtime, so Ctrl-C/SIGTERM handlers stay responsive; if the future is dropped
+    /// (interrupted), the whole group (kind's docker calls, cargo's rustc jobs) gets SIGTERM, then
+    /// SIGKILL after a grace period.
+    pub async fn run_async(&self) -> anyhow::Result<()> {
+        let out = self.finish_async(false).await?;
+        if !out.status.success() {
+            bail!("{}", self.failure(&format!("failed ({})", out.status)));
+        }
+        Ok(())
+    }
+
+    async fn finish_async(&self, capture: bool) -> anyhow::Result<std::process::Output> {
+        eprintln!("  $ {}", self.display());
+        let mut expression = self.expression().unchecked().before_spawn(|command| {
+            command.process_group(0);
+            Ok(())
+        });
+        if capture {
+            expression = expression.stdout_capture().stderr_capture();
+        }
+        let handle = Arc::new(
+            expression
+                .start()
+                .with_context(|| self.failure("could not be started"))?,
+        );
+        let mut guard = StopOnDrop {
+            handle: handle.clone(),
+            armed: true,
+        };
+        let waiter = handle.clone();
+        let out = tokio::task::spawn_blocking(move || waiter.wait().cloned())
+            .await
+            .context("waiting for a child process")?
+            .with_context(|| self.failure("could not be waited for"))?;
+        guard.armed = false;
+        Ok(out)
+    }
+
     fn failure(&self, what: &str) -> String {
         let mut msg = format!("`{}` {what}", self.display());
         if let Some(h) = &self.hint {
@@ -126,6 +168,35 @@ impl Cmd {
             msg.push_str(h);
         }
         msg
+    }
+}
+
+/// Stops a child's process group when the future awaiting it is dropped.
+struct StopOnDrop {
+    handle: Arc<duct::Handle>,
+    armed: bool,
+}
+
+/// How long an interrupted child gets to exit on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let signal_group = |signal| {
+            for pid in self.handle.pids() {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process_group(pid, signal);
+                }
+            }
+        };
+        signal_group(rustix::process::Signal::TERM);
+        if !matches!(self.handle.wait_timeout(STOP_GRACE), Ok(Some(_))) {
+            signal_group(rustix::process::Signal::KILL);
+            let _ = self.handle.kill();
+        }
     }
 }
 
@@ -149,5 +220,49 @@ mod tests {
             "hi\n"
         );
         assert!(cmd("/no/such/program").read().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_awaited_child_is_stopped_with_its_group_when_the_future_is_dropped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pids = dir.path().join("pids");
+        // A parent and a grandchild, both sleeping: like kind running docker, or cargo running rustc.
+        let script = format!(
+            "sleep 30 & echo $! >> {p}; echo $$ >> {p}; wait",
+            p = pids.display()
+        );
+        let child = cmd("sh").args(["-c", &script]);
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(Duration::from_millis(500), child.run_async()).await;
+        assert!(result.is_err(), "the child should still be running");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "the drop took {took:?}");
+        let written = std::fs::read_to_string(&pids).expect("pids");
+        let pids: Vec<i32> = written
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        assert_eq!(pids.len(), 2, "{written}");
+        // Reaped or gone: kill(pid, 0) fails for each (the grandchild was reparented and killed).
+        std::thread::sleep(Duration::from_millis(200));
+        for pid in pids {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ");
+            assert!(!alive, "process {pid} outlived the interrupted command");
+        }
+    }
+
+    #[tokio::test]
+    async fn run_async_reports_failure_like_run() {
+        let err = cmd("sh")
+            .args(["-c", "exit 4"])
+            .hint("look up")
+            .run_async()
+            .await
+            .expect_err("fails");
+        assert!(format!("{err:#}").contains("look up"), "{err:#}");
+        cmd("true").run_async().await.expect("succeeds");
     }
 }

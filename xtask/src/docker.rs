@@ -21,8 +21,22 @@ pub const KIND_ROLE_LABEL: &str = "io.x-k8s.kind.role";
 pub const DOCKER_HINT: &str = "is the Docker engine running? Start it (`sudo systemctl start docker`, or `dockerd &`) \
 and check that this user can reach /var/run/docker.sock (or set DOCKER_HOST)";
 
+/// The engine named by `DOCKER_HOST` (unix:// or tcp://), else the local socket, at the API
+/// version both sides speak: bollard's default is newer than Docker 28's 1.51, and Docker
+/// 29.0-29.2 refuse versions below 1.44, so neither a fixed version nor an unversioned path is safe.
 pub async fn connect() -> anyhow::Result<Docker> {
-    let docker = Docker::connect_with_local_defaults().context(DOCKER_HINT)?;
+    let host = std::env::var("DOCKER_HOST").ok();
+    connect_to(host.as_deref()).await
+}
+
+/// [`connect`] to a given engine (`unix:///path` or `tcp://host:port`), or the local default.
+pub async fn connect_to(host: Option<&str>) -> anyhow::Result<Docker> {
+    let docker = match host {
+        Some(h) => Docker::connect_with_host(h),
+        None => Docker::connect_with_local_defaults(),
+    }
+    .context(DOCKER_HINT)?;
+    let docker = docker.negotiate_version().await.context(DOCKER_HINT)?;
     docker.ping().await.context(DOCKER_HINT)?;
     Ok(docker)
 }

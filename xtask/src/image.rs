@@ -86,7 +86,7 @@ pub fn static_target() -> String {
 }
 
 /// Compiles the static server binary and returns its bytes.
-pub fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
+pub async fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
     let root = project_root();
     let target = static_target();
     cmd("cargo")
@@ -94,14 +94,15 @@ pub fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
         .arg(root.join("Cargo.toml"))
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .hint(format!("a static build needs the {target} target (`rustup target add {target}`) and glibc's static libraries (libc6-dev)"))
-        .run()?;
+        .run_async()
+        .await?;
     let path = root.join("target").join(&target).join("release/iris-serve");
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Builds (or finds) the image of the current server code.
 pub async fn build(docker: &Docker) -> anyhow::Result<Image> {
-    let binary = compile_static_binary()?;
+    let binary = compile_static_binary().await?;
     package(docker, &binary).await
 }
 
@@ -194,23 +195,59 @@ async fn node_has_image(docker: &Docker, node: &Node, reference: &str) -> anyhow
     Ok(out.stdout.lines().any(|l| l.trim() == wanted))
 }
 
-/// The snapshotter the node's containerd uses for Kubernetes' images (kind reads it the same way).
-async fn snapshotter(docker: &Docker, node: &Node) -> String {
-    let Ok(out) = docker::exec(docker, &node.id, &["containerd", "config", "dump"], None).await
-    else {
-        return "overlayfs".to_owned();
-    };
-    parse_snapshotter(&out.stdout).unwrap_or_else(|| "overlayfs".to_owned())
+/// The snapshotter the node's containerd uses for Kubernetes' images, read from
+/// `containerd config dump` the way kind reads it.
+async fn snapshotter(docker: &Docker, node: &Node) -> anyhow::Result<String> {
+    let out = docker::exec(docker, &node.id, &["containerd", "config", "dump"], None)
+        .await
+        .with_context(|| format!("asking node {} for its containerd config", node.name))?;
+    ensure!(
+        out.exit_code == 0,
+        "node {}: `containerd config dump` failed ({}): {}",
+        node.name,
+        out.exit_code,
+        out.stderr.trim()
+    );
+    parse_snapshotter(&out.stdout).with_context(|| {
+        format!(
+            "node {}: reading the snapshotter from `containerd config dump`",
+            node.name
+        )
+    })
 }
 
-/// The first `snapshotter = "..."` in a containerd config dump.
-pub fn parse_snapshotter(config: &str) -> Option<String> {
-    config.lines().find_map(|line| {
-        let (key, value) = line.trim().split_once('=')?;
-        (key.trim() == "snapshotter")
-            .then(|| value.trim().trim_matches('"').to_owned())
-            .filter(|v| !v.is_empty())
-    })
+/// The CRI image snapshotter in a containerd config dump, by the dump's config version (as kind's
+/// `nodeutils.parseSnapshotter` does): version 2 (containerd 1.x, and 2.x reading a v2 file) keeps it
+/// at `plugins."io.containerd.grpc.v1.cri".containerd.snapshotter`; versions 3 (containerd 2.0/2.1)
+/// and 4 (2.2+, kind v0.32's nodes run 2.3) at `plugins."io.containerd.cri.v1.images".snapshotter`.
+/// Absent: containerd's default, `overlayfs`.
+pub fn parse_snapshotter(dump: &str) -> anyhow::Result<String> {
+    let config: toml::Table = dump.parse().context("the dump is not valid TOML")?;
+    let version = config
+        .get("version")
+        .and_then(toml::Value::as_integer)
+        .context("the dump has no integer `version`")?;
+    let path: &[&str] = match version {
+        2 => &[
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "snapshotter",
+        ],
+        3 | 4 => &["plugins", "io.containerd.cri.v1.images", "snapshotter"],
+        other => bail!(
+            "unknown containerd config version {other} (known: 2 for containerd 1.x, 3 and 4 for 2.x)"
+        ),
+    };
+    let mut value = config.get(path[0]);
+    for key in &path[1..] {
+        value = value.and_then(|v| v.get(key));
+    }
+    match value {
+        None => Ok("overlayfs".to_owned()),
+        Some(toml::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(other) => bail!("{} is {other:?}, not a snapshotter name", path.join(".")),
+    }
 }
 
 fn platform() -> String {
@@ -279,7 +316,7 @@ pub async fn load(
         bar.set_prefix(node.name.clone());
         let parts = parts.clone();
         async move {
-            let snapshotter = snapshotter(docker, node).await;
+            let snapshotter = snapshotter(docker, node).await?;
             let snapshotter_flag = format!("--snapshotter={snapshotter}");
             let platform_flag = format!("--platform={}", platform());
             let progress = {
@@ -344,7 +381,10 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{FixtureNode, docker_or_skip, fake_binary, remove_image_blocking, unique};
+    use crate::testing::{
+        FixtureNode, docker_or_skip, engines_or_skip, fake_binary, fixture_cluster,
+        remove_image_blocking, unique,
+    };
 
     struct ImageGuard(Docker, String);
     impl Drop for ImageGuard {
@@ -355,96 +395,187 @@ mod tests {
 
     #[tokio::test]
     async fn package_is_offline_content_addressed_and_a_noop_when_unchanged() {
-        let Some(docker) = docker_or_skip("image::package").await else {
-            return;
-        };
-        let binary = fake_binary(&unique("bin"));
-        let first = package(&docker, &binary).await.expect("build");
-        let _guard = ImageGuard(docker.clone(), first.reference.clone());
-        assert!(first.built);
-        let hash = iris_serve::model::sha256_hex(&binary);
-        assert_eq!(first.reference, format!("iris-serve:{}", &hash[..16]));
-        let again = package(&docker, &binary).await.expect("no-op");
-        assert!(!again.built);
-        assert_eq!(again.id, first.id);
-        let inspect = docker
-            .inspect_image(&first.reference)
+        for (store, docker) in engines_or_skip("image::package").await {
+            eprintln!("image::package on the {store}");
+            let binary = fake_binary(&unique("bin"));
+            let first = package(&docker, &binary).await.expect("build");
+            let _guard = ImageGuard(docker.clone(), first.reference.clone());
+            assert!(first.built);
+            let hash = iris_serve::model::sha256_hex(&binary);
+            assert_eq!(first.reference, format!("iris-serve:{}", &hash[..16]));
+            let again = package(&docker, &binary).await.expect("no-op");
+            assert!(!again.built);
+            assert_eq!(again.id, first.id);
+            let inspect = docker
+                .inspect_image(&first.reference)
+                .await
+                .expect("inspect");
+            let config = inspect.config.expect("config");
+            assert_eq!(config.user.as_deref(), Some("65532:65532"));
+            assert_eq!(config.entrypoint, Some(vec!["/iris-serve".to_owned()]));
+            assert!(
+                config
+                    .exposed_ports
+                    .expect("ports")
+                    .iter()
+                    .any(|p| p.starts_with("8080"))
+            );
+            assert!(first.size < SIZE_TARGET_BYTES);
+        }
+    }
+
+    /// The real server image, built once for the whole test run (the same static build and
+    /// `FROM scratch` packaging `cargo xtask image build` does).
+    async fn real_server_image(docker: &Docker) -> Image {
+        static BINARY: tokio::sync::OnceCell<Vec<u8>> = tokio::sync::OnceCell::const_new();
+        let binary = BINARY
+            .get_or_try_init(compile_static_binary)
             .await
-            .expect("inspect");
-        let config = inspect.config.expect("config");
-        assert_eq!(config.user.as_deref(), Some("65532:65532"));
-        assert_eq!(config.entrypoint, Some(vec!["/iris-serve".to_owned()]));
+            .expect("static server build");
+        package(docker, binary).await.expect("package")
+    }
+
+    /// What the kubelet would find on a node: the CRI plugin looks images up in containerd's
+    /// `k8s.io` namespace by the normalized reference the Pod names; the content must be
+    /// complete and unpacked for the snapshotter, or the container cannot start.
+    async fn kubelet_would_find(docker: &Docker, node: &FixtureNode, reference: &str) {
+        let name = containerd_name(reference);
+        let check = docker::exec(
+            docker,
+            &node.id,
+            &[
+                "ctr",
+                "--namespace=k8s.io",
+                "images",
+                "check",
+                &format!("name=={name}"),
+            ],
+            None,
+        )
+        .await
+        .expect("ctr images check");
+        assert_eq!(check.exit_code, 0, "{}", check.stderr);
+        let line = check
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{}: no {name} in k8s.io:\n{}", node.name, check.stdout));
+        assert!(line.contains("complete"), "{}: {line}", node.name);
+        let unpacked = docker::exec(
+            docker,
+            &node.id,
+            &[
+                "ctr",
+                "--namespace=k8s.io",
+                "snapshots",
+                "--snapshotter=overlayfs",
+                "ls",
+            ],
+            None,
+        )
+        .await
+        .expect("ctr snapshots ls");
         assert!(
-            config
-                .exposed_ports
-                .expect("ports")
-                .iter()
-                .any(|p| p.starts_with("8080"))
+            unpacked.stdout.lines().count() > 1,
+            "{}: nothing unpacked into overlayfs:\n{}{}",
+            node.name,
+            unpacked.stdout,
+            unpacked.stderr
         );
-        assert!(first.size < SIZE_TARGET_BYTES);
     }
 
     #[tokio::test]
-    async fn load_streams_into_every_node_then_skips_nodes_that_have_it() {
-        let Some(docker) = docker_or_skip("image::load").await else {
-            return;
-        };
-        let cluster = unique("iris-load");
-        let image = package(&docker, &fake_binary(&cluster))
-            .await
-            .expect("build");
-        let _guard = ImageGuard(docker.clone(), image.reference.clone());
-        let _a = FixtureNode::start(&docker, &cluster, &format!("{cluster}-worker"), true)
-            .await
-            .expect("node a");
-        let _b = FixtureNode::start(&docker, &cluster, &format!("{cluster}-worker2"), true)
-            .await
-            .expect("node b");
-        let first = load(&docker, &image.reference, &cluster)
-            .await
-            .expect("load");
-        assert_eq!(
-            first,
-            vec![
-                NodeLoad::Loaded(format!("{cluster}-worker")),
-                NodeLoad::Loaded(format!("{cluster}-worker2"))
-            ]
-        );
-        let second = load(&docker, &image.reference, &cluster)
-            .await
-            .expect("second load");
-        assert_eq!(
-            second,
-            vec![
-                NodeLoad::AlreadyPresent(format!("{cluster}-worker")),
-                NodeLoad::AlreadyPresent(format!("{cluster}-worker2"))
-            ]
-        );
+    async fn load_the_server_image_into_three_containerd2_nodes_then_skip() {
+        for (store, docker) in engines_or_skip("image::load").await {
+            let cluster = unique("iris-load");
+            let image = real_server_image(&docker).await;
+            let _guard = image
+                .built
+                .then(|| ImageGuard(docker.clone(), image.reference.clone()));
+            let nodes = fixture_cluster(&docker, &cluster, 2)
+                .await
+                .expect("fixture cluster");
+            let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+            assert_eq!(
+                names,
+                [
+                    format!("{cluster}-control-plane"),
+                    format!("{cluster}-worker"),
+                    format!("{cluster}-worker2")
+                ]
+            );
+            let started = std::time::Instant::now();
+            let first = load(&docker, &image.reference, &cluster)
+                .await
+                .unwrap_or_else(|e| panic!("load ({store}): {e:#}"));
+            let took = started.elapsed();
+            eprintln!(
+                "{store}: loaded {} ({:.1} MB) into 3 containerd {} nodes in {took:.2?}",
+                image.reference,
+                image.size as f64 / 1e6,
+                crate::testing::fixture_containerd_version().unwrap_or_default()
+            );
+            assert_eq!(
+                first,
+                names
+                    .iter()
+                    .cloned()
+                    .map(NodeLoad::Loaded)
+                    .collect::<Vec<_>>(),
+                "{store}"
+            );
+            for node in &nodes {
+                kubelet_would_find(&docker, node, &image.reference).await;
+            }
+            let second = load(&docker, &image.reference, &cluster)
+                .await
+                .unwrap_or_else(|e| panic!("second load ({store}): {e:#}"));
+            assert_eq!(
+                second,
+                names
+                    .iter()
+                    .cloned()
+                    .map(NodeLoad::AlreadyPresent)
+                    .collect::<Vec<_>>(),
+                "{store}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn load_fails_loudly_naming_the_broken_node() {
-        let Some(docker) = docker_or_skip("image::load broken node").await else {
-            return;
-        };
-        let cluster = unique("iris-broken");
-        let image = package(&docker, &fake_binary(&cluster))
-            .await
-            .expect("build");
-        let _guard = ImageGuard(docker.clone(), image.reference.clone());
-        let _ok = FixtureNode::start(&docker, &cluster, &format!("{cluster}-worker"), true)
+        for (store, docker) in engines_or_skip("image::load broken node").await {
+            let cluster = unique("iris-broken");
+            let image = package(&docker, &fake_binary(&cluster))
+                .await
+                .expect("build");
+            let _guard = ImageGuard(docker.clone(), image.reference.clone());
+            let _ok = FixtureNode::start(
+                &docker,
+                &cluster,
+                &format!("{cluster}-worker"),
+                "worker",
+                true,
+            )
             .await
             .expect("node");
-        let _bad = FixtureNode::start(&docker, &cluster, &format!("{cluster}-worker2"), false)
+            let _bad = FixtureNode::start(
+                &docker,
+                &cluster,
+                &format!("{cluster}-worker2"),
+                "worker",
+                false,
+            )
             .await
             .expect("node");
-        let err = load(&docker, &image.reference, &cluster)
-            .await
-            .expect_err("must fail");
-        assert!(
-            format!("{err:#}").contains(&format!("{cluster}-worker2")),
-            "{err:#}"
-        );
+            let err = load(&docker, &image.reference, &cluster)
+                .await
+                .expect_err("must fail");
+            assert!(
+                format!("{err:#}").contains(&format!("{cluster}-worker2")),
+                "{store}: {err:#}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -470,8 +601,62 @@ mod tests {
             "registry.k8s.io/metrics-server/metrics-server:v0.9.0"
         );
         assert_eq!(containerd_name("localhost/x:1"), "localhost/x:1");
-        let dump = "[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    default_runtime_name = \"runc\"\n    snapshotter = \"overlayfs\"\n";
-        assert_eq!(parse_snapshotter(dump).as_deref(), Some("overlayfs"));
-        assert_eq!(parse_snapshotter("nothing here"), None);
+    }
+
+    #[test]
+    fn snapshotter_by_config_version_like_kind() {
+        // containerd 1.x (and 2.x reading a version 2 file before migration): double quotes.
+        let v2 = "version = 2\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    default_runtime_name = \"runc\"\n    snapshotter = \"overlayfs\"\n";
+        assert_eq!(parse_snapshotter(v2).expect("v2"), "overlayfs");
+        // containerd 2.1's dump of kind's node config (migrated to version 3): single quotes.
+        let v3 = "version = 3\nroot = '/var/lib/containerd'\n[plugins]\n  [plugins.'io.containerd.cri.v1.images']\n    snapshotter = 'overlayfs'\n    discard_unpacked_layers = true\n  [plugins.'io.containerd.cri.v1.runtime']\n    enable_selinux = false\n";
+        assert_eq!(parse_snapshotter(v3).expect("v3"), "overlayfs");
+        // containerd 2.2+ (kind v0.32's nodes run 2.3): version 4, same path.
+        let v4 = "version = 4\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'native'\n";
+        assert_eq!(parse_snapshotter(v4).expect("v4"), "native");
+        // No snapshotter configured: containerd's default.
+        assert_eq!(
+            parse_snapshotter("version = 3\n[plugins.'io.containerd.cri.v1.images']\n  max_concurrent_downloads = 3\n").expect("none"),
+            "overlayfs"
+        );
+        let unknown = parse_snapshotter("version = 9\n").expect_err("unknown version");
+        assert!(unknown.to_string().contains("version 9"), "{unknown}");
+        assert!(
+            parse_snapshotter("snapshotter = 'overlayfs'\n").is_err(),
+            "no version"
+        );
+        assert!(parse_snapshotter("not toml [").is_err());
+    }
+
+    #[test]
+    fn snapshotter_from_the_fixture_containerd_dump() {
+        // The real `containerd config dump` of the fixture's containerd 2.x, given kind's config.
+        let Ok(containerd) = crate::testing::node_binary("containerd") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs the fixture's containerd"
+            );
+            eprintln!("\n*** SKIPPING: no containerd binary for the fixture ***\n");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, crate::testing::KIND_NODE_CONTAINERD_CONFIG).expect("write");
+        let dump = crate::cmd::cmd(containerd)
+            .arg("--config")
+            .arg(config.as_os_str())
+            .args(["config", "dump"])
+            .read()
+            .expect("config dump");
+        let version = crate::testing::fixture_containerd_version().expect("version");
+        eprintln!(
+            "fixture containerd {version} dumps: {}",
+            dump.lines().next().unwrap_or("")
+        );
+        assert_eq!(
+            parse_snapshotter(&dump).expect("parse"),
+            "overlayfs",
+            "{dump}"
+        );
     }
 }

@@ -27,9 +27,21 @@ fn docker_available(test: &str) -> bool {
 /// Runs xtask with `args`, waits for it to pause at `point`, sends `signal`; returns stderr and
 /// the exit status.
 fn kill_at(args: &[&str], point: &str, signal: &str) -> (String, std::process::ExitStatus) {
-    let mut child = Command::new(XTASK)
-        .args(args)
-        .env("XTASK_TEST_PAUSE", point)
+    let mut command = Command::new(XTASK);
+    command.args(args).env("XTASK_TEST_PAUSE", point);
+    let (log, status, _) = kill_when(command, &format!("paused at {point}"), signal);
+    (log, status)
+}
+
+/// Runs `command`, waits for a stderr line containing `ready`, sends `signal`; returns stderr,
+/// the exit status, and how long the process took to exit after the signal.
+fn kill_when(
+    mut command: Command,
+    ready: &str,
+    signal: &str,
+) -> (String, std::process::ExitStatus, Duration) {
+    let point = ready;
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,11 +59,11 @@ fn kill_at(args: &[&str], point: &str, signal: &str) -> (String, std::process::E
         let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("xtask never paused at {point}:\n{log}");
+            panic!("xtask never printed {point:?}:\n{log}");
         };
         log.push_str(&line);
         log.push('\n');
-        if line.contains(&format!("paused at {point}")) {
+        if line.contains(point) {
             break;
         }
     }
@@ -63,12 +75,14 @@ fn kill_at(args: &[&str], point: &str, signal: &str) -> (String, std::process::E
             .expect("kill")
             .success()
     );
+    let signalled = Instant::now();
     let status = child.wait().expect("wait");
+    let took = signalled.elapsed();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
         log.push_str(&line);
         log.push('\n');
     }
-    (log, status)
+    (log, status, took)
 }
 
 fn build_image(tag: &str) {
@@ -182,4 +196,69 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
         "{:?}",
         leftovers(out.path())
     );
+}
+
+/// A stand-in for kind v0.32.0 on PATH: `version` answers like kind; `create` hangs like a slow
+/// `kind create cluster` (its pid recorded); every call is logged.
+fn fake_kind(dir: &Path) -> std::path::PathBuf {
+    let calls = dir.join("calls.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  version) echo 'kind v0.32.0 go1.24.0 linux/amd64' ;;\n  create) echo $$ > {pid}; echo 'Creating cluster (fake kind sleeping)' >&2; exec sleep 120 ;;\nesac\nexit 0\n",
+        calls = calls.display(),
+        pid = dir.join("create.pid").display()
+    );
+    let path = dir.join("kind");
+    std::fs::write(&path, script).expect("fake kind");
+    std::process::Command::new("chmod")
+        .args(["755"])
+        .arg(&path)
+        .status()
+        .expect("chmod");
+    calls
+}
+
+#[test]
+fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
+    if !docker_available("signal during kind create") {
+        return;
+    }
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let calls = fake_kind(dir.path());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let name = format!("iris-sig-{}", std::process::id());
+        let mut command = Command::new(XTASK);
+        command
+            .args(["cluster", "up", "--cluster-name", &name])
+            .env("PATH", path);
+        let (log, status, took) = kill_when(command, "fake kind sleeping", signal);
+        eprintln!("{signal}: exited {took:.2?} after the signal");
+        assert!(!status.success(), "{signal}: {status:?}\n{log}");
+        assert!(
+            took < Duration::from_secs(4),
+            "{signal}: took {took:?}\n{log}"
+        );
+        assert!(log.contains("cleaned up"), "{signal}:\n{log}");
+        let pid = std::fs::read_to_string(dir.path().join("create.pid")).expect("pid");
+        let proc = format!("/proc/{}", pid.trim());
+        let alive = Path::new(&proc).exists()
+            && !std::fs::read_to_string(format!("{proc}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        assert!(
+            !alive,
+            "{signal}: `kind create` (pid {pid}) outlived the harness"
+        );
+        let called = std::fs::read_to_string(&calls).expect("calls");
+        assert!(
+            called
+                .lines()
+                .any(|l| l.starts_with("delete cluster --name")),
+            "{signal}: the teardown did not delete the half-made cluster:\n{called}"
+        );
+    }
 }
