@@ -870,6 +870,20 @@ mod tests {
     use super::*;
     use crate::kubemock::{MockApi, json_response};
 
+    #[tokio::test]
+    async fn api_url_is_the_kubeconfig_servers_url() {
+        // The shape kind writes into the isolated kubeconfig.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://127.0.0.1:40123\n    insecure-skip-tls-verify: true\n  name: kind-iris\ncontexts:\n- context:\n    cluster: kind-iris\n    user: kind-iris\n  name: kind-iris\ncurrent-context: kind-iris\nusers:\n- name: kind-iris\n  user:\n    token: abc\n",
+        )
+        .expect("write");
+        let url = api_url(&path).await.expect("url");
+        assert_eq!(url.trim_end_matches('/'), "https://127.0.0.1:40123");
+    }
+
     #[test]
     fn the_kind_config_is_strict_and_customizable() {
         let mut config = KindConfig::load().expect("kind/cluster.yaml");

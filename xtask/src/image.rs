@@ -461,6 +461,35 @@ mod tests {
             .find(|l| l.split_whitespace().next() == Some(name.as_str()))
             .unwrap_or_else(|| panic!("{}: no {name} in k8s.io:\n{}", node.name, check.stdout));
         assert!(line.contains("complete"), "{}: {line}", node.name);
+        // The node's CRI plugin (what the kubelet asks) indexed it: it labels the images it
+        // manages, on the import event (so allow it a moment).
+        let mut listed = String::new();
+        for _ in 0..20 {
+            listed = docker::exec(
+                docker,
+                &node.id,
+                &[
+                    "ctr",
+                    "--namespace=k8s.io",
+                    "images",
+                    "ls",
+                    &format!("name=={name}"),
+                ],
+                None,
+            )
+            .await
+            .expect("ctr images ls")
+            .stdout;
+            if listed.contains("io.cri-containerd.image=managed") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            listed.contains("io.cri-containerd.image=managed"),
+            "{}: the CRI plugin does not manage {name}:\n{listed}",
+            node.name
+        );
         let unpacked = docker::exec(
             docker,
             &node.id,
