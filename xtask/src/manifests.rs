@@ -234,9 +234,75 @@ pub fn load_dir(relative: &str) -> anyhow::Result<Vec<Object>> {
     for file in files {
         objects.extend(load_file(&file)?);
     }
+    validate(&objects).with_context(|| format!("{relative}: not a valid set of manifests"))?;
     // Namespaces first, so everything in them can be created.
     objects.sort_by_key(|o| !matches!(o, Object::Namespace(_)));
     Ok(objects)
+}
+
+/// A readiness probe must wait this long (seconds) and tolerate this many failures before it
+/// takes a pod out of the Service: an autoscaled pod throttled at its CPU limit under thousands
+/// of connections answers `/ready` late, and a probe that gives up at once empties the Service.
+pub const MIN_READINESS_TIMEOUT_S: i32 = 3;
+pub const MIN_READINESS_FAILURES: i32 = 3;
+
+/// Rules the schema cannot express, over the objects of one folder:
+/// - no Deployment sets `spec.replicas`: the HPA owns the count, and the harness force-applies
+///   the manifests before every scenario, which would take it back (the rule holds for every
+///   Deployment, so one moved out from under an HPA cannot bring the field back unnoticed);
+/// - every container of a Deployment an HPA scales has a readiness probe with
+///   `timeoutSeconds >= 3` and `failureThreshold >= 3` (Kubernetes' defaults are 1 and 3).
+pub fn validate(objects: &[Object]) -> anyhow::Result<()> {
+    let autoscaled: Vec<(Option<String>, &str)> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::HorizontalPodAutoscaler(h) => {
+                let target = &h.spec.as_ref()?.scale_target_ref;
+                (target.kind == "Deployment").then(|| (h.namespace(), target.name.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    for object in objects {
+        let Object::Deployment(d) = object else {
+            continue;
+        };
+        let what = object.describe();
+        let Some(spec) = &d.spec else {
+            continue;
+        };
+        if let Some(replicas) = spec.replicas {
+            bail!(
+                "{what}: sets spec.replicas ({replicas}); remove it: the HorizontalPodAutoscaler owns \
+                 the replica count (its minReplicas governs), and every forced server-side apply \
+                 would take it back"
+            );
+        }
+        if !autoscaled.contains(&(d.namespace(), d.name_any().as_str())) {
+            continue;
+        }
+        for c in spec.template.spec.iter().flat_map(|p| &p.containers) {
+            let Some(probe) = &c.readiness_probe else {
+                bail!(
+                    "{what}: container {} has no readinessProbe; an autoscaled pod needs one",
+                    c.name
+                );
+            };
+            // Kubernetes' defaults when the fields are omitted.
+            let timeout = probe.timeout_seconds.unwrap_or(1);
+            let failures = probe.failure_threshold.unwrap_or(3);
+            if timeout < MIN_READINESS_TIMEOUT_S || failures < MIN_READINESS_FAILURES {
+                bail!(
+                    "{what}: container {}: readinessProbe timeoutSeconds {timeout} and \
+                     failureThreshold {failures} must be at least {MIN_READINESS_TIMEOUT_S} and \
+                     {MIN_READINESS_FAILURES}: a pod throttled at its CPU limit under load answers \
+                     late, and a probe that gives up at once takes it out of the Service",
+                    c.name
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn load_file(path: &Path) -> anyhow::Result<Vec<Object>> {
@@ -327,6 +393,77 @@ mod tests {
         assert!(parse_yaml(unknown, "t.yaml").is_err());
     }
 
+    const HPA: &str = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: app\n  namespace: ns\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: app}\n  maxReplicas: 3\n";
+
+    fn deployment_yaml(replicas: &str, probe: &str) -> String {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  namespace: ns\nspec:\n{replicas}  selector: {{}}\n  template:\n    spec:\n      containers:\n        - name: c\n{probe}"
+        )
+    }
+
+    fn check(text: &str) -> anyhow::Result<()> {
+        validate(&parse_yaml(text, "t.yaml")?)
+    }
+
+    const GOOD_PROBE: &str = "          readinessProbe:\n            httpGet: {path: /ready, port: 8080}\n            timeoutSeconds: 3\n            failureThreshold: 3\n";
+
+    #[test]
+    fn a_deployment_that_sets_replicas_is_rejected() {
+        let fine = format!("{}---\n{HPA}", deployment_yaml("", GOOD_PROBE));
+        check(&fine).expect("no replicas, a patient probe");
+        for replicas in ["  replicas: 1\n", "  replicas: 3\n"] {
+            let text = format!("{}---\n{HPA}", deployment_yaml(replicas, GOOD_PROBE));
+            let err = check(&text).expect_err("replicas").to_string();
+            assert!(
+                err.contains("Deployment ns/app") && err.contains("spec.replicas"),
+                "{err}"
+            );
+        }
+        // Without an HPA too: a forced apply would still reset the count on every run.
+        let alone = deployment_yaml("  replicas: 2\n", "");
+        assert!(check(&alone).is_err());
+    }
+
+    #[test]
+    fn an_autoscaled_pod_needs_a_patient_readiness_probe() {
+        let with_probe = |timeout: &str, failures: &str| {
+            let mut probe =
+                "          readinessProbe:\n            httpGet: {path: /ready, port: 8080}\n"
+                    .to_owned();
+            if !timeout.is_empty() {
+                probe.push_str(&format!("            timeoutSeconds: {timeout}\n"));
+            }
+            if !failures.is_empty() {
+                probe.push_str(&format!("            failureThreshold: {failures}\n"));
+            }
+            format!("{}---\n{HPA}", deployment_yaml("", &probe))
+        };
+        check(&with_probe("3", "3")).expect("3 and 3");
+        check(&with_probe("5", "")).expect("failureThreshold defaults to 3");
+        for (timeout, failures) in [("1", "1"), ("1", "3"), ("3", "1"), ("", "3"), ("2", "5")] {
+            let err = check(&with_probe(timeout, failures))
+                .expect_err("too tight")
+                .to_string();
+            assert!(
+                err.contains("container c: readinessProbe timeoutSeconds"),
+                "{timeout}/{failures}: {err}"
+            );
+        }
+        let none = format!("{}---\n{HPA}", deployment_yaml("", ""));
+        assert!(
+            check(&none)
+                .expect_err("no probe")
+                .to_string()
+                .contains("no readinessProbe")
+        );
+        // A Deployment no HPA scales (metrics-server's) keeps its upstream probe.
+        check(&deployment_yaml(
+            "",
+            "          readinessProbe:\n            httpGet: {path: /readyz, port: 8080}\n",
+        ))
+        .expect("not autoscaled");
+    }
+
     #[test]
     fn the_app_is_locked_down_and_autoscalable() {
         let mut app = load_dir("manifests/app").expect("manifests/app");
@@ -337,9 +474,20 @@ mod tests {
         let labels = ns.expect("namespace").metadata.labels.expect("labels");
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
         let d = deployment(&mut app).expect("deployment").clone();
-        let pod = d.spec.expect("spec").template.spec.expect("pod spec");
+        let spec = d.spec.expect("spec");
+        assert_eq!(spec.replicas, None, "the HPA owns the replica count");
+        let pod = spec.template.spec.expect("pod spec");
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = &pod.containers[0];
+        let ready = c.readiness_probe.as_ref().expect("readinessProbe");
+        assert!(
+            ready.timeout_seconds >= Some(MIN_READINESS_TIMEOUT_S),
+            "{ready:?}"
+        );
+        assert!(
+            ready.failure_threshold >= Some(MIN_READINESS_FAILURES),
+            "{ready:?}"
+        );
         let sc = c.security_context.as_ref().expect("securityContext");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));

@@ -258,7 +258,8 @@ pub fn hpa_formula(current: i32, utilization: i32, target: i32, min: i32, max: i
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Derived {
-    /// Seconds from load start to the first time the HPA wanted more replicas.
+    /// Seconds from load start to the first time the HPA wanted more replicas than at load start:
+    /// a sample's desired count or a `SuccessfulRescale` event's new size, whichever came first.
     pub first_scale_decision_s: Option<f64>,
     /// New pods (created after the load started): seconds from load start to Ready.
     pub new_pods_ready_s: BTreeMap<String, f64>,
@@ -273,6 +274,43 @@ pub struct Derived {
     pub scale_down_s: Option<f64>,
 }
 
+/// The replica count in a `SuccessfulRescale` message. The HPA controller writes
+/// `New size: 3; reason: cpu resource utilization (percentage of request) above target` (and
+/// `New size: 1; reason: All metrics below target` on the way down); client-go's event
+/// aggregation may prefix it with `(combined from similar events): `.
+pub fn rescale_new_size(message: &str) -> Option<i32> {
+    let (_, rest) = message.split_once("New size:")?;
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The HPA's replica count when the load started: the observer's first sample is taken as the
+/// load starts; when that one has no HPA (the API did not answer), `min`, the settled state every
+/// scenario starts from. A later sample could already show the scale-up.
+pub fn replicas_at_load_start(obs: &Observation, min: i32) -> i32 {
+    obs.samples
+        .iter()
+        .find(|s| s.t_s >= 0.0)
+        .and_then(|s| s.hpa_current)
+        .unwrap_or(min)
+}
+
+/// Seconds from load start to the first `SuccessfulRescale` event of this run whose new size is
+/// above the count at load start. A scale-down (`New size: 1`) is never one. A scale-down to a
+/// size still above the start (`3 -> 2` after a `1 -> 3` whose event was dropped) proves a
+/// scale-up before it, so its time is late, never early.
+fn first_scale_up_event_s(obs: &Observation, initial: i32) -> Option<f64> {
+    obs.events
+        .iter()
+        .filter(|e| e.t_s >= 0.0)
+        .find(|e| rescale_new_size(&e.message).is_some_and(|size| size > initial))
+        .map(|e| e.t_s)
+}
+
 pub fn derive(
     obs: &Observation,
     windows: &[crate::load::stats::WindowSummary],
@@ -282,19 +320,19 @@ pub fn derive(
     min: i32,
     max: i32,
 ) -> Derived {
-    let initial = obs
-        .samples
-        .iter()
-        .find(|s| s.t_s >= 0.0)
-        .and_then(|s| s.hpa_current)
-        .unwrap_or(min);
-    let first_scale_decision_s = obs
+    let initial = replicas_at_load_start(obs, min);
+    let from_samples = obs
         .samples
         .iter()
         .filter(|s| s.t_s >= 0.0)
         .find(|s| s.hpa_desired.is_some_and(|d| d > initial))
-        .map(|s| s.t_s)
-        .or_else(|| obs.events.iter().find(|e| e.t_s >= 0.0).map(|e| e.t_s));
+        .map(|s| s.t_s);
+    // The event's time is when the HPA wrote the new scale; samples see it up to a second later,
+    // or much later when samples went missing (the API server is busy while the load runs).
+    let first_scale_decision_s = match (from_samples, first_scale_up_event_s(obs, initial)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let new_pods: Vec<&PodTimeline> = obs
         .pods
         .iter()
@@ -431,7 +469,8 @@ mod tests {
             ("c".to_owned(), 250),
         ]);
         let d = derive(&obs, &windows, &totals, 60.0, 50, 1, 3);
-        assert_eq!(d.first_scale_decision_s, Some(15.5));
+        // The event (15.2s) is when the HPA wrote the scale; the sample saw it at 15.5s.
+        assert_eq!(d.first_scale_decision_s, Some(15.2));
         assert_eq!(
             d.new_pods_ready_s,
             BTreeMap::from([("b".to_owned(), 21.0), ("c".to_owned(), 23.0)])
@@ -444,6 +483,124 @@ mod tests {
         assert_eq!(d.formula_agreement, Some(1.0));
         assert_eq!(d.traffic_imbalance, Some(1.5));
         assert_eq!(d.scale_down_s, Some(70.0));
+    }
+
+    #[test]
+    fn rescale_event_messages() {
+        // As the HPA controller writes them, and as client-go's aggregation rewrites them.
+        for (message, size) in [
+            (
+                "New size: 3; reason: cpu resource utilization (percentage of request) above target",
+                Some(3),
+            ),
+            ("New size: 1; reason: All metrics below target", Some(1)),
+            (
+                "New size: 1; reason: Current number of replicas above Spec.MaxReplicas",
+                Some(1),
+            ),
+            (
+                "(combined from similar events): New size: 12; reason: All metrics below target",
+                Some(12),
+            ),
+            ("New size: ; reason: ?", None),
+            ("an earlier run", None),
+        ] {
+            assert_eq!(rescale_new_size(message), size, "{message}");
+        }
+    }
+
+    /// What the observer records when an HPA GET fails (the API server is busy under load).
+    fn missing(t: f64) -> Sample {
+        Sample {
+            t_s: t,
+            hpa_current: None,
+            hpa_desired: None,
+            cpu_utilization: None,
+            ready_replicas: 0,
+            pod_cpu_m: BTreeMap::new(),
+            hpa_conditions: vec![],
+        }
+    }
+
+    fn event(t: f64, message: &str) -> ScaleEvent {
+        ScaleEvent {
+            t_s: t,
+            message: message.to_owned(),
+        }
+    }
+
+    const UP: &str =
+        "New size: 3; reason: cpu resource utilization (percentage of request) above target";
+    const DOWN: &str = "New size: 1; reason: All metrics below target";
+
+    #[test]
+    fn a_scale_down_event_is_never_the_scale_up() {
+        // The first sample went missing, as did every sample while 2,000 connections ran (ticks
+        // are skipped while a GET hangs); the API answered again after the load (120s). A
+        // scale-down arrives first: the settle's, stamped after the load start by a control
+        // plane whose clock runs a second ahead. After the load the HPA scales back down.
+        let obs = Observation {
+            samples: vec![
+                missing(0.2),
+                missing(3.9),
+                missing(11.0),
+                missing(47.5),
+                sample(125.0, 3, 1, 4),
+                sample(141.0, 1, 1, 3),
+            ],
+            pods: vec![],
+            events: vec![event(0.8, DOWN), event(16.0, UP), event(140.0, DOWN)],
+        };
+        let d = derive(&obs, &[], &BTreeMap::new(), 120.0, 50, 1, 3);
+        assert_eq!(d.first_scale_decision_s, Some(16.0));
+        assert_eq!(d.max_replicas_seen, 3);
+        assert_eq!(d.scale_down_s, Some(21.0));
+
+        // The scale-up's event dropped too (client-go's spam filter on a reused cluster): no
+        // scale-up time, rather than the scale-down's.
+        let dropped = Observation {
+            events: vec![event(0.8, DOWN), event(140.0, DOWN)],
+            ..obs.clone()
+        };
+        let d = derive(&dropped, &[], &BTreeMap::new(), 120.0, 50, 1, 3);
+        assert_eq!(d.first_scale_decision_s, None);
+
+        // From two replicas at load start, `New size: 2` is no scale-up either.
+        let from_two = Observation {
+            samples: vec![sample(0.3, 2, 2, 10), missing(1.3), missing(30.0)],
+            pods: vec![],
+            events: vec![
+                event(5.0, "New size: 2; reason: All metrics below target"),
+                event(20.0, UP),
+            ],
+        };
+        let d = derive(&from_two, &[], &BTreeMap::new(), 60.0, 50, 1, 3);
+        assert_eq!(d.first_scale_decision_s, Some(20.0));
+    }
+
+    #[test]
+    fn with_samples_missing_the_event_times_the_scale_up() {
+        // Samples see the HPA before the load bites and long after the decision; the event has
+        // the decision's own time.
+        let obs = Observation {
+            samples: vec![
+                sample(0.1, 1, 1, 2),
+                missing(1.1),
+                missing(9.8),
+                sample(31.0, 3, 3, 90),
+            ],
+            pods: vec![],
+            events: vec![event(15.0, UP)],
+        };
+        let d = derive(&obs, &[], &BTreeMap::new(), 60.0, 50, 1, 3);
+        assert_eq!(d.first_scale_decision_s, Some(15.0));
+        // Without the event, the first sample that shows it.
+        let no_events = Observation {
+            events: vec![],
+            ..obs
+        };
+        let d = derive(&no_events, &[], &BTreeMap::new(), 60.0, 50, 1, 3);
+        assert_eq!(d.first_scale_decision_s, Some(31.0));
     }
 
     fn hpa_json(current: i32, desired: i32, cpu: i32) -> serde_json::Value {

@@ -136,7 +136,7 @@ impl Progress {
                 bar.set_position(u64::from(w.second).min(self.total_s));
                 bar.set_message(msg);
             }
-            None if !self.quiet && w.second % 5 == 0 => {
+            None if !self.quiet && w.second.is_multiple_of(5) => {
                 eprintln!("  [{:>4}s/{}s] {msg}", w.second, self.total_s);
             }
             None => {}
