@@ -41,15 +41,19 @@ fetch_unstable_binaries() {
         return
     fi
     command -v apt-get >/dev/null || die "no apt-get: install Docker Engine ${MIN_DOCKER_MAJOR}+ and containerd 2.x yourself, then set IRIS_FIXTURE_BIN to the folder holding containerd, ctr, containerd-shim-runc-v2 and runc"
-    local first
-    first=$(ls /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$first" ] || die "no /etc/apt/sources.list.d/debian.sources to take the Debian mirror from"
     local work
     work=$(mktemp -d)
     mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/debs"
-    # The machine's own first Debian entry (deb822 stanza), with the suite changed to sid.
-    awk 'BEGIN { RS = ""; ORS = "\n\n" } NR == 1' "$first" |
-        sed -E 's/^Suites:.*/Suites: sid/' >"$work/apt/unstable.sources"
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        # The machine's own first Debian entry (deb822 stanza), with the suite changed to sid.
+        awk 'BEGIN { RS = ""; ORS = "\n\n" } NR == 1' /etc/apt/sources.list.d/debian.sources |
+            sed -E 's/^Suites:.*/Suites: sid/' >"$work/apt/unstable.sources"
+    else
+        # Not Debian (an Ubuntu runner): Debian's own mirror, checked with Debian's keyring.
+        [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || apt_install debian-archive-keyring
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: sid' 'Components: main' \
+            'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' >"$work/apt/unstable.sources"
+    fi
     local opts=(-o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$work/apt"
         -o "Dir::State::Lists=$work/apt/lists" -o "Dir::Cache=$work/apt/cache"
         -o "Debug::NoLocking=1" -o "APT::Sandbox::User=root")

@@ -198,6 +198,18 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
     );
 }
 
+/// Removes what a run under cluster name `name` wrote under target/e2e (its state folder and log
+/// exports), so the tests leave the checkout as they found it.
+fn remove_run_state(name: &str) {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e");
+    for entry in std::fs::read_dir(&e2e).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file == name || file.starts_with(&format!("{name}-")) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A stand-in for kind v0.32.0 on PATH: `version` answers like kind; `create` hangs like a slow
 /// `kind create cluster` (its pid recorded); every call is logged.
 fn fake_kind(dir: &Path) -> std::path::PathBuf {
@@ -236,6 +248,7 @@ fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
             .args(["cluster", "up", "--cluster-name", &name])
             .env("PATH", path);
         let (log, status, took) = kill_when(command, "fake kind sleeping", signal);
+        remove_run_state(&name);
         eprintln!("{signal}: exited {took:.2?} after the signal");
         assert!(!status.success(), "{signal}: {status:?}\n{log}");
         assert!(
@@ -261,4 +274,48 @@ fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
             "{signal}: the teardown did not delete the half-made cluster:\n{called}"
         );
     }
+}
+
+#[test]
+fn a_failed_kind_create_keeps_its_nodes_for_the_log_export_then_deletes() {
+    if !docker_available("failed kind create") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let calls = fake_kind(dir.path());
+    // This kind's create fails at once, as a real one does when a node never comes up.
+    let script = std::fs::read_to_string(dir.path().join("kind")).expect("script");
+    let failing = script.replace(
+        "exec sleep 120",
+        "echo 'ERROR: failed to create cluster: node never became ready' >&2; exit 1",
+    );
+    std::fs::write(dir.path().join("kind"), failing).expect("write");
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let name = format!("iris-fail-{}", std::process::id());
+    let out = Command::new(XTASK)
+        .args(["cluster", "up", "--cluster-name", &name])
+        .env("PATH", path)
+        .output()
+        .expect("run");
+    remove_run_state(&name);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    let called = std::fs::read_to_string(&calls).expect("calls");
+    let order: Vec<&str> = called
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|verb| *verb != "version")
+        .collect();
+    assert_eq!(order, ["create", "export", "delete"], "{called}\n{log}");
+    assert!(
+        called
+            .lines()
+            .any(|l| l.starts_with("create cluster --retain ")),
+        "kind create must run with --retain, or its nodes are gone before the log export:\n{called}"
+    );
+    assert!(log.contains("logs of the failed run"), "{log}");
 }
