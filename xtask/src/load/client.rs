@@ -111,6 +111,8 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     ensure!(config.connections > 0, "--connections must be at least 1");
     ensure!(!config.bodies.is_empty(), "no request body to send");
+    // Past the limit every further connect fails at once: refuse rather than measure that.
+    super::nofile::check(super::nofile::Limit::current(), config.connections)?;
     let target = resolve(&config.url).await?;
     let duration = match &config.mode {
         Mode::Closed { duration } => *duration,
