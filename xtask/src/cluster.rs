@@ -596,6 +596,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
         kind: true,
         host_port: Some(args.host_port),
         offline: args.offline,
+        connections: None,
     })
     .await?;
     let kind = tools::ensure_kind(args.offline).await?;

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 
 use crate::docker::DOCKER_HINT;
+use crate::load::nofile::{self, HARNESS_FILES, Limit};
+use crate::scenario::{self, ScenarioFile};
 use crate::tools::{self, KIND_INSTALL_HINT, KIND_VERSION, KindStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +78,8 @@ pub struct Needs {
     pub kind: bool,
     pub host_port: Option<u16>,
     pub offline: bool,
+    /// The most connections a load of this run opens (checked against the open-file limit).
+    pub connections: Option<usize>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -84,6 +88,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         kind: true,
         host_port: Some(args.host_port),
         offline: args.offline,
+        // What `cargo xtask e2e` will need; its own file is checked again when it is read.
+        connections: ScenarioFile::select(None)
+            .ok()
+            .map(|s| scenario::max_connections(&s)),
     }));
     print!("{}", render(&findings));
     verdict(&findings)
@@ -147,6 +155,9 @@ pub async fn checks(needs: Needs) -> Vec<Finding> {
     findings.push(disk_check(Path::new("/var/lib/docker")));
     if let Some(port) = needs.host_port {
         findings.push(port_check(port));
+    }
+    if let Some(connections) = needs.connections {
+        findings.push(nofile_check(Limit::current(), connections));
     }
     findings
 }
@@ -311,6 +322,20 @@ fn disk_check(docker_root: &Path) -> Finding {
     }
 }
 
+/// The open-file limit (already raised to the hard limit at start) against the largest load.
+pub fn nofile_check(limit: Limit, connections: usize) -> Finding {
+    match nofile::check(limit, connections) {
+        Ok(()) => Finding::ok(
+            "nofile",
+            format!(
+                "open-file limit {} fits the largest load: {connections} connections + {HARNESS_FILES}",
+                limit.soft.map_or("unlimited".to_owned(), |n| n.to_string())
+            ),
+        ),
+        Err(too_low) => Finding::fail("nofile", too_low.detail(), too_low.fix()),
+    }
+}
+
 pub fn port_check(port: u16) -> Finding {
     match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
         Ok(_) => Finding::ok(
@@ -352,6 +377,28 @@ mod tests {
         assert!(f.fix.expect("fix").contains("--host-port"));
         drop(held);
         assert_eq!(port_check(port).level, Level::Ok);
+    }
+
+    #[test]
+    fn the_open_file_limit_must_fit_the_largest_load() {
+        let desktop = Limit {
+            soft: Some(1024),
+            hard: Some(1024),
+        };
+        let f = nofile_check(desktop, 2000);
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.detail.contains("need 2256 open files"), "{}", f.detail);
+        assert!(
+            f.fix.as_deref().is_some_and(|x| x.contains("nofile 2256")),
+            "{f:?}"
+        );
+        let raised = Limit {
+            soft: Some(1_048_576),
+            hard: Some(1_048_576),
+        };
+        let ok = nofile_check(raised, 2000);
+        assert_eq!(ok.level, Level::Ok);
+        assert!(ok.detail.contains("1048576"), "{}", ok.detail);
     }
 
     #[test]

@@ -190,6 +190,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         kind: true,
         host_port: port,
         offline: args.offline,
+        connections: Some(scenario::max_connections(&scenarios)),
     })
     .await?;
     let kind = tools::ensure_kind(args.offline).await?;
@@ -417,8 +418,16 @@ async fn existing(
             kind: false,
             host_port: None,
             offline: args.offline,
+            connections: Some(scenario::max_connections(scenarios)),
         })
         .await?;
+    } else {
+        // Nothing else to check here, but a load that cannot open its connections is refused now,
+        // not after the deploy.
+        crate::load::nofile::check(
+            crate::load::nofile::Limit::current(),
+            scenario::max_connections(scenarios),
+        )?;
     }
     let client = existing_client(args).await?;
     let svc = Api::<APIService>::all(client.clone())

@@ -1,9 +1,10 @@
 //! `cargo xtask load`: an HTTP load generator, usable alone against any URL (like wrk or oha).
 //!
 //! `client` is the engine, `stats` the numbers, `printer` the presentation, `schedule` the
-//! open-loop arrival times.
+//! open-loop arrival times, `nofile` the open-file limit the connections must fit under.
 
 pub mod client;
+pub mod nofile;
 pub mod printer;
 pub mod schedule;
 pub mod stats;
