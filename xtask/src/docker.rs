@@ -130,6 +130,8 @@ pub struct Node {
     pub name: String,
     pub role: String,
     pub running: bool,
+    /// When Docker created the container (unix seconds).
+    pub created_unix_s: i64,
 }
 
 /// Every container (running or not) labelled as a node of this kind cluster.
@@ -161,6 +163,7 @@ pub async fn kind_nodes(docker: &Docker, cluster: &str) -> anyhow::Result<Vec<No
                 .and_then(|l| l.get(KIND_ROLE_LABEL).cloned())
                 .unwrap_or_default(),
             running: c.state.is_some_and(|s| s.to_string() == "running"),
+            created_unix_s: c.created.unwrap_or(0),
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -238,20 +241,22 @@ async fn drain_build(
 }
 
 /// Runs a future to completion on a thread of its own: for destructors and panic paths, which
-/// can't `.await` and may run inside (or outside) a runtime.
-pub fn block_on_thread<F>(future: F)
+/// can't `.await` and may run inside (or outside) a runtime. None if it could not run.
+pub fn block_on_thread<F, T>(future: F) -> Option<T>
 where
-    F: std::future::Future<Output = ()> + Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
-    let _ = std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            rt.block_on(future);
-        }
+            .ok()
+            .map(|rt| rt.block_on(future))
     })
-    .join();
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// Removes an image from a destructor or a panic path.

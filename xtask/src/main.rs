@@ -3,6 +3,7 @@
 
 mod bench;
 mod bundle;
+mod claim;
 mod cluster;
 mod cmd;
 mod deploy;
