@@ -85,10 +85,13 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
             .collect();
         let _ = writeln!(out, "  served by: {}", pods.join(", "));
     }
+    // The headline counts successful responses only: a server answering 404 fast is no throughput.
     let _ = writeln!(
         out,
-        "Requests/sec: {:>10.2}",
-        t.responses as f64 / outcome.elapsed_s.max(1e-9)
+        "Requests/sec: {:>10.2}  (successful responses; {} of {} responses)",
+        t.successes() as f64 / outcome.elapsed_s.max(1e-9),
+        t.successes(),
+        t.responses
     );
     out
 }
