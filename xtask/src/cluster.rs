@@ -60,8 +60,8 @@ pub struct NameArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub name: NameArgs,
-    /// Worker nodes (default: as in kind/cluster.yaml).
-    #[arg(long)]
+    /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml).
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Node image for every node (default: as pinned in kind/cluster.yaml).
     #[arg(long)]
@@ -79,6 +79,17 @@ pub struct UpArgs {
     /// run refuses and says how to delete it by hand).
     #[arg(long)]
     pub replace: bool,
+}
+
+/// `--workers`: the app spreads over worker nodes, so at least one; more than 16 kind nodes is
+/// beyond any machine this runs on.
+pub fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of worker nodes from 1 to 16"
+        )),
+    }
 }
 
 impl UpArgs {
@@ -275,18 +286,22 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
         .context("is the cluster up? (`cargo xtask cluster up`)")
 }
 
+/// A kubeconfig file, its error said once (kube's error already names the path and the cause;
+/// keeping it as a source too would print the cause twice).
+fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
+    Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// The API server URL a kubeconfig's current context points at (kind: https://127.0.0.1:<port>).
 pub async fn api_url(kubeconfig: &Path) -> anyhow::Result<String> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kc = read_kubeconfig(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(config.cluster_url.to_string())
 }
 
 /// A client from a kubeconfig file (read only) and options such as the context.
 pub async fn client_from(kubeconfig: &Path, options: &KubeConfigOptions) -> anyhow::Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kc = read_kubeconfig(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, options).await?;
     Ok(Client::try_from(config)?)
 }

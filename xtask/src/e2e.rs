@@ -45,8 +45,8 @@ pub struct Args {
     /// the run refuses and says how to delete it by hand).
     #[arg(long, conflicts_with = "reuse")]
     pub replace: bool,
-    /// Worker nodes (default: as in kind/cluster.yaml, 2).
-    #[arg(long)]
+    /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml, 2).
+    #[arg(long, value_parser = cluster::parse_workers)]
     pub workers: Option<usize>,
     /// Node image for every node (default: the digest pinned in kind/cluster.yaml).
     #[arg(long)]
@@ -61,7 +61,7 @@ pub struct Args {
     #[arg(long)]
     pub offline: bool,
     /// A bundle made by `cargo xtask bundle` (with --offline: the node and metrics-server images and kind).
-    #[arg(long)]
+    #[arg(long, requires = "offline")]
     pub bundle: Option<PathBuf>,
     /// Run against this context of an existing cluster (from --kubeconfig or $KUBECONFIG/~/.kube/config, read only).
     #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
@@ -168,7 +168,6 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     let mut steps = Steps::new(10);
     steps.start("doctor");
     if let Some(dir) = &args.bundle {
-        ensure!(args.offline, "--bundle is for offline runs: add --offline");
         let docker = docker::connect().await?;
         bundle::load(&docker, dir)
             .await

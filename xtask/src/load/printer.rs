@@ -102,6 +102,15 @@ pub fn behind_schedule(outcome: &Outcome) -> bool {
     attempts > 0 && outcome.totals.late_sends as f64 > 0.01 * attempts as f64
 }
 
+/// `  10s/30s`, or past the planned end (requests still draining) `30s +5s over`.
+pub fn progress_clock(second: u32, total_s: u64) -> String {
+    if u64::from(second) > total_s {
+        format!("{total_s}s +{}s over", u64::from(second) - total_s)
+    } else {
+        format!("{second:>4}s/{total_s}s")
+    }
+}
+
 /// A live line on a terminal; a plain line every few seconds otherwise (CI logs).
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -140,7 +149,7 @@ impl Progress {
                 bar.set_message(msg);
             }
             None if !self.quiet && w.second.is_multiple_of(5) => {
-                eprintln!("  [{:>4}s/{}s] {msg}", w.second, self.total_s);
+                eprintln!("  [{}] {msg}", progress_clock(w.second, self.total_s));
             }
             None => {}
         }
@@ -150,5 +159,16 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_clock_shows_an_overrun_plainly() {
+        assert_eq!(progress_clock(3, 5), "   3s/5s");
+        assert_eq!(progress_clock(10, 5), "5s +5s over");
     }
 }
