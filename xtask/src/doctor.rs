@@ -188,7 +188,30 @@ async fn docker_check() -> Finding {
             )
         })
         .unwrap_or_default();
-    Finding::ok("docker", format!("Docker {version}, {cgroup}"))
+    // Reachable is not enough: a broken bridge fails every container start (kind's nodes too).
+    let mut started = Vec::new();
+    for network in ["none", "bridge"] {
+        if let Err(e) = crate::docker::probe_container(&docker, network).await {
+            crate::docker::remove_probe_image(&docker).await;
+            return Finding::fail(
+                "docker",
+                format!(
+                    "Docker {version} answers, but a container on network {network:?} cannot run: {}",
+                    e.root_cause()
+                ),
+                "restart the engine (`sudo systemctl restart docker`); if it persists, see its log (`journalctl -u docker`): kind's nodes need containers on a bridge network",
+            );
+        }
+        started.push(network);
+    }
+    crate::docker::remove_probe_image(&docker).await;
+    Finding::ok(
+        "docker",
+        format!(
+            "Docker {version}, {cgroup}; a container ran on network {}",
+            started.join(" and ")
+        ),
+    )
 }
 
 async fn kind_check(offline: bool) -> Finding {
