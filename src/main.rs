@@ -58,6 +58,23 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// Connections the kernel may queue for `accept`. tokio's `TcpListener::bind` asks for 1,024; a
+/// burst of new connections past that is dropped and retried by the clients a second later, a
+/// stall that looks like server latency. Linux caps it at `net.core.somaxconn` (4,096 by default).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can bind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// File descriptors the process needs besides its connections (listener, epoll, stdio, ...).
 const OTHER_FILES: u64 = 64;
 
@@ -144,7 +161,7 @@ fn run(args: Args, started: Instant) -> Result<(), String> {
         // Handlers first: a signal that arrives once we say "listening" must drain, not kill.
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let listener = listen(addr).map_err(|e| {
             format!("cannot listen on {addr}: {e} (is the port in use? try --addr)")
         })?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
