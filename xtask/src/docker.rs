@@ -283,6 +283,9 @@ pub fn exit0_program() -> Option<Vec<u8>> {
     Some(elf)
 }
 
+/// The label on the doctor's probe containers, so a leftover one can be told apart.
+pub const PROBE_LABEL: &str = "iris-serve.dev/probe";
+
 /// Starts a container of our own that exits 0 (the `exit0_program` in a scratch image, non-root,
 /// no capabilities), on `network` ("none", or "bridge": what kind's nodes need), and removes it.
 /// Err says why a container could not run here, as the engine said it.
@@ -311,6 +314,10 @@ pub async fn probe_container(docker: &Docker, network: &str) -> anyhow::Result<(
             None::<CreateContainerOptions>,
             ContainerCreateBody {
                 image: Some(tag.to_owned()),
+                labels: Some(HashMap::from([(
+                    PROBE_LABEL.to_owned(),
+                    "doctor".to_owned(),
+                )])),
                 host_config: Some(HostConfig {
                     network_mode: Some(network.to_owned()),
                     cap_drop: Some(vec!["ALL".to_owned()]),

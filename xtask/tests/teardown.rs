@@ -167,11 +167,28 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
     }
     let out = tempfile::tempdir().expect("dir");
     let out_arg = out.path().to_string_lossy().into_owned();
-    let before = Command::new("docker")
-        .args(["ps", "-aq"])
-        .output()
-        .expect("docker ps")
-        .stdout;
+    // Only what this run could make: the doctor's probe containers and the cluster's nodes.
+    // Other tests in this binary create and remove containers of their own at the same time.
+    let ours = || {
+        let mut ids = Vec::new();
+        for filter in [
+            "label=iris-serve.dev/probe".to_owned(),
+            "label=io.x-k8s.kind.cluster=iris-teardown-test".to_owned(),
+        ] {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+                .expect("docker ps");
+            assert!(out.status.success(), "docker ps --filter {filter} failed");
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        ids
+    };
+    let before = ours();
     let (log, status) = kill_at(
         &[
             "e2e",
@@ -185,12 +202,7 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
     );
     assert!(!status.success(), "{log}");
     assert!(log.contains("terminated (SIGTERM)"), "{log}");
-    let after = Command::new("docker")
-        .args(["ps", "-aq"])
-        .output()
-        .expect("docker ps")
-        .stdout;
-    assert_eq!(before, after, "containers changed");
+    assert_eq!(before, ours(), "the run left containers behind");
     assert!(
         leftovers(out.path()).is_empty(),
         "{:?}",
