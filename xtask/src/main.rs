@@ -89,7 +89,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<signals::Interrupted>() {
+                std::process::ExitCode::from(signals::INTERRUPTED_EXIT as u8)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

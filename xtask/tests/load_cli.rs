@@ -176,3 +176,136 @@ fn json_goes_into_a_folder_made_for_it_and_bad_paths_fail_before_the_run() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
 }
+
+/// The real server on a loopback port, in a runtime of its own for the rest of the test process.
+fn real_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let state = iris_serve::AppState::new(
+                iris_serve::model::Model::embedded().expect("model"),
+                "pod-under-test",
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, iris_serve::app(state)).await;
+        });
+    });
+    addr
+}
+
+/// Sends `signal` to `pid`.
+fn kill(signal: &str, pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
+#[test]
+fn the_first_ctrl_c_keeps_the_results_so_far() {
+    let addr = real_server();
+    let dir = tempfile::tempdir().expect("dir");
+    let json = dir.path().join("run.json");
+    let child = Command::new(XTASK)
+        .args([
+            "load",
+            &format!("http://{addr}/predict"),
+            "-c",
+            "2",
+            "-d",
+            "30s",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn xtask load");
+    std::thread::sleep(Duration::from_millis(2500));
+    let signalled = Instant::now();
+    kill("-INT", child.id());
+    let out = child.wait_with_output().expect("wait");
+    let took = signalled.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "exit {:?} {took:?} after SIGINT:\n{stdout}{stderr}",
+        out.status.code()
+    );
+    // Interrupted: the shell's code for SIGINT, so a script knows the numbers are partial.
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(stdout.contains("INTERRUPTED after "), "{stdout}");
+    assert!(stdout.contains("Requests/sec:"), "no summary:\n{stdout}");
+    assert!(stderr.contains("interrupted after"), "{stderr}");
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("--json written")).expect("json");
+    let after = outcome["interrupted_after_s"]
+        .as_f64()
+        .expect("interrupted_after_s");
+    assert!((1.0..10.0).contains(&after), "{after}");
+    assert!(
+        outcome["totals"]["responses"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{outcome}"
+    );
+    assert!(
+        outcome["windows"].as_array().is_some_and(|w| !w.is_empty()),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once() {
+    // A server that accepts and never answers: after the first Ctrl-C the workers wait on their
+    // responses for the grace period, and the second one must not wait for it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().map_while(Result::ok) {
+            held.push(conn);
+        }
+    });
+    let child = Command::new(XTASK)
+        .args([
+            "load",
+            &format!("http://{addr}/predict"),
+            "-c",
+            "2",
+            "-d",
+            "30s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn xtask load");
+    std::thread::sleep(Duration::from_millis(1500));
+    kill("-INT", child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    kill("-INT", child.id());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("second signal: quitting without a summary"),
+        "{stderr}"
+    );
+    assert!(
+        second.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        second.elapsed()
+    );
+    assert!(out.stdout.is_empty(), "a summary was printed");
+}

@@ -266,14 +266,19 @@ pub fn describe(config: &Config) -> String {
     )
 }
 
-/// Runs a load from a finished config, with the progress line.
-pub async fn drive(config: Config, quiet: bool) -> anyhow::Result<Outcome> {
+/// Runs a load from a finished config, with the progress line; `interrupt` ends it early with
+/// what was measured so far.
+pub async fn drive(
+    config: Config,
+    quiet: bool,
+    interrupt: impl Future<Output = ()> + Send,
+) -> anyhow::Result<Outcome> {
     let total = match &config.mode {
         Mode::Closed { duration } => duration.as_secs(),
         Mode::Open { schedule } => schedule.duration().as_secs(),
     };
     let progress = printer::Progress::new(total, quiet);
-    let outcome = client::run(config, |w| progress.window(w)).await;
+    let outcome = client::run(config, |w| progress.window(w), interrupt).await;
     progress.finish();
     outcome
 }
@@ -290,12 +295,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let outcome = runtime.block_on(drive(config, args.quiet))?;
+    // The first Ctrl-C (or SIGTERM) ends the load and keeps its results, as wrk does; a second
+    // one quits at once.
+    let outcome = runtime.block_on(async {
+        let first = crate::signals::first_signal()?;
+        drive(config, args.quiet, async {
+            first.await;
+        })
+        .await
+    })?;
     print!("{}", printer::summary(&header, &outcome));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&outcome)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    if let Some(after) = outcome.interrupted_after_s {
+        return Err(crate::signals::Interrupted(format!(
+            "interrupted after {after:.1}s: the results above cover only that part of the run"
+        ))
+        .into());
     }
     if let Some(why) = verdict(&outcome.totals, args.max_error_rate, &args.url) {
         anyhow::bail!("{why}");

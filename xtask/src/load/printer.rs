@@ -40,6 +40,12 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
     let t = &outcome.totals;
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
+    if let Some(after) = outcome.interrupted_after_s {
+        let _ = writeln!(
+            out,
+            "  INTERRUPTED after {after:.2}s: partial results (requests in flight then are not counted)"
+        );
+    }
     match (&t.latency, &t.service_time, outcome.scheduled.is_some()) {
         (Some(l), Some(s), true) => {
             latency_block(&mut out, "Latency (from intended send time)", l);
