@@ -89,7 +89,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let kind = if args.without_kind {
             None
         } else {
-            Some(tools::ensure_kind(args.offline).await?)
+            Some(tools::ensure_release_kind(args.offline).await?)
         };
         let images = if args.images.is_empty() {
             images_for_run()?
@@ -223,12 +223,16 @@ pub async fn save(
     }
     if let Some(kind) = kind {
         let file = "kind".to_owned();
-        std::fs::copy(kind, staging.path().join(&file))
+        let platform = tools::platform();
+        let pinned = tools::pinned_sha256(&platform)
+            .with_context(|| format!("no pinned kind sha256 for {platform}"))?;
+        // The copy is what the bundle carries: it is the copy that must be the pinned release.
+        tools::install_kind(kind, pinned, &staging.path().join(&file))
             .with_context(|| format!("copying {}", kind.display()))?;
         manifest.kind = Some(BundleFile {
             version: tools::KIND_VERSION.to_owned(),
-            platform: tools::platform(),
-            sha256: sha256_file(&staging.path().join(&file))?,
+            platform,
+            sha256: pinned.to_owned(),
             file,
         });
     }
@@ -309,30 +313,30 @@ pub async fn load(docker: &Docker, dir: &Path) -> anyhow::Result<BundleManifest>
         eprintln!("  loaded {}", image.reference);
     }
     if let Some(kind) = &manifest.kind {
-        let path = dir.join(&kind.file);
-        let actual = sha256_file(&path)?;
         ensure!(
-            actual == kind.sha256,
-            "refusing the bundled kind: sha256 {actual} differs from the bundle's {}",
-            kind.sha256
+            kind.file == "kind",
+            "refusing the bundle: its kind file is {:?}, not \"kind\"",
+            kind.file
         );
-        if let Some(pinned) = tools::pinned_sha256(&kind.platform) {
-            ensure!(
-                actual == pinned,
-                "refusing the bundled kind: sha256 {actual} differs from the pinned {pinned}"
-            );
-        }
         if kind.platform == tools::platform() && kind.version == tools::KIND_VERSION {
-            let dest = tools::cached_kind();
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::copy(&path, &dest)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-            }
+            let pinned = tools::pinned_sha256(&kind.platform).with_context(|| {
+                format!(
+                    "refusing the bundled kind: no pinned sha256 for {}",
+                    kind.platform
+                )
+            })?;
+            // One read: copied into the cache while hashed, renamed into place only if the
+            // copy is the pinned release (the bundle's own checksum proves nothing).
+            tools::install_kind(&dir.join(&kind.file), pinned, &tools::cached_kind())
+                .context("refusing the bundled kind")?;
+        } else {
+            eprintln!(
+                "  skipping the bundled kind {} for {} (this machine needs {} for {})",
+                kind.version,
+                kind.platform,
+                tools::KIND_VERSION,
+                tools::platform()
+            );
         }
     }
     Ok(manifest)
