@@ -15,6 +15,7 @@ mod kubemock;
 mod load;
 mod manifests;
 mod observe;
+mod oci;
 mod report;
 mod scenario;
 mod signals;
