@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 
 use crate::docker::DOCKER_HINT;
+use crate::load::nofile::{self, HARNESS_FILES, Limit};
+use crate::scenario::{self, ScenarioFile};
 use crate::tools::{self, KIND_INSTALL_HINT, KIND_VERSION, KindStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +78,8 @@ pub struct Needs {
     pub kind: bool,
     pub host_port: Option<u16>,
     pub offline: bool,
+    /// The most connections a load of this run opens (checked against the open-file limit).
+    pub connections: Option<usize>,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -84,6 +88,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         kind: true,
         host_port: Some(args.host_port),
         offline: args.offline,
+        // What `cargo xtask e2e` will need; its own file is checked again when it is read.
+        connections: ScenarioFile::select(None)
+            .ok()
+            .map(|s| scenario::max_connections(&s)),
     }));
     print!("{}", render(&findings));
     verdict(&findings)
@@ -96,26 +104,20 @@ pub async fn require(needs: Needs) -> anyhow::Result<()> {
     verdict(&findings)
 }
 
+/// The findings were printed just before: the error names the failed checks, not again their text.
 fn verdict(findings: &[Finding]) -> anyhow::Result<()> {
-    let failed: Vec<&Finding> = findings.iter().filter(|f| f.level == Level::Fail).collect();
+    let failed: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.level == Level::Fail)
+        .map(|f| f.check)
+        .collect();
     if failed.is_empty() {
         return Ok(());
     }
-    let lines: Vec<String> = failed
-        .iter()
-        .map(|f| {
-            format!(
-                "{}: {}\n    fix: {}",
-                f.check,
-                f.detail,
-                f.fix.as_deref().unwrap_or("-")
-            )
-        })
-        .collect();
     anyhow::bail!(
-        "doctor found {} problem(s) to fix first:\n  {}",
+        "doctor: {} check(s) failed ({}); each FAIL above says what to fix",
         failed.len(),
-        lines.join("\n  ")
+        failed.join(", ")
     )
 }
 
@@ -147,6 +149,9 @@ pub async fn checks(needs: Needs) -> Vec<Finding> {
     findings.push(disk_check(Path::new("/var/lib/docker")));
     if let Some(port) = needs.host_port {
         findings.push(port_check(port));
+    }
+    if let Some(connections) = needs.connections {
+        findings.push(nofile_check(Limit::current(), connections));
     }
     findings
 }
@@ -183,7 +188,30 @@ async fn docker_check() -> Finding {
             )
         })
         .unwrap_or_default();
-    Finding::ok("docker", format!("Docker {version}, {cgroup}"))
+    // Reachable is not enough: a broken bridge fails every container start (kind's nodes too).
+    let mut started = Vec::new();
+    for network in ["none", "bridge"] {
+        if let Err(e) = crate::docker::probe_container(&docker, network).await {
+            crate::docker::remove_probe_image(&docker).await;
+            return Finding::fail(
+                "docker",
+                format!(
+                    "Docker {version} answers, but a container on network {network:?} cannot run: {}",
+                    e.root_cause()
+                ),
+                "restart the engine (`sudo systemctl restart docker`); if it persists, see its log (`journalctl -u docker`): kind's nodes need containers on a bridge network",
+            );
+        }
+        started.push(network);
+    }
+    crate::docker::remove_probe_image(&docker).await;
+    Finding::ok(
+        "docker",
+        format!(
+            "Docker {version}, {cgroup}; a container ran on network {}",
+            started.join(" and ")
+        ),
+    )
 }
 
 async fn kind_check(offline: bool) -> Finding {
@@ -250,7 +278,11 @@ async fn download_reachable() -> anyhow::Result<()> {
         tokio::time::timeout(std::time::Duration::from_secs(10), client.get(&url).send())
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {url} within 10s"))?
-            .map_err(|e| anyhow::anyhow!("{url}: {:#}", anyhow::Error::from(e)))?;
+            .map_err(|e| {
+                // One line of cause: the innermost error (e.g. the DNS failure), not the chain.
+                let cause = anyhow::Error::from(e).root_cause().to_string();
+                anyhow::anyhow!("{}: {cause}", tools::KIND_BASE_URL)
+            })?;
     response
         .error_for_status()
         .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
@@ -319,6 +351,20 @@ fn disk_check(docker_root: &Path) -> Finding {
     }
 }
 
+/// The open-file limit (already raised to the hard limit at start) against the largest load.
+pub fn nofile_check(limit: Limit, connections: usize) -> Finding {
+    match nofile::check(limit, connections) {
+        Ok(()) => Finding::ok(
+            "nofile",
+            format!(
+                "open-file limit {} fits the largest load: {connections} connections + {HARNESS_FILES}",
+                limit.soft.map_or("unlimited".to_owned(), |n| n.to_string())
+            ),
+        ),
+        Err(too_low) => Finding::fail("nofile", too_low.detail(), too_low.fix()),
+    }
+}
+
 pub fn port_check(port: u16) -> Finding {
     match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
         Ok(_) => Finding::ok(
@@ -363,20 +409,43 @@ mod tests {
     }
 
     #[test]
-    fn verdict_lists_every_failure_with_its_fix() {
+    fn the_open_file_limit_must_fit_the_largest_load() {
+        let desktop = Limit {
+            soft: Some(1024),
+            hard: Some(1024),
+        };
+        let f = nofile_check(desktop, 2000);
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.detail.contains("need 2256 open files"), "{}", f.detail);
+        assert!(
+            f.fix.as_deref().is_some_and(|x| x.contains("nofile 2256")),
+            "{f:?}"
+        );
+        let raised = Limit {
+            soft: Some(1_048_576),
+            hard: Some(1_048_576),
+        };
+        let ok = nofile_check(raised, 2000);
+        assert_eq!(ok.level, Level::Ok);
+        assert!(ok.detail.contains("1048576"), "{}", ok.detail);
+    }
+
+    #[test]
+    fn each_failure_is_said_once_with_its_fix() {
         let findings = vec![
             Finding::ok("docker", "fine"),
             Finding::fail("kind", "missing", "install it"),
             Finding::fail("port", "busy", "--host-port"),
         ];
         let err = verdict(&findings).expect_err("fails").to_string();
+        // The rendered findings carry the details and fixes; the error only names the checks.
+        assert!(err.contains("2 check(s) failed (kind, port)"), "{err}");
+        assert!(!err.contains("install it"), "said twice: {err}");
+        let shown = render(&findings);
         assert!(
-            err.contains("2 problem(s)")
-                && err.contains("install it")
-                && err.contains("--host-port"),
-            "{err}"
+            shown.contains("FAIL  kind") && shown.contains("fix: install it"),
+            "{shown}"
         );
-        assert!(render(&findings).contains("FAIL  kind"));
         assert!(verdict(&findings[..1]).is_ok());
     }
 }

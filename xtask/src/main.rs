@@ -3,6 +3,7 @@
 
 mod bench;
 mod bundle;
+mod claim;
 mod cluster;
 mod cmd;
 mod deploy;
@@ -70,6 +71,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Each load connection is a file; many desktops start programs with a soft limit of 1,024.
+    load::nofile::raise();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::E2e(args) => e2e::run(&args),

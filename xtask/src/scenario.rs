@@ -21,6 +21,8 @@ use crate::project_root;
 
 pub const DEFAULT_FILE: &str = "xtask/scenarios.yaml";
 pub const SELECTOR: &str = "app.kubernetes.io/name=iris-serve";
+/// Connections when a scenario names none.
+pub const DEFAULT_CONNECTIONS: usize = 100;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,21 @@ pub struct LoadSpec {
     pub conn_max_age: Option<String>,
     #[serde(default)]
     pub iris_rows: bool,
+}
+
+impl LoadSpec {
+    pub fn connections(&self) -> usize {
+        self.connections.unwrap_or(DEFAULT_CONNECTIONS)
+    }
+}
+
+/// The most connections any of `scenarios` opens: what the open-file limit must allow.
+pub fn max_connections(scenarios: &[Scenario]) -> usize {
+    scenarios
+        .iter()
+        .map(|s| s.load.connections())
+        .max()
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -166,7 +183,7 @@ impl Scenario {
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
             )],
-            connections: l.connections.unwrap_or(100),
+            connections: l.connections(),
             mode,
             max_requests_per_conn: l.max_requests_per_conn,
             conn_max_age: l.conn_max_age.as_deref().map(parse_duration).transpose()?,
@@ -404,6 +421,7 @@ mod tests {
         assert_eq!(names, ["autoscale", "bottleneck"]);
         assert_eq!(all[0].max_replicas, 3);
         assert_eq!(all[1].max_replicas, 1);
+        assert_eq!(max_connections(&all), 2000);
         assert!(
             all[0].load.max_requests_per_conn.is_some(),
             "autoscaling needs connection recycling"

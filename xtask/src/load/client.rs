@@ -111,6 +111,8 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     ensure!(config.connections > 0, "--connections must be at least 1");
     ensure!(!config.bodies.is_empty(), "no request body to send");
+    // Past the limit every further connect fails at once: refuse rather than measure that.
+    super::nofile::check(super::nofile::Limit::current(), config.connections)?;
     let target = resolve(&config.url).await?;
     let duration = match &config.mode {
         Mode::Closed { duration } => *duration,
@@ -200,6 +202,25 @@ pub async fn run(
     })
 }
 
+/// Closed loop: the pause after an attempt that got no response (a failed connect, a reset, a
+/// timeout, a protocol error). A refused port or a server resetting every connection would
+/// otherwise have each worker retry as fast as the CPU allows; this keeps a failure storm to a few
+/// dozen attempts per second per connection. It doubles with each consecutive failure from
+/// `BACKOFF_FIRST` up to `BACKOFF_MAX`, and any response ends it, so a lone error in a healthy run
+/// costs its connection a millisecond.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(1);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(50);
+
+/// The pause after the `consecutive`-th failed attempt in a row (none before the first).
+pub fn backoff(consecutive: u32) -> Duration {
+    match consecutive {
+        0 => Duration::ZERO,
+        n => BACKOFF_FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(BACKOFF_MAX),
+    }
+}
+
 /// tokio's timer fires on millisecond ticks, rounding deadlines up; aiming half a tick early
 /// centres the error on the intended time (within ±0.5ms) instead of always up to 1ms late.
 const TIMER_HALF_TICK: Duration = Duration::from_micros(500);
@@ -274,6 +295,9 @@ async fn worker(id: usize, shared: Arc<Shared>) {
     let config = &shared.config;
     let mut conn: Option<Conn> = None;
     let mut sent_here = id as u64;
+    // Attempts in a row that got no response (closed loop backs off after each).
+    let mut failures = 0u32;
+    let closed = matches!(config.mode, Mode::Closed { .. });
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             return;
@@ -316,9 +340,9 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                 }
                 Ok(Err(_)) | Err(_) => {
                     lock(shard).record_error(ErrorClass::Connect);
-                    if intended.is_none() {
-                        // Closed loop: don't spin on a refused port.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    if closed {
+                        failures += 1;
+                        pause(&shared, backoff(failures)).await;
                     }
                     continue;
                 }
@@ -330,34 +354,50 @@ async fn worker(id: usize, shared: Arc<Shared>) {
         let attempt = send(&shared, c, body).await;
         let done = Instant::now();
         c.requests += 1;
-        let mut s = lock(shard);
-        if let Some(at) = intended {
-            s.record_send_lag(sent.saturating_duration_since(at));
-        }
-        match attempt {
-            Attempt::Response {
-                status,
-                served_by,
-                keep_alive,
-            } => {
-                // A send up to half a tick early is measured from when it actually left.
-                let from = intended.map_or(sent, |at| at.max(sent));
-                s.record_response(
-                    done - from,
-                    done - sent,
+        let failed = matches!(attempt, Attempt::Failed(_));
+        {
+            // The guard must be gone before the backoff's await.
+            let mut s = lock(shard);
+            if let Some(at) = intended {
+                s.record_send_lag(sent.saturating_duration_since(at));
+            }
+            match attempt {
+                Attempt::Response {
                     status,
-                    served_by.as_ref().and_then(|v| v.to_str().ok()),
-                );
-                if !keep_alive {
+                    served_by,
+                    keep_alive,
+                } => {
+                    // A send up to half a tick early is measured from when it actually left.
+                    let from = intended.map_or(sent, |at| at.max(sent));
+                    s.record_response(
+                        done - from,
+                        done - sent,
+                        status,
+                        served_by.as_ref().and_then(|v| v.to_str().ok()),
+                    );
+                    if !keep_alive {
+                        conn = None;
+                    }
+                }
+                Attempt::Failed(class) => {
+                    s.record_error(class);
                     conn = None;
                 }
             }
-            Attempt::Failed(class) => {
-                s.record_error(class);
-                conn = None;
-            }
+        }
+        if !failed {
+            failures = 0;
+        } else if closed {
+            failures += 1;
+            pause(&shared, backoff(failures)).await;
         }
     }
+}
+
+/// Sleeps for `d`, but not past the end of the run.
+async fn pause(shared: &Shared, d: Duration) {
+    let until = (Instant::now() + d).min(shared.deadline);
+    tokio::time::sleep_until(until.into()).await;
 }
 
 #[cfg(test)]
@@ -483,6 +523,79 @@ mod tests {
         );
     }
 
+    /// Accepts every connection and resets it at once (SO_LINGER 0, then close), as a crashing
+    /// backend or an overloaded proxy does; counts what it accepted.
+    async fn resetting_server() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepts = Arc::new(AtomicU64::new(0));
+        let counter = accepts.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        stream.set_zero_linger().expect("SO_LINGER 0");
+                        drop(stream);
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        });
+        (addr, accepts)
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_small_cap() {
+        let ms: Vec<u128> = (0..10).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [0, 1, 2, 4, 8, 16, 32, 50, 50, 50]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_storm_is_backed_off_and_every_attempt_counted() {
+        let (addr, accepts) = resetting_server().await;
+        let connections = 4;
+        let outcome = run(
+            Config {
+                connections,
+                max_requests_per_conn: None,
+                ..config(
+                    format!("http://{addr}/predict"),
+                    Mode::Closed {
+                        duration: Duration::from_secs(2),
+                    },
+                )
+            },
+            |_| {},
+        )
+        .await
+        .expect("run");
+        let t = &outcome.totals;
+        let attempts = t.attempts();
+        let per_s = attempts as f64 / outcome.elapsed_s;
+        let accepted = accepts.load(Ordering::SeqCst);
+        eprintln!(
+            "reset storm, {connections} connections: {attempts} attempts in {:.2}s = {per_s:.0}/s; \
+             {accepted} accepted by the server; errors {:?}",
+            outcome.elapsed_s, t.errors
+        );
+        assert_eq!(t.responses, 0, "{t:?}");
+        // Every attempt is in exactly one class. Every connect reached the server (the port is
+        // open, the backlog never full): the ones the reset beat to completion are connect
+        // errors, the rest carried one request each, which failed.
+        assert_eq!(attempts, t.errors.total(), "{t:?}");
+        assert_eq!(accepted, t.connects + t.errors.connect, "{t:?}");
+        assert_eq!(t.errors.reset + t.errors.timeout, t.connects, "{t:?}");
+        // Spinning reaches thousands of attempts per second here; backing off up to 50 ms allows
+        // about 20 per second per connection once the storm is established.
+        assert!(per_s < 100.0 * connections as f64, "{per_s:.0} attempts/s");
+        // ...and the workers kept trying through the whole run.
+        assert!(attempts >= 10 * connections as u64, "{attempts} attempts");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_loop_sends_what_the_schedule_says() {
         let addr = server().await;
@@ -494,8 +607,9 @@ mod tests {
         .await
         .expect("run");
         assert_eq!(outcome.totals.responses, 400);
-        // Tests run in parallel on a busy machine: allow a rare late send, not a pattern.
-        assert!(outcome.totals.late_sends <= 4, "{:?}", outcome.totals);
+        // Tests run in parallel on a busy 2-core machine (image builds, containerd nodes): a
+        // stall there makes a few consecutive sends late. Allow that (5%), not a pattern.
+        assert!(outcome.totals.late_sends <= 20, "{:?}", outcome.totals);
         let service = outcome.totals.service_time.expect("service");
         let corrected = outcome.totals.latency.expect("latency");
         assert!(
