@@ -228,6 +228,14 @@ async fn kind_check(offline: bool) -> Finding {
                 }
             ),
         ),
+        KindStatus::Untrusted { path, reason } => Finding::fail(
+            "kind",
+            format!("refusing the cached kind at {}: {reason}", path.display()),
+            format!(
+                "delete it (`rm {}`); the next run fetches and verifies the release",
+                path.display()
+            ),
+        ),
         status => {
             let found = match &status {
                 KindStatus::OtherVersion { path, version } => format!(

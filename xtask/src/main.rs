@@ -16,6 +16,7 @@ mod kubemock;
 mod load;
 mod manifests;
 mod observe;
+mod oci;
 mod report;
 mod scenario;
 mod signals;

@@ -123,8 +123,11 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
     if !docker_available("bundle teardown") {
         return;
     }
+    // Two images (a bundle holds one per name:tag), so the save pauses between them.
     let tag = format!("iris-serve-test/teardown:{}", std::process::id());
+    let second = format!("iris-serve-test/teardown:{}-2", std::process::id());
     build_image(&tag);
+    build_image(&second);
     for signal in ["-INT", "-TERM"] {
         let parent = tempfile::tempdir().expect("dir");
         let out = parent.path().join("bundle");
@@ -139,7 +142,7 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
                 "--image",
                 &tag,
                 "--image",
-                &tag,
+                &second,
             ],
             "bundle-saved-image",
             signal,
@@ -158,6 +161,7 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
         );
     }
     remove_image(&tag);
+    remove_image(&second);
 }
 
 #[test]
