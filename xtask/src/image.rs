@@ -772,6 +772,7 @@ mod tests {
             name: node.name.clone(),
             role: "worker".to_owned(),
             running: true,
+            created_unix_s: 0,
         }
     }
 
