@@ -632,10 +632,33 @@ mod tests {
         assert!(attempts >= 10 * connections as u64, "{attempts} attempts");
     }
 
+    /// Sleeps on the open loop's cadence (`every`, `n` times, from `start`) on the same runtime
+    /// and counts the wake-ups more than `late` behind: the machine's own timer jitter, measured
+    /// while the engine runs.
+    async fn timer_stalls(start: Instant, every: Duration, n: u32, late: Duration) -> u64 {
+        let mut stalls = 0;
+        for i in 1..=n {
+            let at = start + every * i;
+            tokio::time::sleep_until(at.into()).await;
+            if Instant::now() > at + late {
+                stalls += 1;
+            }
+        }
+        stalls
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_loop_sends_what_the_schedule_says() {
         let addr = server().await;
         let schedule = Schedule::constant(400.0, Duration::from_secs(1)).expect("schedule");
+        // A probe on the same cadence measures how often this machine, right now, wakes a timer
+        // more than 5 ms late (a busy CI machine running containerd nodes and builds does).
+        let probe = tokio::spawn(timer_stalls(
+            Instant::now(),
+            Duration::from_micros(2500),
+            400,
+            Duration::from_millis(5),
+        ));
         let outcome = run(
             config(format!("http://{addr}/predict"), Mode::Open { schedule }),
             |_| {},
@@ -643,10 +666,22 @@ mod tests {
         )
         .await
         .expect("run");
+        let stalls = probe.await.expect("probe");
         assert_eq!(outcome.totals.responses, 400);
-        // Tests run in parallel on a busy 2-core machine (image builds, containerd nodes): a
-        // stall there makes a few consecutive sends late. Allow that (5%), not a pattern.
-        assert!(outcome.totals.late_sends <= 20, "{:?}", outcome.totals);
+        // Late sends beyond what the machine's timer did itself are the engine's: on an idle
+        // machine (no stalls) at most 4 of 400 may be late; each stall the probe saw may make a
+        // couple of consecutive sends late too.
+        let allowed = 4 + 3 * stalls;
+        eprintln!(
+            "late sends {} (allowed {allowed}; the timer probe stalled {stalls} times)",
+            outcome.totals.late_sends
+        );
+        assert!(
+            outcome.totals.late_sends <= allowed,
+            "{} late sends, {stalls} timer stalls: {:?}",
+            outcome.totals.late_sends,
+            outcome.totals
+        );
         let service = outcome.totals.service_time.expect("service");
         let corrected = outcome.totals.latency.expect("latency");
         assert!(
