@@ -118,18 +118,12 @@ fn judge(targets: &[Target]) -> anyhow::Result<()> {
     println!();
     for t in targets {
         println!(
-            "{}  {}: {} {} (target {} {}{})",
+            "{}  {}: {} (target {} {})",
             t.verdict,
             t.what,
-            trim_number(t.value),
-            t.unit,
+            with_unit(t.value, t.unit),
             t.op,
-            trim_number(t.bound),
-            if t.unit.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", t.unit)
-            }
+            with_unit(t.bound, t.unit)
         );
     }
     let missed: Vec<&str> = targets
@@ -147,6 +141,15 @@ fn judge(targets: &[Target]) -> anyhow::Result<()> {
     }
     println!("all {} targets met", targets.len());
     Ok(())
+}
+
+/// `1.008`, `29.8x`, `0.4%`, `4.1 MiB`.
+fn with_unit(v: f64, unit: &str) -> String {
+    match unit {
+        "" => trim_number(v),
+        "x" | "%" => format!("{}{unit}", trim_number(v)),
+        _ => format!("{} {unit}", trim_number(v)),
+    }
 }
 
 /// A number with up to three decimals, without trailing zeros.
@@ -924,6 +927,9 @@ mod tests {
         judge(&[rss]).expect("all met");
         let json = serde_json::to_value(Target::new("p99", 1.9, "<", 2.0, "ms")).expect("json");
         assert_eq!(json["verdict"], "PASS");
+        assert_eq!(with_unit(29.8, "x"), "29.8x");
+        assert_eq!(with_unit(1.0, ""), "1");
+        assert_eq!(with_unit(4.125, "MiB"), "4.125 MiB");
     }
 
     #[test]
