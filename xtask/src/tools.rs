@@ -476,6 +476,31 @@ mod tests {
     use std::sync::Arc;
 
     /// A static file server on 127.0.0.1 with the given path → body map.
+    /// A release folder as kind's download site has it: the binary for linux-amd64 and its
+    /// published `.sha256sum`, which names the sha256 of `published` (the binary itself, or
+    /// another file to make the two disagree).
+    fn release(version: &str, binary: &[u8], published: &[u8]) -> HashMap<String, Vec<u8>> {
+        HashMap::from([
+            (format!("/dl/{version}/kind-linux-amd64"), binary.to_vec()),
+            (
+                format!("/dl/{version}/kind-linux-amd64.sha256sum"),
+                format!("{}  kind-linux-amd64\n", sum(published)).into_bytes(),
+            ),
+        ])
+    }
+
+    /// `release` served on loopback: the base URL, and a folder with the destination in it.
+    async fn site(
+        version: &str,
+        binary: &[u8],
+        published: &[u8],
+    ) -> (String, tempfile::TempDir, std::path::PathBuf) {
+        let base = serve(release(version, binary, published)).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("kind");
+        (base, dir, dest)
+    }
+
     async fn serve(files: HashMap<String, Vec<u8>>) -> String {
         let files = Arc::new(files);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -510,13 +535,7 @@ mod tests {
     #[tokio::test]
     async fn downloads_and_verifies_a_good_release() {
         let binary = b"#!/bin/sh\necho kind v9.9.9\n".to_vec();
-        let files = HashMap::from([
-            ("/dl/v9.9.9/kind-linux-amd64".to_owned(), binary.clone()),
-            (
-                "/dl/v9.9.9/kind-linux-amd64.sha256sum".to_owned(),
-                format!("{}  kind-linux-amd64\n", sum(&binary)).into_bytes(),
-            ),
-        ]);
+        let files = release("v9.9.9", &binary, &binary);
         let base = serve(files).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("bin/kind");
@@ -542,16 +561,7 @@ mod tests {
     #[tokio::test]
     async fn the_real_client_refuses_plain_http() {
         let binary = b"served over http".to_vec();
-        let files = HashMap::from([
-            ("/dl/v1/kind-linux-amd64".to_owned(), binary.clone()),
-            (
-                "/dl/v1/kind-linux-amd64.sha256sum".to_owned(),
-                format!("{}  kind\n", sum(&binary)).into_bytes(),
-            ),
-        ]);
-        let base = serve(files).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let dest = dir.path().join("kind");
+        let (base, _dir, dest) = site("v1", &binary, &binary).await;
         let err = download_verified(&base, "v1", "linux-amd64", Some(&sum(&binary)), &dest)
             .await
             .expect_err("http must be refused");
@@ -563,19 +573,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_a_tampered_binary_and_leaves_nothing() {
         let good = b"the real kind".to_vec();
-        let files = HashMap::from([
-            (
-                "/dl/v1/kind-linux-amd64".to_owned(),
-                b"the real kind, plus a backdoor".to_vec(),
-            ),
-            (
-                "/dl/v1/kind-linux-amd64.sha256sum".to_owned(),
-                format!("{}  kind\n", sum(&good)).into_bytes(),
-            ),
-        ]);
-        let base = serve(files).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let dest = dir.path().join("kind");
+        let (base, dir, dest) = site("v1", b"the real kind, plus a backdoor", &good).await;
         let err = download_with(
             &plain_http_client(),
             &base,
@@ -601,16 +599,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_when_the_published_checksum_is_not_the_pinned_one() {
         let binary = b"a different kind".to_vec();
-        let files = HashMap::from([
-            ("/dl/v1/kind-linux-amd64".to_owned(), binary.clone()),
-            (
-                "/dl/v1/kind-linux-amd64.sha256sum".to_owned(),
-                format!("{}  kind\n", sum(&binary)).into_bytes(),
-            ),
-        ]);
-        let base = serve(files).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let dest = dir.path().join("kind");
+        let (base, _dir, dest) = site("v1", &binary, &binary).await;
         let pinned = sum(b"the binary we pinned");
         let client = plain_http_client();
         let err = download_with(&client, &base, "v1", "linux-amd64", Some(&pinned), &dest)

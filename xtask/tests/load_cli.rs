@@ -199,6 +199,24 @@ fn real_server() -> std::net::SocketAddr {
     addr
 }
 
+/// `xtask load` of 2 connections for 30 s against `addr`, with `extra` arguments; output piped.
+fn spawn_30s_load(addr: std::net::SocketAddr, extra: &[&std::ffi::OsStr]) -> std::process::Child {
+    Command::new(XTASK)
+        .args([
+            "load",
+            &format!("http://{addr}/predict"),
+            "-c",
+            "2",
+            "-d",
+            "30s",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn xtask load")
+}
+
 /// Sends `signal` to `pid`.
 fn kill(signal: &str, pid: u32) {
     assert!(
@@ -215,21 +233,7 @@ fn the_first_ctrl_c_keeps_the_results_so_far() {
     let addr = real_server();
     let dir = tempfile::tempdir().expect("dir");
     let json = dir.path().join("run.json");
-    let child = Command::new(XTASK)
-        .args([
-            "load",
-            &format!("http://{addr}/predict"),
-            "-c",
-            "2",
-            "-d",
-            "30s",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn xtask load");
+    let child = spawn_30s_load(addr, &["--json".as_ref(), json.as_os_str()]);
     std::thread::sleep(Duration::from_millis(2500));
     let signalled = Instant::now();
     kill("-INT", child.id());
@@ -277,19 +281,7 @@ fn a_second_ctrl_c_quits_at_once() {
             held.push(conn);
         }
     });
-    let child = Command::new(XTASK)
-        .args([
-            "load",
-            &format!("http://{addr}/predict"),
-            "-c",
-            "2",
-            "-d",
-            "30s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn xtask load");
+    let child = spawn_30s_load(addr, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     kill("-INT", child.id());
     std::thread::sleep(Duration::from_millis(300));

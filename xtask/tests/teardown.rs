@@ -266,6 +266,17 @@ exit 0
     calls
 }
 
+/// The node containers of cluster `name` the run left behind (the answer), removed now with the
+/// fake node image `tag` so that a failed test leaves the machine clean.
+fn remove_leftover_nodes(name: &str, tag: &str) -> Vec<String> {
+    let left = kind_node_containers(name);
+    for c in &left {
+        let _ = Command::new("docker").args(["rm", "-f", c]).output();
+    }
+    remove_image(tag);
+    left
+}
+
 /// Container names labelled as nodes of kind cluster `name`.
 fn kind_node_containers(name: &str) -> Vec<String> {
     let out = Command::new("docker")
@@ -370,11 +381,7 @@ fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
         let (log, status, took) = kill_when(command, "fake kind sleeping", signal);
         remove_run_state(&name);
         // The interrupted create's nodes are this run's (made after its record): deleted.
-        let left = kind_node_containers(&name);
-        for c in &left {
-            let _ = Command::new("docker").args(["rm", "-f", c]).output();
-        }
-        remove_image(&tag);
+        let left = remove_leftover_nodes(&name, &tag);
         assert!(
             left.is_empty(),
             "{signal}: the interrupted run's nodes were left: {left:?}\n{log}"
@@ -431,11 +438,7 @@ fn a_failed_kind_create_keeps_its_nodes_for_the_log_export_then_deletes() {
         .expect("run");
     remove_run_state(&name);
     // The nodes the failed create left were this run's (its record names them): deleted.
-    let left = kind_node_containers(&name);
-    for c in &left {
-        let _ = Command::new("docker").args(["rm", "-f", c]).output();
-    }
-    remove_image(&tag);
+    let left = remove_leftover_nodes(&name, &tag);
     assert!(
         left.is_empty(),
         "the failed run's nodes were left: {left:?}"
