@@ -478,6 +478,7 @@ mod tests {
                     max_ms: p99,
                 }),
                 service_time: None,
+                send_lag: None,
                 pods: Default::default(),
             },
         }
