@@ -683,6 +683,25 @@ mod tests {
 
     #[test]
     fn a_failed_gate_exports_logs_like_an_error() {
+        // A run that worked but violates a gate: the committed fixture's autoscale run (p99
+        // 402 ms) judged against `--max-p99-ms 300`. It is a report, not an error.
+        let path = crate::project_root().join("xtask/fixtures/report.json");
+        let mut report: Report =
+            serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("report");
+        assert!(report.passed());
+        assert!(!ending(Some(report.passed()), false).export_logs);
+        let s = &mut report.scenarios[0];
+        let flags = crate::scenario::Gates {
+            max_p99_ms: Some(300.0),
+            ..Default::default()
+        };
+        s.gates =
+            crate::scenario::judge(&s.scenario.gates.overridden_by(&flags), &s.load, &s.derived);
+        assert!(!report.passed(), "{:?}", report.failed_gates());
+        let end = ending(Some(report.passed()), false);
+        assert!(end.export_logs, "a failed gate is a failure: logs first");
+        assert!(!end.keep, "then the cluster is deleted");
+
         let passed = ending(Some(true), false);
         assert_eq!((passed.export_logs, passed.keep), (false, false));
         let gate_failed = ending(Some(false), false);

@@ -996,6 +996,20 @@ mod tests {
         assert!(hpa.scale_down_within_s() >= down + 1.0);
         assert!(down >= hpa.scale_down_window_s);
         assert_eq!(d.scale_down_done_s, Some(80.0));
+        // status.currentReplicas follows a sync after the decision: past the old fixed 90 s,
+        // within the observation derived from the manifests.
+        let current_at_min = run
+            .observation
+            .samples
+            .iter()
+            .filter(|s| s.t_s >= run.load_end_s)
+            .find(|s| s.hpa_current == Some(hpa.min_replicas))
+            .map(|s| s.t_s - run.load_end_s)
+            .expect("currentReplicas back at the minimum");
+        assert!(
+            current_at_min > 90.0 && current_at_min <= hpa.scale_down_within_s(),
+            "{current_at_min}"
+        );
         // The formula matches wherever the comparison is like with like; the stabilized samples
         // (desired held at 3 while the formula says 1 or 2) are left out and counted.
         assert_eq!(d.formula_agreement, Some(1.0), "{:?}", d.formula);

@@ -808,6 +808,18 @@ mod tests {
             realistic_report(),
             "the committed fixture is stale: regenerate it (regenerate_the_fixture)"
         );
+        // Its renderings too: none of the three files is edited by hand.
+        let dir = crate::project_root().join("xtask/fixtures");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("fixture file");
+        assert_eq!(
+            read("report.md"),
+            render_markdown(&report),
+            "report.md is stale: regenerate it (regenerate_the_fixture)"
+        );
+        assert!(
+            read("timeline.svg") == render_svg(&report).expect("svg"),
+            "timeline.svg is stale: regenerate it (regenerate_the_fixture)"
+        );
         let autoscale = &report.scenarios[0];
         let hpa = autoscale.autoscaling.clone().expect("autoscaling");
         assert_eq!(
