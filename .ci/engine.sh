@@ -9,8 +9,8 @@
 # - containerd 2.x binaries for the kind-node fixture (kind v0.32's nodes run containerd 2.3):
 #   Debian unstable's `containerd` (2.1.x), same cache. The tests find them via IRIS_FIXTURE_BIN.
 # - A second engine with Docker's containerd image store (`features.containerd-snapshotter`, the
-#   default of fresh Docker 29 installs) on its own socket and data root, no networking; the image
-#   build/save/load tests also run against it, found via IRIS_TEST_DOCKER_CONTAINERD_STORE.
+#   default of fresh Docker 29 installs) on its own socket, data root and network namespace; the
+#   image build/save/load tests also run against it, found via IRIS_TEST_DOCKER_CONTAINERD_STORE.
 #
 # Logs go to stderr; stdout is only `export` lines for the caller to eval. Root (or sudo) needed to
 # start an engine. Set IRIS_ENGINE_CACHE to move the cache (default ~/.cache/iris-serve/engine).
@@ -91,6 +91,17 @@ wait_for() {
     die "the engine at $host did not start (log: $logfile)"
 }
 
+# Stops the engine of /var/run/docker.pid and waits until its process is gone (its API stops
+# answering before it exits, and a new dockerd refuses to start while the pid file's process lives).
+stop_default_engine() {
+    local pid
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    [ -n "$pid" ] || return 0
+    $SUDO kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do $SUDO kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    die "the Docker engine (pid $pid) did not stop within 60 s"
+}
+
 command -v docker >/dev/null || apt_install docker.io # the client only is used from here on
 command -v iptables >/dev/null || apt_install iptables
 
@@ -105,27 +116,40 @@ else
         [ "${CI:-}" = "true" ] || [ -n "${IRIS_REPLACE_ENGINE:-}" ] ||
             die "Docker Engine $running is running; the tests need ${MIN_DOCKER_MAJOR}+. Stop it, or rerun with IRIS_REPLACE_ENGINE=1 to let this script stop it and start ${MIN_DOCKER_MAJOR}.x"
         log "stopping Docker Engine $running (the tests need ${MIN_DOCKER_MAJOR}+)"
-        $SUDO sh -c 'kill "$(cat /var/run/docker.pid)" 2>/dev/null || pkill -x dockerd || true'
-        for _ in $(seq 1 30); do pgrep -x dockerd >/dev/null || break; sleep 1; done
+        stop_default_engine
     fi
     log "starting Docker Engine from $BIN"
     $SUDO env PATH="$BIN:$PATH" sh -c "nohup dockerd >/tmp/iris-dockerd.log 2>&1 &"
     wait_for "$DEFAULT_HOST" /tmp/iris-dockerd.log
 fi
 
-# The containerd image store engine: own socket, data root, exec root; no bridge, no iptables (its
-# tests build, save and load images; they open no ports).
+# The containerd image store engine: own socket, data root, exec root, and its own network
+# namespace (`unshare --net`), so its bridge and iptables rules never touch the host's: a second
+# dockerd on the host's namespace either fights over docker0 or, with --bridge=none, deletes it
+# (dockerd removes the default bridge interface when bridging is disabled). Its tests build, save
+# and load images, and start containers on its own bridge; they open no host ports.
 CS_DIR=/run/iris-docker-cs
 CS_HOST="unix://$CS_DIR/docker.sock"
 if [ -z "$(server_version "$CS_HOST")" ]; then
-    log "starting a second engine with the containerd image store ($CS_HOST)"
+    log "starting a second engine with the containerd image store ($CS_HOST, own network namespace)"
     $SUDO mkdir -p "$CS_DIR"
     printf '{ "features": { "containerd-snapshotter": true } }\n' | $SUDO tee "$CS_DIR/daemon.json" >/dev/null
-    $SUDO env PATH="$BIN:$PATH" sh -c "nohup dockerd --config-file $CS_DIR/daemon.json \
-        -H $CS_HOST --data-root /var/lib/iris-docker-cs --exec-root $CS_DIR/exec \
-        --pidfile $CS_DIR/docker.pid --bridge=none --iptables=false --ip6tables=false \
-        >/tmp/iris-dockerd-cs.log 2>&1 &"
+    $SUDO env PATH="$BIN:$PATH" sh -c "nohup unshare --net sh -c 'ip link set lo up; exec dockerd \
+        --config-file $CS_DIR/daemon.json -H $CS_HOST --data-root /var/lib/iris-docker-cs \
+        --exec-root $CS_DIR/exec --pidfile $CS_DIR/docker.pid' >/tmp/iris-dockerd-cs.log 2>&1 &"
     wait_for "$CS_HOST" /tmp/iris-dockerd-cs.log
+fi
+
+# The default engine's bridge must exist, or no container on it can start ("adding interface ...
+# to bridge docker0 failed"): an earlier second engine without its own namespace could delete it.
+bridge=$(docker network inspect bridge --format '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null || true)
+if [ -n "$bridge" ] && ! ip link show "$bridge" >/dev/null 2>&1; then
+    [ "${CI:-}" = "true" ] || [ -n "${IRIS_REPLACE_ENGINE:-}" ] ||
+        die "the default engine's bridge $bridge is gone, so containers on it cannot start; restart the engine (sudo systemctl restart docker), or rerun with IRIS_REPLACE_ENGINE=1"
+    log "the default engine's bridge $bridge is gone: restarting that engine"
+    stop_default_engine
+    $SUDO env PATH="$BIN:$PATH" sh -c "nohup dockerd >/tmp/iris-dockerd.log 2>&1 &"
+    wait_for "$DEFAULT_HOST" /tmp/iris-dockerd.log
 fi
 
 log "$(docker version --format 'Docker Engine {{.Server.Version}} (API {{.Server.APIVersion}})') on $DEFAULT_HOST; $(DOCKER_HOST=$CS_HOST docker info --format 'containerd image store engine {{.ServerVersion}}: storage driver {{.Driver}} {{range .DriverStatus}}{{index . 0}}={{index . 1}} {{end}}') on $CS_HOST"

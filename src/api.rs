@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::model::Model;
+use crate::server::ConnectionLimits;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,10 +33,16 @@ pub struct AppState {
     draining: AtomicBool,
     /// The JSON object each leaf answers with, rendered once at start.
     leaf_json: Vec<Bytes>,
+    limits: ConnectionLimits,
 }
 
 impl AppState {
+    /// With the default [`ConnectionLimits`].
     pub fn new(model: Model, served_by: &str) -> Arc<Self> {
+        Self::with_limits(model, served_by, ConnectionLimits::default())
+    }
+
+    pub fn with_limits(model: Model, served_by: &str, limits: ConnectionLimits) -> Arc<Self> {
         let metrics = Metrics::new(model.class_names(), &model.sha256);
         let served_by = HeaderValue::from_str(served_by)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -50,6 +57,7 @@ impl AppState {
             served_by,
             draining: AtomicBool::new(false),
             leaf_json,
+            limits,
         })
     }
 
@@ -64,6 +72,15 @@ impl AppState {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What [`crate::serve`] enforces, and `/info` shows.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
     }
 }
 
@@ -206,6 +223,9 @@ async fn info(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "served_by": state.served_by.to_str().unwrap_or("unknown"),
             "max_body_bytes": MAX_BODY_BYTES,
             "max_batch_rows": MAX_BATCH_ROWS,
+            "max_connections": state.limits.max_connections,
+            "header_read_timeout_seconds": state.limits.header_read_timeout.as_secs_f64(),
+            "idle_timeout_seconds": state.limits.idle_timeout.as_secs_f64(),
         },
     }))
 }

@@ -6,6 +6,7 @@
 mod api;
 pub mod metrics;
 pub mod model;
+mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use std::time::Duration;
 pub use api::{
     ApiError, AppState, MAX_BATCH_ROWS, MAX_BODY_BYTES, PredictRequest, SERVED_BY, app,
     parse_predict_request,
+};
+pub use server::{
+    ConnectionLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 
 /// The name this replica reports in `x-served-by`: `POD_NAME` (the Downward API), else the hostname.
@@ -34,6 +38,8 @@ pub fn served_by_name() -> String {
 /// served for `drain` (so the endpoint is removed from load balancing before we stop listening),
 /// then the listener closes, in-flight requests finish, and this returns. If `stop_now` resolves
 /// during the drain period (a second Ctrl-C, say), the drain is cut short.
+///
+/// Connections are held to `state`'s [`ConnectionLimits`] all along.
 pub async fn serve<S, N>(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -59,7 +65,5 @@ where
         }
         tracing::info!("closing the listener; finishing in-flight requests");
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::run(listener, state, shutdown).await
 }

@@ -25,6 +25,20 @@ struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    timeout: &'static str,
+}
+
+/// The timeouts that close a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// The request head was not complete in time (`--header-read-timeout-seconds`).
+    HeaderRead,
+    /// No new request on a keep-alive connection in time (`--idle-timeout-seconds`).
+    Idle,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     model_sha256: String,
@@ -37,6 +51,11 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// One counter per class, in the model's class order (looked up once, not per request).
     pub predictions: Vec<Counter>,
+    pub connections_open: Gauge,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    header_read_timeouts: Counter,
+    idle_timeouts: Counter,
 }
 
 impl Metrics {
@@ -89,12 +108,57 @@ impl Metrics {
                 model_sha256: model_sha256.to_owned(),
             })
             .set(1);
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted and served (refused ones are not counted)",
+            connections_accepted.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted because --max-connections were open",
+            connections_refused.clone(),
+        );
+        let timed_out = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed by a timeout: header_read (request head not complete in time) or idle (no new request on a keep-alive connection)",
+            timed_out.clone(),
+        );
+        let header_read_timeouts = timed_out
+            .get_or_create(&TimeoutLabels {
+                timeout: "header_read",
+            })
+            .clone();
+        let idle_timeouts = timed_out
+            .get_or_create(&TimeoutLabels { timeout: "idle" })
+            .clone();
         Metrics {
             registry,
             requests,
             duration,
             in_flight,
             predictions,
+            connections_open,
+            connections_accepted,
+            connections_refused,
+            header_read_timeouts,
+            idle_timeouts,
+        }
+    }
+
+    /// The counter of connections closed by `timeout`.
+    pub fn timed_out(&self, timeout: Timeout) -> &Counter {
+        match timeout {
+            Timeout::HeaderRead => &self.header_read_timeouts,
+            Timeout::Idle => &self.idle_timeouts,
         }
     }
 

@@ -296,6 +296,12 @@ async fn info_describes_the_model() {
     assert!(b["model"]["test_accuracy"].as_f64().expect("acc") > 0.9);
     assert_eq!(b["server"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(b["server"]["served_by"], "test-pod-0");
+    assert_eq!(
+        b["server"]["max_connections"],
+        iris_serve::DEFAULT_MAX_CONNECTIONS
+    );
+    assert_eq!(b["server"]["header_read_timeout_seconds"], 10.0);
+    assert_eq!(b["server"]["idle_timeout_seconds"], 60.0);
 }
 
 #[tokio::test]
@@ -331,6 +337,14 @@ async fn metrics_count_requests_predictions_and_build() {
         r#"iris_serve_http_request_duration_seconds_count{route="/predict"} 4"#,
         "iris_serve_http_requests_in_flight 1",
         "iris_serve_build_info{version=",
+        // Connection series exist from the start (at 0 here: `oneshot` opens no connection).
+        "# TYPE iris_serve_connections_open gauge",
+        "iris_serve_connections_open 0",
+        "# TYPE iris_serve_connections_refused counter",
+        "iris_serve_connections_refused_total 0",
+        "iris_serve_connections_accepted_total 0",
+        r#"iris_serve_connections_timed_out_total{timeout="header_read"} 0"#,
+        r#"iris_serve_connections_timed_out_total{timeout="idle"} 0"#,
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -237,6 +237,44 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
         .output()
         .expect("run");
     assert!(!out.status.success());
+
+    for (flag, value) in [
+        ("--header-read-timeout-seconds", "0"),
+        ("--idle-timeout-seconds", "-1"),
+        ("--idle-timeout-seconds", "inf"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--addr", "127.0.0.1:0", &format!("{flag}={value}")])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&flag[2..]) && err.contains("> 0"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = Command::new(BIN)
+        .args(["--addr", "127.0.0.1:0", "--max-connections", "0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));
+}
+
+#[test]
+fn connection_limits_come_from_flags_or_the_environment_and_show_in_info() {
+    let server = start(
+        &["--header-read-timeout-seconds", "2.5"],
+        &[
+            ("IRIS_SERVE_IDLE_TIMEOUT_SECONDS", "90"),
+            ("IRIS_SERVE_MAX_CONNECTIONS", "7"),
+        ],
+    );
+    let (status, _, body) = http(server.addr, "GET", "/info", "");
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(info["server"]["header_read_timeout_seconds"], 2.5);
+    assert_eq!(info["server"]["idle_timeout_seconds"], 90.0);
+    assert_eq!(info["server"]["max_connections"], 7);
 }
 
 #[test]

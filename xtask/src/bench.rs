@@ -88,6 +88,10 @@ struct ServerReport {
     ready_ms_median: f64,
     rss_idle_mib: f64,
     rss_1000_conns_mib: f64,
+    rss_half_open_mib: f64,
+    /// Half-open connections opened, and how many of them the server said it held.
+    half_open: usize,
+    half_open_held: u64,
     connections: usize,
     duration_s: f64,
 }
@@ -106,7 +110,7 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     for _ in 0..5 {
         let addr = free_addr()?;
         let t0 = Instant::now();
-        let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
+        let server = spawn_pinned(&bin, rig.server_cpu, addr, &[])?;
         let ok = wait_http_ok(addr, "/ready", Duration::from_secs(10));
         ready.push(t0.elapsed().as_secs_f64() * 1000.0);
         let _ = server.kill();
@@ -116,7 +120,19 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     let ready_ms_median = ready[ready.len() / 2];
 
     let addr = free_addr()?;
-    let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
+    // The cap raised past the half-open count and a header timeout longer than opening them all
+    // takes, so that the RSS is that of all of them held at once.
+    let server = spawn_pinned(
+        &bin,
+        rig.server_cpu,
+        addr,
+        &[
+            "--max-connections",
+            &(2 * HALF_OPEN).to_string(),
+            "--header-read-timeout-seconds",
+            "600",
+        ],
+    )?;
     let pid = *server.pids().first().context("server pid")?;
     let result = (|| -> anyhow::Result<ServerReport> {
         wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
@@ -143,6 +159,8 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
             .context("no responses in the open-loop run")?;
         let service = open.totals.service_time.clone().context("no responses")?;
         let rss_1000_conns_mib = rss_with_connections(pid, addr, 1000)?;
+        eprintln!("iris-serve: {HALF_OPEN} half-open connections");
+        let (rss_half_open_mib, half_open_held) = rss_with_half_open(pid, addr, HALF_OPEN)?;
         let reference = if args.no_reference {
             None
         } else {
@@ -162,6 +180,9 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
             ready_ms_median,
             rss_idle_mib,
             rss_1000_conns_mib,
+            rss_half_open_mib,
+            half_open: HALF_OPEN,
+            half_open_held,
             connections: rig.connections,
             duration_s: rig.duration.as_secs_f64(),
         })
@@ -198,7 +219,7 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
         bin,
     } = prepare()?;
     let addr = free_addr()?;
-    let server = spawn_pinned(&bin, rig.server_cpu, addr)?;
+    let server = spawn_pinned(&bin, rig.server_cpu, addr, &[])?;
     let result = (|| -> anyhow::Result<LoadReport> {
         wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
         eprintln!(
@@ -323,12 +344,18 @@ fn prepare() -> anyhow::Result<Prepared> {
 }
 
 /// The server on one CPU, listening on `addr`.
-fn spawn_pinned(bin: &Path, cpu: usize, addr: SocketAddr) -> anyhow::Result<duct::Handle> {
+fn spawn_pinned(
+    bin: &Path,
+    cpu: usize,
+    addr: SocketAddr,
+    extra: &[&str],
+) -> anyhow::Result<duct::Handle> {
     cmd("taskset")
         .arg("-c")
         .arg(cpu.to_string())
         .arg(bin)
         .args(["--addr", &addr.to_string(), "--drain-seconds", "0"])
+        .args(extra.iter().copied())
         .spawn_quiet()
 }
 
@@ -393,6 +420,10 @@ fn print_server_report(r: &ServerReport) {
     println!(
         "ready after start: {:.1} ms (median of 5; target < 100 ms); RSS idle {:.1} MiB (target < 20), with 1,000 open connections {:.1} MiB (target < 64)",
         r.ready_ms_median, r.rss_idle_mib, r.rss_1000_conns_mib
+    );
+    println!(
+        "RSS with {} half-open connections (half a request head each; the server held {}): {:.1} MiB (target < 64)",
+        r.half_open, r.half_open_held, r.rss_half_open_mib
     );
 }
 
@@ -550,6 +581,49 @@ fn rss_with_connections(pid: u32, addr: SocketAddr, n: usize) -> anyhow::Result<
     rss_mib(pid)
 }
 
+/// Connections that send half a request head and stop, as a slowloris does.
+const HALF_OPEN: usize = 10_000;
+
+/// Opens `n` half-open connections, then reads the server's RSS and how many connections it says
+/// it holds (not counting the one that asks).
+fn rss_with_half_open(pid: u32, addr: SocketAddr, n: usize) -> anyhow::Result<(f64, u64)> {
+    crate::load::nofile::check(crate::load::nofile::Limit::current(), n)?;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr)
+            .with_context(|| format!("opening half-open connection {i}"))?;
+        s.write_all(b"POST /predict HTTP/1.1\r\nHost: bench\r\n")?;
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_mib(pid)?;
+    let open = metric(&get(addr, "/metrics")?, "iris_serve_connections_open")
+        .context("no iris_serve_connections_open in /metrics")?;
+    Ok((rss, (open as u64).saturating_sub(1)))
+}
+
+/// The body of `GET path`, on a connection of its own.
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_owned())
+}
+
+/// The value of an unlabelled series in a Prometheus/OpenMetrics text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,5 +637,13 @@ mod tests {
         assert_eq!(r.p99_ms, 2.59);
         assert!(parse_wrk("garbage").is_err());
         assert!(parse_wrk(&format!("{out}Non-2xx or 3xx responses: 5\n")).is_err());
+    }
+
+    #[test]
+    fn reads_a_series_from_the_metrics_text() {
+        let text = "# HELP iris_serve_connections_open Client connections open now.\n# TYPE iris_serve_connections_open gauge\niris_serve_connections_open 10001\niris_serve_connections_open_other 3\n# EOF\n";
+        assert_eq!(metric(text, "iris_serve_connections_open"), Some(10001.0));
+        assert_eq!(metric(text, "iris_serve_connections"), None);
+        assert_eq!(metric(text, "missing"), None);
     }
 }

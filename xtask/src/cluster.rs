@@ -16,6 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use crate::claim;
 use crate::cmd::cmd;
 use crate::doctor::{self, Needs};
 use crate::steps::Steps;
@@ -59,8 +60,8 @@ pub struct NameArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub name: NameArgs,
-    /// Worker nodes (default: as in kind/cluster.yaml).
-    #[arg(long)]
+    /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml).
+    #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Node image for every node (default: as pinned in kind/cluster.yaml).
     #[arg(long)]
@@ -74,6 +75,21 @@ pub struct UpArgs {
     /// On failure, leave the cluster for debugging instead of deleting it.
     #[arg(long)]
     pub keep: bool,
+    /// Delete a kind cluster of the same name that this harness did not create (without this, the
+    /// run refuses and says how to delete it by hand).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `--workers`: the app spreads over worker nodes, so at least one; more than 16 kind nodes is
+/// beyond any machine this runs on.
+pub fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=16).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of worker nodes from 1 to 16"
+        )),
+    }
 }
 
 impl UpArgs {
@@ -229,6 +245,14 @@ impl KindConfig {
         }
     }
 
+    /// Labels every node (Kubernetes node labels, through kind) with the run that created it.
+    pub fn label_run(&mut self, run_id: &str) {
+        for node in &mut self.nodes {
+            node.labels
+                .insert(crate::claim::RUN_ID_KEY.to_owned(), run_id.to_owned());
+        }
+    }
+
     pub fn to_yaml(&self) -> anyhow::Result<String> {
         Ok(serde_yaml::to_string(self)?)
     }
@@ -262,18 +286,22 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
         .context("is the cluster up? (`cargo xtask cluster up`)")
 }
 
+/// A kubeconfig file, its error said once (kube's error already names the path and the cause;
+/// keeping it as a source too would print the cause twice).
+fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
+    Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// The API server URL a kubeconfig's current context points at (kind: https://127.0.0.1:<port>).
 pub async fn api_url(kubeconfig: &Path) -> anyhow::Result<String> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kc = read_kubeconfig(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(config.cluster_url.to_string())
 }
 
 /// A client from a kubeconfig file (read only) and options such as the context.
 pub async fn client_from(kubeconfig: &Path, options: &KubeConfigOptions) -> anyhow::Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let kc = read_kubeconfig(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, options).await?;
     Ok(Client::try_from(config)?)
 }
@@ -578,15 +606,18 @@ pub async fn metrics_server(client: &Client) -> MetricsServer {
 pub struct Teardown {
     name: String,
     kind: PathBuf,
+    /// The run whose ownership record must name the cluster's nodes for it to be deleted.
+    run_id: String,
     keep: bool,
     armed: bool,
 }
 
 impl Teardown {
-    pub fn new(name: &str, kind: &Path, keep: bool) -> Self {
+    pub fn new(name: &str, kind: &Path, run_id: &str, keep: bool) -> Self {
         Teardown {
             name: name.to_owned(),
             kind: kind.to_path_buf(),
+            run_id: run_id.to_owned(),
             keep,
             armed: true,
         }
@@ -621,9 +652,43 @@ impl Drop for Teardown {
             );
             return;
         }
-        eprintln!("tearing down cluster {}", self.name);
-        if let Err(e) = delete_with(&self.kind, &self.name) {
-            eprintln!("teardown of cluster {} failed: {e:#}", self.name);
+        let name = self.name.clone();
+        let verdict = docker::block_on_thread(async move {
+            let docker = docker::connect().await?;
+            let nodes = docker::kind_nodes(&docker, &name).await?;
+            anyhow::Ok(claim::ownership(
+                &name,
+                &nodes,
+                claim::read_record(&name).as_ref(),
+            ))
+        });
+        match verdict {
+            Some(Ok(claim::Ownership::Ours(record))) if record.run_id == self.run_id => {
+                eprintln!("tearing down cluster {}", self.name);
+                match delete_with(&self.kind, &self.name) {
+                    Ok(()) => claim::remove_record(&self.name),
+                    Err(e) => eprintln!("teardown of cluster {} failed: {e:#}", self.name),
+                }
+            }
+            Some(Ok(claim::Ownership::Absent)) => claim::remove_record(&self.name),
+            Some(Ok(claim::Ownership::Ours(record))) => eprintln!(
+                "not deleting cluster {}: it belongs to run {}, not this run ({})",
+                self.name, record.run_id, self.run_id
+            ),
+            Some(Ok(claim::Ownership::NotOurs(why))) => eprintln!(
+                "not deleting cluster {}: {why}; {}",
+                self.name,
+                claim::delete_by_hand(&self.name)
+            ),
+            Some(Err(e)) => eprintln!(
+                "not deleting cluster {}: could not check that this run created it ({e:#}); {}",
+                self.name,
+                claim::delete_by_hand(&self.name)
+            ),
+            None => eprintln!(
+                "not deleting cluster {}: could not check that this run created it",
+                self.name
+            ),
         }
     }
 }
@@ -666,6 +731,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Up(args) => {
+                let _lock = claim::lock_cluster(&args.name.cluster_name)?;
                 let cluster = crate::signals::interruptible(up(&args)).await?;
                 let api = api_url(&cluster.kubeconfig)
                     .await
@@ -682,6 +748,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Down(args) => {
+                let _lock = claim::lock_cluster(&args.cluster_name)?;
                 crate::signals::interruptible(down(&args.cluster_name)).await
             }
             Command::Status(args) => status(&args.cluster_name).await,
@@ -703,6 +770,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 /// A cluster that is up and ready.
 pub struct Cluster {
     pub name: String,
+    /// The run that created it (from its ownership record).
+    pub run_id: String,
     pub kind: PathBuf,
     pub kubeconfig: PathBuf,
     pub client: Client,
@@ -736,16 +805,25 @@ pub async fn up_with(
     steps: &mut Steps,
 ) -> anyhow::Result<Cluster> {
     let name = &args.name.cluster_name;
-    let config = args.kind_config()?;
+    let mut config = args.kind_config()?;
     steps.start("cluster create");
-    replace_stale(kind, name).await?;
+    replace_stale(kind, name, args.replace).await?;
     let dir = state_dir(name);
     std::fs::create_dir_all(&dir)?;
+    let hash = config.hash()?;
+    let run_id = claim::new_run_id();
+    config.label_run(&run_id);
     let config_path = dir.join("kind-config.yaml");
     std::fs::write(&config_path, config.to_yaml()?)?;
-    let hash = config.hash()?;
     let kubeconfig = kubeconfig_path(name);
-    let mut guard = Teardown::new(name, kind, args.keep);
+    // The record first: whatever `kind create` leaves, even interrupted, is known to be this run's.
+    let mut record = claim::ClusterRecord {
+        run_id: run_id.clone(),
+        create_started_unix_s: crate::observe::unix_now_s() as i64,
+        node_ids: Vec::new(),
+    };
+    claim::write_record(name, &record)?;
+    let mut guard = Teardown::new(name, kind, &run_id, args.keep);
     let created = cmd(kind)
         // --retain: a failed create keeps its nodes, so the guard can export their logs (kind's
         // own cleanup would delete them first) before it deletes the cluster.
@@ -757,6 +835,13 @@ pub async fn up_with(
         .hint("see the kind output above; `cargo xtask doctor` checks the usual causes")
         .run_async()
         .await;
+    // The node containers `kind create` made (also when it failed: --retain keeps them).
+    let docker = docker::connect().await?;
+    let nodes = docker::kind_nodes(&docker, name).await?;
+    if let claim::Ownership::Ours(_) = claim::ownership(name, &nodes, Some(&record)) {
+        record.node_ids = nodes.iter().map(|n| n.id.clone()).collect();
+        claim::write_record(name, &record)?;
+    }
     if let Err(e) = created {
         guard.failed(None).await;
         return Err(e);
@@ -802,6 +887,7 @@ pub async fn up_with(
     );
     Ok(Cluster {
         name: name.clone(),
+        run_id,
         kind: kind.to_path_buf(),
         kubeconfig,
         client,
@@ -829,6 +915,11 @@ pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Clust
     }
     let docker = docker::connect().await?;
     let nodes = docker::kind_nodes(&docker, name).await?;
+    let run_id = match claim::ownership(name, &nodes, claim::read_record(name).as_ref()) {
+        claim::Ownership::Ours(record) => record.run_id,
+        claim::Ownership::Absent => return Ok(None),
+        claim::Ownership::NotOurs(why) => bail!("--reuse: {why}; {}", claim::delete_by_hand(name)),
+    };
     if nodes.len() != config.node_count() || nodes.iter().any(|n| !n.running) {
         return Ok(None);
     }
@@ -842,9 +933,10 @@ pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Clust
     {
         return Ok(None);
     }
-    eprintln!("  reusing cluster {name} (config {hash})");
+    eprintln!("  reusing cluster {name} (config {hash}, created by run {run_id})");
     Ok(Some(Cluster {
         name: name.clone(),
+        run_id,
         kind: kind.to_path_buf(),
         kubeconfig,
         client,
@@ -853,39 +945,56 @@ pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Clust
     }))
 }
 
-/// A cluster of this name left by an earlier run (its node containers carry kind's label) is
-/// deleted before a new one is created.
-pub async fn replace_stale(kind: &Path, name: &str) -> anyhow::Result<bool> {
+/// A cluster of this name is deleted before a new one is created only if this harness created it
+/// (its ownership record names every node container: left by a crashed or kept run), or with
+/// `--replace`. A user's own cluster of the same name is refused, with how to delete it by hand.
+pub async fn replace_stale(kind: &Path, name: &str, replace: bool) -> anyhow::Result<bool> {
     let docker = docker::connect().await?;
     let nodes = docker::kind_nodes(&docker, name).await?;
-    if nodes.is_empty() {
-        return Ok(false);
+    let listed = nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match claim::ownership(name, &nodes, claim::read_record(name).as_ref()) {
+        claim::Ownership::Absent => return Ok(false),
+        claim::Ownership::Ours(record) => eprintln!(
+            "  found cluster {name} left by an earlier run of this harness (run {}; {listed}); replacing it",
+            record.run_id
+        ),
+        claim::Ownership::NotOurs(why) if replace => {
+            eprintln!("  --replace: deleting cluster {name} ({listed}) although {why}")
+        }
+        claim::Ownership::NotOurs(why) => bail!(
+            "{why}, so it will not be deleted or replaced; {}",
+            claim::delete_by_hand(name)
+        ),
     }
-    eprintln!(
-        "  found cluster {name} left by an earlier run ({} node containers: {}); replacing it",
-        nodes.len(),
-        nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
     delete_async(kind, name).await?;
+    claim::remove_record(name);
     Ok(true)
 }
 
 pub async fn down(name: &str) -> anyhow::Result<()> {
     let docker = docker::connect().await?;
     let nodes = docker::kind_nodes(&docker, name).await?;
-    if nodes.is_empty() {
-        let _ = std::fs::remove_file(kubeconfig_path(name));
-        println!("cluster {name}: nothing to delete");
-        return Ok(());
+    match claim::ownership(name, &nodes, claim::read_record(name).as_ref()) {
+        claim::Ownership::Absent => {
+            let _ = std::fs::remove_file(kubeconfig_path(name));
+            claim::remove_record(name);
+            println!("cluster {name}: nothing to delete");
+            return Ok(());
+        }
+        claim::Ownership::Ours(_) => {}
+        claim::Ownership::NotOurs(why) => bail!(
+            "{why}, so `cluster down` will not delete it; if it is yours to lose, delete it with `kind delete cluster --name {name}`"
+        ),
     }
     let kind = tools::ensure_kind(true)
         .await
         .with_context(|| format!("deleting cluster {name} needs kind"))?;
     delete_async(&kind, name).await?;
+    claim::remove_record(name);
     println!("cluster {name} deleted");
     Ok(())
 }

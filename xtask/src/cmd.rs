@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+/// Environment variables no child process gets.
+pub const SECRET_ENV: [&str; 2] = ["REGISTRY_USERNAME", "REGISTRY_PASSWORD"];
+
 /// A program and its arguments, with a hint shown when it fails.
 pub struct Cmd {
     program: OsString,
@@ -68,6 +71,11 @@ impl Cmd {
 
     pub fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
+        // Registry credentials are for the harness's own push; never for a child (every build
+        // script of every dependency that `cargo build` runs would see them).
+        for secret in SECRET_ENV {
+            e = e.env_remove(secret);
+        }
         for (k, v) in &self.env {
             e = e.env(k, v);
         }
@@ -252,6 +260,44 @@ mod tests {
                     .contains(") Z ");
             assert!(!alive, "process {pid} outlived the interrupted command");
         }
+    }
+
+    /// Runs in a re-run of this test binary whose environment holds the secrets (tests can't set
+    /// environment variables safely in-process).
+    #[test]
+    fn child_env_probe() {
+        if std::env::var_os("IRIS_CHILD_ENV_PROBE").is_none() {
+            return;
+        }
+        assert!(
+            std::env::var_os("REGISTRY_PASSWORD").is_some(),
+            "the probe needs the secret set"
+        );
+        let seen = cmd("sh")
+            .args([
+                "-c",
+                "echo ${REGISTRY_USERNAME:-unset} ${REGISTRY_PASSWORD:-unset}",
+            ])
+            .read()
+            .expect("sh");
+        assert_eq!(seen.trim(), "unset unset");
+    }
+
+    #[test]
+    fn children_never_see_registry_credentials() {
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "cmd::tests::child_env_probe", "--nocapture"])
+            .env("IRIS_CHILD_ENV_PROBE", "1")
+            .env("REGISTRY_USERNAME", "me")
+            .env("REGISTRY_PASSWORD", "s3cret")
+            .output()
+            .expect("re-run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[tokio::test]

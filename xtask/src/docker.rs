@@ -130,6 +130,8 @@ pub struct Node {
     pub name: String,
     pub role: String,
     pub running: bool,
+    /// When Docker created the container (unix seconds).
+    pub created_unix_s: i64,
 }
 
 /// Every container (running or not) labelled as a node of this kind cluster.
@@ -161,6 +163,7 @@ pub async fn kind_nodes(docker: &Docker, cluster: &str) -> anyhow::Result<Vec<No
                 .and_then(|l| l.get(KIND_ROLE_LABEL).cloned())
                 .unwrap_or_default(),
             running: c.state.is_some_and(|s| s.to_string() == "running"),
+            created_unix_s: c.created.unwrap_or(0),
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -237,21 +240,156 @@ async fn drain_build(
     Ok(())
 }
 
+/// A complete static Linux program that exits 0 at once (one ELF64 header, one loadable segment,
+/// three instructions): the smallest thing a `FROM scratch` container can run, so the doctor can
+/// check that containers start without pulling or building anything. None off x86_64/aarch64.
+pub fn exit0_program() -> Option<Vec<u8>> {
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: u64 = 64 + 56;
+    let (machine, code): (u16, &[u8]) = match std::env::consts::ARCH {
+        // xor edi, edi; mov eax, 60 (exit); syscall
+        "x86_64" => (62, &[0x31, 0xff, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05]),
+        // mov x0, #0; mov x8, #93 (exit); svc #0
+        "aarch64" => (
+            183,
+            &[
+                0x00, 0x00, 0x80, 0xd2, 0xa8, 0x0b, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4,
+            ],
+        ),
+        _ => return None,
+    };
+    let size = HEADERS + code.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    // ELF header: 64-bit, little endian, version 1, System V ABI.
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&machine.to_le_bytes());
+    elf.extend_from_slice(&1u32.to_le_bytes()); // version
+    elf.extend_from_slice(&(BASE + HEADERS).to_le_bytes()); // entry: the code after the headers
+    elf.extend_from_slice(&64u64.to_le_bytes()); // program headers right after this header
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for half in [64u16, 56, 1, 0, 0, 0] {
+        // header size, program header size and count, section header size, count, names index
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    // One PT_LOAD segment, read + execute, mapping the whole file at BASE.
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&5u32.to_le_bytes());
+    for word in [0, BASE, BASE, size, size, 0x1000u64] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(code);
+    Some(elf)
+}
+
+/// The label on the doctor's probe containers, so a leftover one can be told apart.
+pub const PROBE_LABEL: &str = "iris-serve.dev/probe";
+
+/// Starts a container of our own that exits 0 (the `exit0_program` in a scratch image, non-root,
+/// no capabilities), on `network` ("none", or "bridge": what kind's nodes need), and removes it.
+/// Err says why a container could not run here, as the engine said it.
+pub async fn probe_container(docker: &Docker, network: &str) -> anyhow::Result<()> {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+    let program = exit0_program().context("no probe program for this CPU architecture")?;
+    let tag = "iris-serve-doctor/probe:1";
+    if docker.inspect_image(tag).await.is_err() {
+        let files = [ImageFile {
+            path: "/probe".to_owned(),
+            bytes: program,
+            mode: 0o755,
+        }];
+        build_scratch_image(
+            docker,
+            tag,
+            &files,
+            "USER 65532:65532\nENTRYPOINT [\"/probe\"]\n",
+            &HashMap::new(),
+        )
+        .await?;
+    }
+    let created = docker
+        .create_container(
+            None::<CreateContainerOptions>,
+            ContainerCreateBody {
+                image: Some(tag.to_owned()),
+                labels: Some(HashMap::from([(
+                    PROBE_LABEL.to_owned(),
+                    "doctor".to_owned(),
+                )])),
+                host_config: Some(HostConfig {
+                    network_mode: Some(network.to_owned()),
+                    cap_drop: Some(vec!["ALL".to_owned()]),
+                    readonly_rootfs: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating a container")?;
+    let ran = async {
+        docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .context("starting a container")?;
+        let mut waiting = docker.wait_container(
+            &created.id,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
+        while let Some(status) = waiting.next().await {
+            status.context("waiting for a container")?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    ran
+}
+
+/// Removes the doctor's probe image.
+pub async fn remove_probe_image(docker: &Docker) {
+    let _ = docker
+        .remove_image(
+            "iris-serve-doctor/probe:1",
+            Some(RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+}
+
 /// Runs a future to completion on a thread of its own: for destructors and panic paths, which
-/// can't `.await` and may run inside (or outside) a runtime.
-pub fn block_on_thread<F>(future: F)
+/// can't `.await` and may run inside (or outside) a runtime. None if it could not run.
+pub fn block_on_thread<F, T>(future: F) -> Option<T>
 where
-    F: std::future::Future<Output = ()> + Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
 {
-    let _ = std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        {
-            rt.block_on(future);
-        }
+            .ok()
+            .map(|rt| rt.block_on(future))
     })
-    .join();
+    .join()
+    .ok()
+    .flatten()
 }
 
 /// Removes an image from a destructor or a panic path.
@@ -264,4 +402,51 @@ pub fn remove_image_blocking(docker: &Docker, reference: &str) {
         };
         let _ = docker.remove_image(&reference, Some(options), None).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_program_runs_and_exits_0() {
+        let Some(program) = exit0_program() else {
+            eprintln!("\n*** SKIPPING: no probe program for this architecture ***\n");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("probe");
+        std::fs::write(&path, &program).expect("write");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let status = std::process::Command::new(&path).status().expect("exec");
+        assert!(status.success(), "{status:?}");
+        assert!(program.len() < 200, "{} bytes", program.len());
+    }
+
+    #[tokio::test]
+    async fn the_doctor_probe_runs_a_container_and_names_what_broke() {
+        let engines = crate::testing::engines_or_skip("doctor container probe").await;
+        for (store, docker) in &engines {
+            probe_container(docker, "none")
+                .await
+                .unwrap_or_else(|e| panic!("{store}: {e:#}"));
+        }
+        for (store, docker) in &engines {
+            probe_container(docker, "bridge")
+                .await
+                .unwrap_or_else(|e| panic!("{store}, bridge: {e:#}"));
+            // A container that cannot be started there is named with the engine's own reason.
+            let err = probe_container(docker, "iris-no-such-network")
+                .await
+                .expect_err("no such network");
+            assert!(
+                format!("{err:#}").contains("iris-no-such-network"),
+                "{store}: {err:#}"
+            );
+        }
+        for (_, docker) in &engines {
+            remove_probe_image(docker).await;
+        }
+    }
 }

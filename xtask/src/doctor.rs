@@ -104,26 +104,20 @@ pub async fn require(needs: Needs) -> anyhow::Result<()> {
     verdict(&findings)
 }
 
+/// The findings were printed just before: the error names the failed checks, not again their text.
 fn verdict(findings: &[Finding]) -> anyhow::Result<()> {
-    let failed: Vec<&Finding> = findings.iter().filter(|f| f.level == Level::Fail).collect();
+    let failed: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.level == Level::Fail)
+        .map(|f| f.check)
+        .collect();
     if failed.is_empty() {
         return Ok(());
     }
-    let lines: Vec<String> = failed
-        .iter()
-        .map(|f| {
-            format!(
-                "{}: {}\n    fix: {}",
-                f.check,
-                f.detail,
-                f.fix.as_deref().unwrap_or("-")
-            )
-        })
-        .collect();
     anyhow::bail!(
-        "doctor found {} problem(s) to fix first:\n  {}",
+        "doctor: {} check(s) failed ({}); each FAIL above says what to fix",
         failed.len(),
-        lines.join("\n  ")
+        failed.join(", ")
     )
 }
 
@@ -194,7 +188,30 @@ async fn docker_check() -> Finding {
             )
         })
         .unwrap_or_default();
-    Finding::ok("docker", format!("Docker {version}, {cgroup}"))
+    // Reachable is not enough: a broken bridge fails every container start (kind's nodes too).
+    let mut started = Vec::new();
+    for network in ["none", "bridge"] {
+        if let Err(e) = crate::docker::probe_container(&docker, network).await {
+            crate::docker::remove_probe_image(&docker).await;
+            return Finding::fail(
+                "docker",
+                format!(
+                    "Docker {version} answers, but a container on network {network:?} cannot run: {}",
+                    e.root_cause()
+                ),
+                "restart the engine (`sudo systemctl restart docker`); if it persists, see its log (`journalctl -u docker`): kind's nodes need containers on a bridge network",
+            );
+        }
+        started.push(network);
+    }
+    crate::docker::remove_probe_image(&docker).await;
+    Finding::ok(
+        "docker",
+        format!(
+            "Docker {version}, {cgroup}; a container ran on network {}",
+            started.join(" and ")
+        ),
+    )
 }
 
 async fn kind_check(offline: bool) -> Finding {
@@ -209,6 +226,14 @@ async fn kind_check(offline: bool) -> Finding {
                 } else {
                     ""
                 }
+            ),
+        ),
+        KindStatus::Untrusted { path, reason } => Finding::fail(
+            "kind",
+            format!("refusing the cached kind at {}: {reason}", path.display()),
+            format!(
+                "delete it (`rm {}`); the next run fetches and verifies the release",
+                path.display()
             ),
         ),
         status => {
@@ -253,7 +278,11 @@ async fn download_reachable() -> anyhow::Result<()> {
         tokio::time::timeout(std::time::Duration::from_secs(10), client.get(&url).send())
             .await
             .map_err(|_| anyhow::anyhow!("no answer from {url} within 10s"))?
-            .map_err(|e| anyhow::anyhow!("{url}: {:#}", anyhow::Error::from(e)))?;
+            .map_err(|e| {
+                // One line of cause: the innermost error (e.g. the DNS failure), not the chain.
+                let cause = anyhow::Error::from(e).root_cause().to_string();
+                anyhow::anyhow!("{}: {cause}", tools::KIND_BASE_URL)
+            })?;
     response
         .error_for_status()
         .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
@@ -402,20 +431,21 @@ mod tests {
     }
 
     #[test]
-    fn verdict_lists_every_failure_with_its_fix() {
+    fn each_failure_is_said_once_with_its_fix() {
         let findings = vec![
             Finding::ok("docker", "fine"),
             Finding::fail("kind", "missing", "install it"),
             Finding::fail("port", "busy", "--host-port"),
         ];
         let err = verdict(&findings).expect_err("fails").to_string();
+        // The rendered findings carry the details and fixes; the error only names the checks.
+        assert!(err.contains("2 check(s) failed (kind, port)"), "{err}");
+        assert!(!err.contains("install it"), "said twice: {err}");
+        let shown = render(&findings);
         assert!(
-            err.contains("2 problem(s)")
-                && err.contains("install it")
-                && err.contains("--host-port"),
-            "{err}"
+            shown.contains("FAIL  kind") && shown.contains("fix: install it"),
+            "{shown}"
         );
-        assert!(render(&findings).contains("FAIL  kind"));
         assert!(verdict(&findings[..1]).is_ok());
     }
 }

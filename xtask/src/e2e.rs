@@ -11,12 +11,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use bollard::Docker;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::Client;
+use kube::api::{Api, ListParams};
 use kube::config::KubeConfigOptions;
-use kube::{Client, ResourceExt};
 
+use crate::claim::{self, NamespaceClaim};
 use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
 use crate::deploy::{self, AppSettings, NAMESPACE};
 use crate::doctor::{self, Needs};
@@ -24,8 +25,6 @@ use crate::report::{self, Report, Settings, Versions};
 use crate::scenario::{self, Gates, ScenarioFile};
 use crate::steps::Steps;
 use crate::{bundle, docker, image, manifests, project_root, tools};
-
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "iris-serve-xtask");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -42,8 +41,12 @@ pub struct Args {
     /// The kind cluster's name.
     #[arg(long, default_value = cluster::DEFAULT_NAME)]
     pub cluster_name: String,
-    /// Worker nodes (default: as in kind/cluster.yaml, 2).
-    #[arg(long)]
+    /// Delete a kind cluster of the same name that this harness did not create (without this,
+    /// the run refuses and says how to delete it by hand).
+    #[arg(long, conflicts_with = "reuse")]
+    pub replace: bool,
+    /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml, 2).
+    #[arg(long, value_parser = cluster::parse_workers)]
     pub workers: Option<usize>,
     /// Node image for every node (default: the digest pinned in kind/cluster.yaml).
     #[arg(long)]
@@ -58,7 +61,7 @@ pub struct Args {
     #[arg(long)]
     pub offline: bool,
     /// A bundle made by `cargo xtask bundle` (with --offline: the node and metrics-server images and kind).
-    #[arg(long)]
+    #[arg(long, requires = "offline")]
     pub bundle: Option<PathBuf>,
     /// Run against this context of an existing cluster (from --kubeconfig or $KUBECONFIG/~/.kube/config, read only).
     #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
@@ -76,6 +79,10 @@ pub struct Args {
     /// Existing cluster: the URL the load goes to (default: the first node's address and the NodePort the API server allocated).
     #[arg(long)]
     pub url: Option<String>,
+    /// Existing cluster: run in the app's namespace although this run did not create it (it is
+    /// then never deleted). Without this, an existing namespace is refused.
+    #[arg(long)]
+    pub use_existing_namespace: bool,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -125,7 +132,7 @@ struct RunGuard {
     keep: bool,
     docker: Option<Docker>,
     images: Vec<String>,
-    namespace: Option<(Client, String)>,
+    namespace: Option<(Client, NamespaceClaim)>,
 }
 
 impl Drop for RunGuard {
@@ -133,13 +140,14 @@ impl Drop for RunGuard {
         if self.keep {
             return;
         }
-        if let Some((client, ns)) = self.namespace.take() {
-            eprintln!("deleting namespace {ns}");
-            docker::block_on_thread(async move {
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&ns, &DeleteParams::default())
-                    .await;
-            });
+        if let Some((client, claim)) = self.namespace.take() {
+            let outcome =
+                docker::block_on_thread(
+                    async move { claim::release_namespace(&client, &claim).await },
+                );
+            if let Some(Err(e)) = outcome {
+                eprintln!("{e:#}");
+            }
         }
         if let Some(docker) = &self.docker {
             for image in self.images.drain(..) {
@@ -160,7 +168,6 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     let mut steps = Steps::new(10);
     steps.start("doctor");
     if let Some(dir) = &args.bundle {
-        ensure!(args.offline, "--bundle is for offline runs: add --offline");
         let docker = docker::connect().await?;
         bundle::load(&docker, dir)
             .await
@@ -175,7 +182,10 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         host_port: args.host_port,
         offline: args.offline,
         keep: args.keep,
+        replace: args.replace,
     };
+    // One run per cluster name at a time, held to the end of the run.
+    let _lock = crate::claim::lock_cluster(&args.cluster_name)?;
     let has_cluster = match docker::connect().await {
         Ok(d) => !docker::kind_nodes(&d, &args.cluster_name)
             .await
@@ -215,7 +225,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         None => cluster::up_with(&up, &kind, &preload, &mut steps).await?,
     };
     // From here on the cluster is this run's to delete (a reused one stays).
-    let mut teardown = Teardown::new(&cluster.name, &kind, keep_cluster);
+    let mut teardown = Teardown::new(&cluster.name, &kind, &cluster.run_id, keep_cluster);
     let docker = docker::connect().await?;
     let mut guard = RunGuard {
         keep: args.keep,
@@ -391,22 +401,6 @@ async fn existing_client(args: &Args) -> anyhow::Result<Client> {
     }
 }
 
-/// Refuses to run in a namespace the harness did not create.
-pub fn namespace_is_ours(ns: Option<&Namespace>) -> Result<(), String> {
-    match ns {
-        None => Ok(()),
-        Some(ns) if ns.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1) => {
-            Ok(())
-        }
-        Some(ns) => Err(format!(
-            "namespace {} exists and was not created by this harness (no label {}={}); it will not touch it",
-            ns.name_any(),
-            MANAGED_BY.0,
-            MANAGED_BY.1
-        )),
-    }
-}
-
 async fn existing(
     args: &Args,
     scenarios: &[scenario::Scenario],
@@ -443,10 +437,6 @@ async fn existing(
     cluster::apiservice_available(svc.as_ref()).map_err(|e| {
         anyhow::anyhow!("the cluster's metrics API (v1beta1.metrics.k8s.io) is not available ({e}); the HPA needs metrics-server: install it, e.g. from manifests/metrics-server/")
     })?;
-    let ns = Api::<Namespace>::all(client.clone())
-        .get_opt(NAMESPACE)
-        .await?;
-    namespace_is_ours(ns.as_ref()).map_err(anyhow::Error::msg)?;
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -468,11 +458,15 @@ async fn existing(
             node_address(&nodes).context("no node address to reach the NodePort; pass --url")?,
         ),
     };
+    // Last before deploying: from here on the namespace is this run's to delete (if it made it).
+    let namespace =
+        claim::claim_namespace(&client, NAMESPACE, run_id, args.use_existing_namespace).await?;
+    let borrowed = matches!(namespace, NamespaceClaim::Borrowed { .. });
     let mut guard = RunGuard {
         keep: args.keep,
         docker: None,
         images: Vec::new(),
-        namespace: Some((client.clone(), NAMESPACE.to_owned())),
+        namespace: Some((client.clone(), namespace)),
     };
     let result = async {
         steps.start("deploy");
@@ -485,7 +479,11 @@ async fn existing(
         deploy::deploy(&client, &settings).await?;
         let url = match (&args.url, &node_address) {
             (Some(u), _) => u.clone(),
-            (None, Some(ip)) => node_url(ip, deploy::node_port(&client).await?),
+            (None, Some(ip)) => {
+                let port = deploy::node_port(&client).await?;
+                eprintln!("  the API server gave the Service nodePort {port}");
+                node_url(ip, port)
+            }
             (None, None) => unreachable!("checked above"),
         };
         steps.start("scenarios");
@@ -525,10 +523,14 @@ async fn existing(
         anyhow::Ok(report)
     }
     .await;
-    if args.keep {
-        if let Err(e) = deploy::restore_hpa(&client).await {
-            eprintln!("could not restore the HPA's maximum: {e:#}");
-        }
+    // The app stays deployed (`--keep`, or a borrowed namespace, never deleted): with the HPA as
+    // the manifest has it, not as the last scenario left it.
+    if (args.keep || borrowed)
+        && let Err(e) = deploy::restore_hpa(&client).await
+    {
+        eprintln!("could not restore the HPA's maximum: {e:#}");
+    }
+    if args.keep && !borrowed {
         eprintln!(
             "--keep: namespace {NAMESPACE} left in place; delete it with `kubectl delete namespace {NAMESPACE}`"
         );
@@ -560,6 +562,8 @@ pub fn node_address(nodes: &[Node]) -> Option<String> {
     pick("ExternalIP").or_else(|| pick("InternalIP"))
 }
 
+/// Pushes the image and returns the reference to deploy: `repo@sha256:...`, the digest the
+/// registry stored, so the cluster runs exactly what was built (a tag can be moved meanwhile).
 async fn push(docker: &Docker, reference: &str, repo: &str) -> anyhow::Result<String> {
     use bollard::query_parameters::{PushImageOptions, TagImageOptions};
     use futures::StreamExt;
@@ -574,17 +578,11 @@ async fn push(docker: &Docker, reference: &str, repo: &str) -> anyhow::Result<St
         )
         .await
         .with_context(|| format!("tagging {reference} as {repo}:{tag}"))?;
-    let credentials = match (
-        std::env::var("REGISTRY_USERNAME"),
-        std::env::var("REGISTRY_PASSWORD"),
-    ) {
-        (Ok(username), Ok(password)) => Some(bollard::auth::DockerCredentials {
-            username: Some(username),
-            password: Some(password),
-            ..Default::default()
-        }),
-        _ => None,
-    };
+    let credentials = registry_credentials(
+        std::env::var("REGISTRY_USERNAME").ok(),
+        std::env::var("REGISTRY_PASSWORD").ok(),
+        std::env::var("DOCKER_HOST").ok().as_deref(),
+    )?;
     let target = format!("{repo}:{tag}");
     let mut pushing = docker.push_image(
         repo,
@@ -602,8 +600,50 @@ async fn push(docker: &Docker, reference: &str, repo: &str) -> anyhow::Result<St
             );
         }
     }
-    eprintln!("  pushed {target}");
-    Ok(target)
+    let pushed = docker
+        .inspect_image(&target)
+        .await
+        .with_context(|| format!("inspecting {target} after the push"))?;
+    let by_digest =
+        pinned_reference(repo, &pushed.repo_digests.unwrap_or_default()).with_context(|| {
+            format!("the engine recorded no digest for {repo} after pushing {target}")
+        })?;
+    eprintln!("  pushed {target}; deploying {by_digest}");
+    Ok(by_digest)
+}
+
+/// The `repo@sha256:...` among an image's RepoDigests.
+pub fn pinned_reference(repo: &str, repo_digests: &[String]) -> Option<String> {
+    repo_digests
+        .iter()
+        .find(|d| {
+            d.split_once('@')
+                .is_some_and(|(r, digest)| r == repo && digest.starts_with("sha256:"))
+        })
+        .cloned()
+}
+
+/// Registry credentials from $REGISTRY_USERNAME/$REGISTRY_PASSWORD, refused over a plain
+/// `tcp://` engine connection (they would cross the network in clear text).
+pub fn registry_credentials(
+    username: Option<String>,
+    password: Option<String>,
+    docker_host: Option<&str>,
+) -> anyhow::Result<Option<bollard::auth::DockerCredentials>> {
+    let (Some(username), Some(password)) = (username, password) else {
+        return Ok(None);
+    };
+    if let Some(host) = docker_host.filter(|h| h.starts_with("tcp://") || h.starts_with("http://"))
+    {
+        bail!(
+            "refusing to send REGISTRY_USERNAME/REGISTRY_PASSWORD to the Docker engine at {host}: that connection is not encrypted. Use the local socket or an ssh:// / TLS connection, or push the image yourself and pass --image"
+        );
+    }
+    Ok(Some(bollard::auth::DockerCredentials {
+        username: Some(username),
+        password: Some(password),
+        ..Default::default()
+    }))
 }
 
 #[cfg(test)]
@@ -611,24 +651,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_our_namespace_is_touched() {
-        assert!(namespace_is_ours(None).is_ok());
-        let ours: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "iris-serve", "labels": {"app.kubernetes.io/managed-by": "iris-serve-xtask"}}})).expect("ns");
-        assert!(namespace_is_ours(Some(&ours)).is_ok());
-        let theirs: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "iris-serve"}}))
-                .expect("ns");
-        assert!(
-            namespace_is_ours(Some(&theirs))
-                .expect_err("not ours")
-                .contains("will not touch it")
+    fn a_push_deploys_the_digest_not_the_tag() {
+        let digests = vec![
+            "ghcr.io/me/other@sha256:1111".to_owned(),
+            "ghcr.io/me/iris-serve@sha256:2222".to_owned(),
+        ];
+        assert_eq!(
+            pinned_reference("ghcr.io/me/iris-serve", &digests).as_deref(),
+            Some("ghcr.io/me/iris-serve@sha256:2222")
         );
-        // The manifest carries the label that makes it ours.
-        let objects = manifests::load_dir(deploy::APP_DIR).expect("app");
-        let manifests::Object::Namespace(ns) = &objects[0] else {
-            panic!("namespace first")
-        };
-        assert!(namespace_is_ours(Some(ns)).is_ok());
+        assert_eq!(pinned_reference("ghcr.io/me/none", &digests), None);
+    }
+
+    #[test]
+    fn registry_credentials_never_cross_a_plain_tcp_connection() {
+        let some = || (Some("me".to_owned()), Some("s3cret".to_owned()));
+        let (u, p) = some();
+        let err = registry_credentials(u, p, Some("tcp://10.0.0.2:2375")).expect_err("refused");
+        assert!(err.to_string().contains("not encrypted"), "{err}");
+        let (u, p) = some();
+        assert!(
+            registry_credentials(u, p, Some("unix:///var/run/docker.sock"))
+                .expect("unix")
+                .is_some()
+        );
+        let (u, p) = some();
+        assert!(registry_credentials(u, p, None).expect("local").is_some());
+        assert!(
+            registry_credentials(None, None, Some("tcp://x:2375"))
+                .expect("none")
+                .is_none()
+        );
     }
 
     #[test]

@@ -175,11 +175,18 @@ pub fn containerd_name(reference: &str) -> String {
     }
 }
 
-async fn node_has_image(docker: &Docker, node: &Node, reference: &str) -> anyhow::Result<bool> {
+/// The digest of the image the node's containerd (namespace `k8s.io`, where the kubelet looks)
+/// has under `name`, if it has one: `ctr images ls name==<name>`'s DIGEST column.
+async fn node_image_digest(
+    docker: &Docker,
+    node: &Node,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    let filter = format!("name=={name}");
     let out = docker::exec(
         docker,
         &node.id,
-        &["ctr", "--namespace=k8s.io", "images", "ls", "-q"],
+        &["ctr", "--namespace=k8s.io", "images", "ls", &filter],
         None,
     )
     .await
@@ -191,8 +198,32 @@ async fn node_has_image(docker: &Docker, node: &Node, reference: &str) -> anyhow
         out.exit_code,
         out.stderr.trim()
     );
-    let wanted = containerd_name(reference);
-    Ok(out.stdout.lines().any(|l| l.trim() == wanted))
+    Ok(parse_images_ls(&out.stdout, name))
+}
+
+/// The DIGEST column of `name`'s row in `ctr images ls` output (REF TYPE DIGEST SIZE ...).
+pub fn parse_images_ls(listing: &str, name: &str) -> Option<String> {
+    listing.lines().skip(1).find_map(|line| {
+        let mut columns = line.split_whitespace();
+        (columns.next() == Some(name))
+            .then(|| columns.nth(1).map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// Our own builds are tagged with their binary's content hash (`iris-serve:<16 hex>`): a node
+/// that lists the name has the content. Anything else (metrics-server from a bundle, an image
+/// passed with --image) can change under the same name, so nodes are compared by digest.
+pub fn is_content_addressed(reference: &str) -> bool {
+    reference
+        .strip_prefix(REPOSITORY)
+        .and_then(|r| r.strip_prefix(':'))
+        .is_some_and(|tag| {
+            tag.len() == 16
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// The snapshotter the node's containerd uses for Kubernetes' images, read from
@@ -254,7 +285,55 @@ fn platform() -> String {
     format!("linux/{}", crate::tools::go_arch())
 }
 
-/// Loads `reference` into every node of `cluster`; returns what happened per node.
+async fn export(docker: &Docker, reference: &str) -> anyhow::Result<Bytes> {
+    let mut chunks = Vec::new();
+    let mut saved = docker.export_image(reference);
+    while let Some(chunk) = saved.next().await {
+        chunks.push(chunk.with_context(|| format!("saving {reference}"))?);
+    }
+    Ok(chunks.concat().into())
+}
+
+/// What a node must hold for `reference`: the name containerd gives the image, and (for images
+/// not named by their content) the digest that name must point at; for a reference pinned by
+/// digest, also the `name@digest` the kubelet resolves it by.
+struct Wanted {
+    name: String,
+    digest: Option<String>,
+    by_digest: Option<String>,
+}
+
+impl Wanted {
+    fn holds(&self, name: Option<&str>, by_digest: Option<&str>) -> bool {
+        let name_ok = match (&self.digest, name) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(wanted), Some(found)) => wanted == found,
+        };
+        name_ok
+            && match &self.by_digest {
+                None => true,
+                Some(_) => by_digest.is_some() && by_digest == self.digest.as_deref(),
+            }
+    }
+}
+
+async fn node_state(
+    docker: &Docker,
+    node: &Node,
+    wanted: &Wanted,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let name = node_image_digest(docker, node, &wanted.name).await?;
+    let by_digest = match &wanted.by_digest {
+        Some(d) => node_image_digest(docker, node, d).await?,
+        None => None,
+    };
+    Ok((name, by_digest))
+}
+
+/// Loads `reference` into every node of `cluster`; returns what happened per node. A reference
+/// may be pinned (`name:tag@sha256:...`): the engine's image must then be that digest, and the
+/// nodes get the `name@sha256:...` name too, which is how the kubelet resolves a pinned image.
 pub async fn load(
     docker: &Docker,
     reference: &str,
@@ -275,15 +354,57 @@ pub async fn load(
         .await
         .with_context(|| format!("image {reference} is not in the local Docker engine; build it with `cargo xtask image build`"))?;
 
+    let (tag_ref, pinned) = match reference.split_once('@') {
+        Some((tag_ref, digest)) => (tag_ref, Some(digest)),
+        None => (reference, None),
+    };
+    let own = is_content_addressed(reference);
+    // `docker save` once, one platform (the engine's own), shared by every node. Images not
+    // named by their content are saved first: the saved tar says which digest the nodes'
+    // containerd will record for them, and that is what the nodes are compared by.
+    let mut saved = None;
+    let mut wanted = Wanted {
+        name: containerd_name(tag_ref),
+        digest: None,
+        by_digest: None,
+    };
+    if !own {
+        let tar = export(docker, tag_ref).await?;
+        let digest = crate::oci::descriptor_digest(&tar)
+            .with_context(|| format!("reading the saved {tag_ref}"))?;
+        if let Some(pinned) = pinned {
+            ensure!(
+                digest == pinned,
+                "this engine's {tag_ref} is {digest}, not the pinned {pinned}"
+            );
+            let name = wanted
+                .name
+                .rsplit_once(':')
+                .map_or(wanted.name.as_str(), |(n, _)| n);
+            wanted.by_digest = Some(format!("{name}@{pinned}"));
+        }
+        wanted.digest = Some(digest);
+        saved = Some(tar);
+    }
+
     let checks =
-        futures::future::join_all(nodes.iter().map(|n| node_has_image(docker, n, reference))).await;
+        futures::future::join_all(nodes.iter().map(|n| node_state(docker, n, &wanted))).await;
     let mut results = Vec::new();
     let mut missing = Vec::new();
-    for (node, has) in nodes.iter().zip(checks) {
-        if has? {
+    for (node, state) in nodes.iter().zip(checks) {
+        let (name, by_digest) = state?;
+        if wanted.holds(name.as_deref(), by_digest.as_deref()) {
             eprintln!("  {}: already has {reference}", node.name);
             results.push(NodeLoad::AlreadyPresent(node.name.clone()));
         } else {
+            if let Some(stale) = name {
+                eprintln!(
+                    "  {}: has {} at {stale}, not {}: importing again",
+                    node.name,
+                    wanted.name,
+                    wanted.digest.as_deref().unwrap_or("?")
+                );
+            }
             missing.push(node.clone());
         }
     }
@@ -291,13 +412,10 @@ pub async fn load(
         return Ok(results);
     }
 
-    // `docker save` once, one platform (the engine's own), shared by every node.
-    let mut chunks = Vec::new();
-    let mut saved = docker.export_image(reference);
-    while let Some(chunk) = saved.next().await {
-        chunks.push(chunk.with_context(|| format!("saving {reference}"))?);
-    }
-    let tar: Bytes = chunks.concat().into();
+    let tar: Bytes = match saved {
+        Some(tar) => tar,
+        None => export(docker, tag_ref).await?,
+    };
     let total = tar.len() as u64;
     let parts: Vec<Bytes> = (0..tar.len())
         .step_by(SAVE_CHUNK)
@@ -310,6 +428,7 @@ pub async fn load(
     }
     let style = ProgressStyle::with_template("  {prefix:30} {bar:30} {bytes}/{total_bytes}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let wanted = &wanted;
     let loads = missing.iter().map(|node| {
         let bar = Arc::new(bars.add(ProgressBar::new(total)));
         bar.set_style(style.clone());
@@ -350,6 +469,29 @@ pub async fn load(
                     out.stdout.trim()
                 );
             }
+            if let Some(by_digest) = &wanted.by_digest {
+                let tagged = docker::exec(
+                    docker,
+                    &node.id,
+                    &[
+                        "ctr",
+                        "--namespace=k8s.io",
+                        "images",
+                        "tag",
+                        "--force",
+                        &wanted.name,
+                        by_digest,
+                    ],
+                    None,
+                )
+                .await?;
+                ensure!(
+                    tagged.exit_code == 0,
+                    "node {}: naming {by_digest} failed: {}",
+                    node.name,
+                    tagged.stderr.trim()
+                );
+            }
             eprintln!(
                 "  {}: imported {reference} ({:.1} MB)",
                 node.name,
@@ -367,11 +509,17 @@ pub async fn load(
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
 
     for node in &missing {
+        let (name, by_digest) = node_state(docker, node, wanted).await?;
         ensure!(
-            node_has_image(docker, node, reference).await?,
-            "node {} does not list {} after the import: the load failed there",
+            wanted.holds(name.as_deref(), by_digest.as_deref()),
+            "node {} does not list {}{} after the import: the load failed there (found {name:?})",
             node.name,
-            containerd_name(reference)
+            wanted.name,
+            wanted
+                .digest
+                .as_deref()
+                .map(|d| format!(" at {d}"))
+                .unwrap_or_default()
         );
         results.push(NodeLoad::Loaded(node.name.clone()));
     }
@@ -616,6 +764,163 @@ mod tests {
             .await
             .expect_err("no nodes");
         assert!(err.to_string().contains("cargo xtask cluster up"), "{err}");
+    }
+
+    fn as_node(node: &FixtureNode) -> Node {
+        Node {
+            id: node.id.clone(),
+            name: node.name.clone(),
+            role: "worker".to_owned(),
+            running: true,
+            created_unix_s: 0,
+        }
+    }
+
+    async fn scratch(docker: &Docker, reference: &str, payload: &str) -> String {
+        let files = [ImageFile {
+            path: "/payload".to_owned(),
+            bytes: fake_binary(payload),
+            mode: 0o644,
+        }];
+        docker::build_scratch_image(docker, reference, &files, "", &HashMap::new())
+            .await
+            .expect("build")
+            .id
+            .expect("id")
+    }
+
+    /// A node that has an older image under the same name (not one of our content-hash tags)
+    /// gets the new one: nodes are compared by digest, not by name.
+    #[tokio::test]
+    async fn a_stale_image_under_the_same_name_is_replaced_on_the_nodes() {
+        for (store, docker) in engines_or_skip("image::load stale").await {
+            let cluster = unique("iris-stale");
+            let reference = format!("iris-serve-test/stale:{}", unique("v"));
+            let first_id = scratch(&docker, &reference, &format!("{cluster} one")).await;
+            let _first = ImageGuard(docker.clone(), first_id);
+            let _tag = ImageGuard(docker.clone(), reference.clone());
+            let nodes = fixture_cluster(&docker, &cluster, 1)
+                .await
+                .expect("fixture cluster");
+            let loaded = load(&docker, &reference, &cluster)
+                .await
+                .unwrap_or_else(|e| panic!("{store}: {e:#}"));
+            assert!(
+                loaded.iter().all(|l| matches!(l, NodeLoad::Loaded(_))),
+                "{loaded:?}"
+            );
+            let name = containerd_name(&reference);
+            let old = node_image_digest(&docker, &as_node(&nodes[0]), &name)
+                .await
+                .expect("ls")
+                .expect("listed");
+
+            // The same name now means other content.
+            let second_id = scratch(&docker, &reference, &format!("{cluster} two")).await;
+            let _second = ImageGuard(docker.clone(), second_id);
+            let again = load(&docker, &reference, &cluster)
+                .await
+                .unwrap_or_else(|e| panic!("{store}: {e:#}"));
+            assert!(
+                again.iter().all(|l| matches!(l, NodeLoad::Loaded(_))),
+                "{store}: a node with a stale {name} was not refreshed: {again:?}"
+            );
+            let saved = export(&docker, &reference).await.expect("save");
+            let wanted = crate::oci::descriptor_digest(&saved).expect("digest");
+            for node in &nodes {
+                let now = node_image_digest(&docker, &as_node(node), &name)
+                    .await
+                    .expect("ls");
+                assert_eq!(
+                    now.as_deref(),
+                    Some(wanted.as_str()),
+                    "{store}: {}",
+                    node.name
+                );
+                assert_ne!(now.as_deref(), Some(old.as_str()));
+                kubelet_would_find(&docker, node, &reference).await;
+            }
+            let third = load(&docker, &reference, &cluster).await.expect("third");
+            assert!(
+                third
+                    .iter()
+                    .all(|l| matches!(l, NodeLoad::AlreadyPresent(_))),
+                "{third:?}"
+            );
+        }
+    }
+
+    /// A reference pinned by digest (as metrics-server's is) reaches the nodes under that digest
+    /// too, which is the name the kubelet looks a pinned image up by. The classic image store
+    /// cannot find an image by a digest it did not pull itself: refused there.
+    #[tokio::test]
+    async fn a_pinned_image_is_named_by_its_digest_on_the_nodes() {
+        for (store, docker) in engines_or_skip("image::load pinned").await {
+            let cluster = unique("iris-pinned");
+            let tag_ref = format!("iris-serve-test/pinned:{}", unique("v"));
+            let l = crate::oci::testing::layout(&crate::oci::testing::Spec::new(
+                cluster.as_bytes(),
+                &tag_ref,
+            ));
+            let _guards = [
+                ImageGuard(docker.clone(), tag_ref.clone()),
+                ImageGuard(docker.clone(), l.config.clone()),
+                ImageGuard(docker.clone(), l.index.clone()),
+            ];
+            let mut loading = docker.import_image(
+                bollard::query_parameters::ImportImageOptions::default(),
+                bollard::body_full(l.tar.clone().into()),
+                None,
+            );
+            while let Some(item) = loading.next().await {
+                item.expect("docker load");
+            }
+            let reference = format!("{tag_ref}@{}", l.index);
+            let nodes = fixture_cluster(&docker, &cluster, 0)
+                .await
+                .expect("fixture cluster");
+            let result = load(&docker, &reference, &cluster).await;
+            if store == "classic image store" {
+                let err = result.expect_err("classic store");
+                assert!(
+                    format!("{err:#}").contains("not in the local Docker engine"),
+                    "{err:#}"
+                );
+                continue;
+            }
+            result.unwrap_or_else(|e| panic!("{store}: {e:#}"));
+            let by_digest = format!("docker.io/iris-serve-test/pinned@{}", l.index);
+            let found = node_image_digest(&docker, &as_node(&nodes[0]), &by_digest)
+                .await
+                .expect("ls");
+            assert_eq!(found.as_deref(), Some(l.index.as_str()));
+            kubelet_would_find(&docker, &nodes[0], &tag_ref).await;
+            let again = load(&docker, &reference, &cluster).await.expect("again");
+            assert!(matches!(again[0], NodeLoad::AlreadyPresent(_)), "{again:?}");
+        }
+    }
+
+    #[test]
+    fn content_addressed_names_and_image_listings() {
+        assert!(is_content_addressed("iris-serve:0123456789abcdef"));
+        assert!(!is_content_addressed("iris-serve:latest"));
+        assert!(!is_content_addressed("iris-serve:0123456789ABCDEF"));
+        assert!(!is_content_addressed("iris-serve:0123456789abcdef0"));
+        assert!(!is_content_addressed("me/iris-serve:0123456789abcdef"));
+        assert!(!is_content_addressed(
+            "registry.k8s.io/metrics-server/metrics-server:v0.9.0"
+        ));
+        // containerd 2.1's `ctr images ls name==...` (the fixture's), as printed.
+        let listing = "REF                        TYPE                                    DIGEST                                                                  SIZE    PLATFORMS               LABELS                          \nregistry.example/exp/ms:v1 application/vnd.oci.image.index.v1+json sha256:874836ee1f350eb606f87990c417d47b4813d2f9d49ce73264d773b58d340d15 1.2 KiB linux/amd64,linux/arm64 io.cri-containerd.image=managed \n";
+        assert_eq!(
+            parse_images_ls(listing, "registry.example/exp/ms:v1").as_deref(),
+            Some("sha256:874836ee1f350eb606f87990c417d47b4813d2f9d49ce73264d773b58d340d15")
+        );
+        assert_eq!(parse_images_ls(listing, "registry.example/exp/ms"), None);
+        assert_eq!(
+            parse_images_ls("REF TYPE DIGEST SIZE PLATFORMS LABELS\n", "x"),
+            None
+        );
     }
 
     #[test]

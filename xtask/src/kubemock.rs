@@ -62,3 +62,16 @@ pub fn json_response(value: serde_json::Value) -> Response<Body> {
         .body(Body::from(serde_json::to_vec(&value).expect("json")))
         .expect("response")
 }
+
+/// An API error as the API server sends it: a `Status` object with the HTTP code.
+pub fn status_response(code: u16, reason: &str) -> Response<Body> {
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("{reason} (test)"), "reason": reason, "code": code
+    });
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&status).expect("json")))
+        .expect("response")
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bundle;
+mod claim;
 mod cluster;
 mod cmd;
 mod deploy;
@@ -17,6 +18,7 @@ mod kubemock;
 mod load;
 mod manifests;
 mod observe;
+mod oci;
 mod report;
 mod scenario;
 mod signals;
@@ -90,7 +92,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<signals::Interrupted>() {
+                std::process::ExitCode::from(signals::INTERRUPTED_EXIT as u8)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

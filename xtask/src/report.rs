@@ -627,6 +627,7 @@ mod tests {
             },
             windows,
             scheduled: None,
+            interrupted_after_s: None,
         }
     }
 

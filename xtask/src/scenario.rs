@@ -436,7 +436,7 @@ pub async fn run(
         Duration::from_secs(1),
         stop_rx,
     ));
-    let outcome = crate::load::drive(config, false).await;
+    let outcome = crate::load::drive(config, false, std::future::pending()).await;
     let load_end_s = observe::unix_now_s() - load_start;
     if outcome.is_ok() {
         tokio::time::sleep(observe_after).await;
@@ -515,6 +515,7 @@ mod tests {
             started_at_unix_ms: 0,
             elapsed_s: 10.0,
             scheduled: None,
+            interrupted_after_s: None,
             windows: vec![],
             totals: crate::load::stats::Totals {
                 responses,

@@ -123,8 +123,11 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
     if !docker_available("bundle teardown") {
         return;
     }
+    // Two images (a bundle holds one per name:tag), so the save pauses between them.
     let tag = format!("iris-serve-test/teardown:{}", std::process::id());
+    let second = format!("iris-serve-test/teardown:{}-2", std::process::id());
     build_image(&tag);
+    build_image(&second);
     for signal in ["-INT", "-TERM"] {
         let parent = tempfile::tempdir().expect("dir");
         let out = parent.path().join("bundle");
@@ -139,7 +142,7 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
                 "--image",
                 &tag,
                 "--image",
-                &tag,
+                &second,
             ],
             "bundle-saved-image",
             signal,
@@ -158,6 +161,7 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
         );
     }
     remove_image(&tag);
+    remove_image(&second);
 }
 
 #[test]
@@ -167,11 +171,28 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
     }
     let out = tempfile::tempdir().expect("dir");
     let out_arg = out.path().to_string_lossy().into_owned();
-    let before = Command::new("docker")
-        .args(["ps", "-aq"])
-        .output()
-        .expect("docker ps")
-        .stdout;
+    // Only what this run could make: the doctor's probe containers and the cluster's nodes.
+    // Other tests in this binary create and remove containers of their own at the same time.
+    let ours = || {
+        let mut ids = Vec::new();
+        for filter in [
+            "label=iris-serve.dev/probe".to_owned(),
+            "label=io.x-k8s.kind.cluster=iris-teardown-test".to_owned(),
+        ] {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+                .expect("docker ps");
+            assert!(out.status.success(), "docker ps --filter {filter} failed");
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        ids
+    };
+    let before = ours();
     let (log, status) = kill_at(
         &[
             "e2e",
@@ -185,12 +206,7 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
     );
     assert!(!status.success(), "{log}");
     assert!(log.contains("terminated (SIGTERM)"), "{log}");
-    let after = Command::new("docker")
-        .args(["ps", "-aq"])
-        .output()
-        .expect("docker ps")
-        .stdout;
-    assert_eq!(before, after, "containers changed");
+    assert_eq!(before, ours(), "the run left containers behind");
     assert!(
         leftovers(out.path()).is_empty(),
         "{:?}",
@@ -210,12 +226,33 @@ fn remove_run_state(name: &str) {
     }
 }
 
-/// A stand-in for kind v0.32.0 on PATH: `version` answers like kind; `create` hangs like a slow
-/// `kind create cluster` (its pid recorded); every call is logged.
+/// A stand-in for kind v0.32.0 on PATH: `version` answers like kind; `create` makes the node
+/// containers as kind names and labels them (when `FAKE_KIND_IMAGE` names a local image to make
+/// them from), then hangs like a slow `kind create cluster` (its pid recorded); `delete` removes
+/// the containers labelled with the cluster's name, as kind does. Every call is logged.
 fn fake_kind(dir: &Path) -> std::path::PathBuf {
     let calls = dir.join("calls.log");
     let script = format!(
-        "#!/bin/sh\necho \"$*\" >> {calls}\ncase \"$1\" in\n  version) echo 'kind v0.32.0 go1.24.0 linux/amd64' ;;\n  create) echo $$ > {pid}; echo 'Creating cluster (fake kind sleeping)' >&2; exec sleep 120 ;;\nesac\nexit 0\n",
+        r#"#!/bin/sh
+echo "$*" >> {calls}
+name=""
+prev=""
+for a in "$@"; do [ "$prev" = "--name" ] && name="$a"; prev="$a"; done
+case "$1" in
+  version) echo 'kind v0.32.0 go1.24.0 linux/amd64' ;;
+  create)
+    if [ -n "$FAKE_KIND_IMAGE" ]; then
+      for n in control-plane worker; do
+        docker create --name "$name-$n" --label "io.x-k8s.kind.cluster=$name"           --label "io.x-k8s.kind.role=$n" "$FAKE_KIND_IMAGE" /payload >/dev/null
+      done
+    fi
+    echo $$ > {pid}; echo 'Creating cluster (fake kind sleeping)' >&2; exec sleep 120 ;;
+  delete)
+    ids=$(docker ps -aq --filter "label=io.x-k8s.kind.cluster=$name")
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null ;;
+esac
+exit 0
+"#,
         calls = calls.display(),
         pid = dir.join("create.pid").display()
     );
@@ -227,6 +264,86 @@ fn fake_kind(dir: &Path) -> std::path::PathBuf {
         .status()
         .expect("chmod");
     calls
+}
+
+/// Container names labelled as nodes of kind cluster `name`.
+fn kind_node_containers(name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=io.x-k8s.kind.cluster={name}"))
+        .output()
+        .expect("docker ps");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+fn path_with(dir: &Path) -> String {
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn a_users_own_kind_cluster_of_the_same_name_is_never_deleted() {
+    if !docker_available("a user's own cluster") {
+        return;
+    }
+    let tag = format!("iris-serve-test/user-node:{}", std::process::id());
+    build_image(&tag);
+    let name = format!("iris-users-{}", std::process::id());
+    // The user's cluster: node containers named and labelled as kind does, no record of ours.
+    for role in ["control-plane", "worker"] {
+        let ok = Command::new("docker")
+            .args(["create", "--name", &format!("{name}-{role}"), "--label"])
+            .arg(format!("io.x-k8s.kind.cluster={name}"))
+            .arg("--label")
+            .arg(format!("io.x-k8s.kind.role={role}"))
+            .args([tag.as_str(), "/payload"])
+            .status()
+            .expect("docker create");
+        assert!(ok.success());
+    }
+    let before = kind_node_containers(&name);
+    assert_eq!(before.len(), 2);
+    let out_dir = tempfile::tempdir().expect("out");
+    let out_arg = out_dir.path().to_string_lossy().into_owned();
+    for args in [
+        vec!["cluster", "up", "--cluster-name", &name],
+        vec!["cluster", "down", "--cluster-name", &name],
+        vec!["e2e", "--cluster-name", &name, "--out", &out_arg],
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let calls = fake_kind(dir.path());
+        let out = Command::new(XTASK)
+            .args(&args)
+            .env("PATH", path_with(dir.path()))
+            .output()
+            .expect("run");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded:\n{log}");
+        assert!(log.contains("did not create it"), "{args:?}:\n{log}");
+        assert!(
+            log.contains("kind delete cluster --name"),
+            "{args:?}: no hint:\n{log}"
+        );
+        let called = std::fs::read_to_string(&calls).unwrap_or_default();
+        assert!(
+            !called.contains("delete") && !called.contains("create"),
+            "{args:?} ran kind on the user's cluster:\n{called}"
+        );
+        assert_eq!(kind_node_containers(&name), before, "{args:?}");
+    }
+    remove_run_state(&name);
+    for c in before {
+        let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+    }
+    remove_image(&tag);
 }
 
 #[test]
@@ -243,12 +360,25 @@ fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
             std::env::var("PATH").unwrap_or_default()
         );
         let name = format!("iris-sig-{}", std::process::id());
+        let tag = format!("iris-serve-test/sig-node:{}", std::process::id());
+        build_image(&tag);
         let mut command = Command::new(XTASK);
         command
             .args(["cluster", "up", "--cluster-name", &name])
-            .env("PATH", path);
+            .env("PATH", path)
+            .env("FAKE_KIND_IMAGE", &tag);
         let (log, status, took) = kill_when(command, "fake kind sleeping", signal);
         remove_run_state(&name);
+        // The interrupted create's nodes are this run's (made after its record): deleted.
+        let left = kind_node_containers(&name);
+        for c in &left {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        remove_image(&tag);
+        assert!(
+            left.is_empty(),
+            "{signal}: the interrupted run's nodes were left: {left:?}\n{log}"
+        );
         eprintln!("{signal}: exited {took:.2?} after the signal");
         assert!(!status.success(), "{signal}: {status:?}\n{log}");
         assert!(
@@ -290,18 +420,26 @@ fn a_failed_kind_create_keeps_its_nodes_for_the_log_export_then_deletes() {
         "echo 'ERROR: failed to create cluster: node never became ready' >&2; exit 1",
     );
     std::fs::write(dir.path().join("kind"), failing).expect("write");
-    let path = format!(
-        "{}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let tag = format!("iris-serve-test/fake-node:{}", std::process::id());
+    build_image(&tag);
     let name = format!("iris-fail-{}", std::process::id());
     let out = Command::new(XTASK)
         .args(["cluster", "up", "--cluster-name", &name])
-        .env("PATH", path)
+        .env("PATH", path_with(dir.path()))
+        .env("FAKE_KIND_IMAGE", &tag)
         .output()
         .expect("run");
     remove_run_state(&name);
+    // The nodes the failed create left were this run's (its record names them): deleted.
+    let left = kind_node_containers(&name);
+    for c in &left {
+        let _ = Command::new("docker").args(["rm", "-f", c]).output();
+    }
+    remove_image(&tag);
+    assert!(
+        left.is_empty(),
+        "the failed run's nodes were left: {left:?}"
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{log}");
     let called = std::fs::read_to_string(&calls).expect("calls");

@@ -53,7 +53,15 @@ pub struct Outcome {
     pub windows: Vec<WindowSummary>,
     /// Open loop: requests the schedule asked for.
     pub scheduled: Option<u64>,
+    /// Set when the run was cut short (Ctrl-C, SIGTERM): the seconds it had run. Requests still
+    /// in flight then are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_after_s: Option<f64>,
 }
+
+/// After an interrupt, how long workers waiting on a response or on their next send time get to
+/// finish before they are cut off.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 struct Shared {
     config: Config,
@@ -104,10 +112,12 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs the load and calls `on_window` once a second with that second's numbers.
+/// Runs the load and calls `on_window` once a second with that second's numbers. When `interrupt`
+/// resolves first, the run stops early and returns what it measured so far (`interrupted_after_s`).
 pub async fn run(
     config: Config,
     mut on_window: impl FnMut(&WindowSummary) + Send,
+    interrupt: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<Outcome> {
     ensure!(config.connections > 0, "--connections must be at least 1");
     ensure!(!config.bodies.is_empty(), "no request body to send");
@@ -142,6 +152,9 @@ pub async fn run(
     let workers: Vec<_> = (0..shared.config.connections)
         .map(|id| tokio::spawn(worker(id, shared.clone())))
         .collect();
+    let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
+    let mut interrupt = std::pin::pin!(interrupt);
+    let mut interrupted_after_s = None;
 
     let mut windows = Vec::new();
     let mut collector = WindowCollector::default();
@@ -180,6 +193,23 @@ pub async fn run(
                 }
                 break;
             }
+            () = &mut interrupt => {
+                let now = Instant::now();
+                interrupted_after_s = Some((now - start).as_secs_f64());
+                // Workers between requests stop at once; one waiting on a response or on its
+                // next send time is cut off after a moment (its request is not counted).
+                shared.stop.store(true, Ordering::SeqCst);
+                if tokio::time::timeout(STOP_GRACE, &mut all_done).await.is_err() {
+                    aborts.iter().for_each(tokio::task::AbortHandle::abort);
+                    (&mut all_done).await;
+                }
+                if now > last + Duration::from_millis(50) {
+                    let w = collect(&mut collector, second, last, now);
+                    on_window(&w);
+                    windows.push(w);
+                }
+                break;
+            }
         }
         // Workers stop on their own at the deadline; this guards against a stuck server.
         if Instant::now() > shared.deadline + shared.config.timeout + Duration::from_secs(1) {
@@ -199,6 +229,7 @@ pub async fn run(
         totals: merge_totals(&mut shards),
         windows,
         scheduled,
+        interrupted_after_s,
     })
 }
 
@@ -464,6 +495,7 @@ mod tests {
                 },
             ),
             |_| seen += 1,
+            std::future::pending(),
         )
         .await
         .expect("run");
@@ -497,6 +529,7 @@ mod tests {
                 },
             ),
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect("run");
@@ -514,6 +547,7 @@ mod tests {
                 },
             ),
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect("run");
@@ -531,7 +565,8 @@ mod tests {
                         duration: Duration::from_millis(10)
                     }
                 ),
-                |_| {}
+                |_| {},
+                std::future::pending(),
             )
             .await
             .is_err()
@@ -585,6 +620,7 @@ mod tests {
                 )
             },
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect("run");
@@ -667,6 +703,7 @@ mod tests {
                 ..config(format!("http://{addr}/predict"), Mode::Open { schedule })
             },
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect("run");
@@ -703,6 +740,7 @@ mod tests {
         let outcome = run(
             config(format!("http://{addr}/predict"), Mode::Open { schedule }),
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect("run");

@@ -40,6 +40,12 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
     let t = &outcome.totals;
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
+    if let Some(after) = outcome.interrupted_after_s {
+        let _ = writeln!(
+            out,
+            "  INTERRUPTED after {after:.2}s: partial results (requests in flight then are not counted)"
+        );
+    }
     match (&t.latency, &t.service_time, outcome.scheduled.is_some()) {
         (Some(l), Some(s), true) => {
             latency_block(&mut out, "Latency (from intended send time)", l);
@@ -88,10 +94,13 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
             .collect();
         let _ = writeln!(out, "  served by: {}", pods.join(", "));
     }
+    // The headline counts successful responses only: a server answering 404 fast is no throughput.
     let _ = writeln!(
         out,
-        "Requests/sec: {:>10.2}",
-        t.responses as f64 / outcome.elapsed_s.max(1e-9)
+        "Requests/sec: {:>10.2}  (successful responses; {} of {} responses)",
+        t.successes() as f64 / outcome.elapsed_s.max(1e-9),
+        t.successes(),
+        t.responses
     );
     out
 }
@@ -100,6 +109,15 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
 pub fn behind_schedule(outcome: &Outcome) -> bool {
     let attempts = outcome.totals.attempts();
     attempts > 0 && outcome.totals.late_sends as f64 > 0.01 * attempts as f64
+}
+
+/// `  10s/30s`, or past the planned end (requests still draining) `30s +5s over`.
+pub fn progress_clock(second: u32, total_s: u64) -> String {
+    if u64::from(second) > total_s {
+        format!("{total_s}s +{}s over", u64::from(second) - total_s)
+    } else {
+        format!("{second:>4}s/{total_s}s")
+    }
 }
 
 /// A live line on a terminal; a plain line every few seconds otherwise (CI logs).
@@ -140,7 +158,7 @@ impl Progress {
                 bar.set_message(msg);
             }
             None if !self.quiet && w.second.is_multiple_of(5) => {
-                eprintln!("  [{:>4}s/{}s] {msg}", w.second, self.total_s);
+                eprintln!("  [{}] {msg}", progress_clock(w.second, self.total_s));
             }
             None => {}
         }
@@ -150,5 +168,16 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_clock_shows_an_overrun_plainly() {
+        assert_eq!(progress_clock(3, 5), "   3s/5s");
+        assert_eq!(progress_clock(10, 5), "5s +5s over");
     }
 }

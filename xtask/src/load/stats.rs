@@ -319,6 +319,12 @@ impl Totals {
         self.responses + self.errors.connect + self.errors.timeout + self.errors.reset
     }
 
+    /// Responses that were not errors (not 4xx/5xx).
+    pub fn successes(&self) -> u64 {
+        self.responses
+            .saturating_sub(self.errors.http_4xx + self.errors.http_5xx)
+    }
+
     /// Errors of every class (4xx/5xx responses included) over attempts.
     pub fn error_rate(&self) -> Option<f64> {
         let attempts = self.attempts();
