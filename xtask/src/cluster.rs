@@ -476,6 +476,128 @@ pub async fn install_metrics_server(client: &Client, nodes: usize) -> anyhow::Re
     .await
 }
 
+/// The metrics-server a cluster runs: its version and `--metric-resolution`, or "unknown".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsServer {
+    pub version: String,
+    pub resolution: String,
+}
+
+impl MetricsServer {
+    pub fn unknown() -> Self {
+        MetricsServer {
+            version: "unknown".to_owned(),
+            resolution: "unknown".to_owned(),
+        }
+    }
+
+    /// The resolution in seconds; the binary's default (60 s) when unknown, the slower case.
+    pub fn resolution_s(&self) -> f64 {
+        self.resolution
+            .split_whitespace()
+            .next()
+            .and_then(|r| crate::load::schedule::parse_duration(r).ok())
+            .map_or(METRICS_SERVER_DEFAULT_RESOLUTION_S, |d| d.as_secs_f64())
+    }
+}
+
+/// metrics-server's own default `--metric-resolution`.
+pub const METRICS_SERVER_DEFAULT_RESOLUTION_S: f64 = 60.0;
+
+/// Version (the image's tag) and resolution (`--metric-resolution`, in `command` or `args`; the
+/// binary's 60 s default when absent) of a metrics-server Deployment.
+pub fn metrics_server_of(d: &k8s_openapi::api::apps::v1::Deployment) -> MetricsServer {
+    let containers = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    let Some(c) = containers
+        .iter()
+        .find(|c| c.name == "metrics-server")
+        .or(containers.first())
+    else {
+        return MetricsServer::unknown();
+    };
+    let version = c
+        .image
+        .as_deref()
+        .map(|image| {
+            let name = image.split('@').next().unwrap_or(image);
+            match name.rsplit_once(':') {
+                Some((_, tag)) if !tag.contains('/') => tag.to_owned(),
+                _ => format!("unknown (image {image})"),
+            }
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let flags: Vec<&String> = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .collect();
+    let resolution = flags
+        .iter()
+        .enumerate()
+        .find_map(|(i, f)| match f.strip_prefix("--metric-resolution") {
+            Some(v) if v.starts_with('=') => Some(v[1..].to_owned()),
+            Some("") => flags.get(i + 1).map(|v| (*v).clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "60s (metrics-server's default)".to_owned());
+    MetricsServer {
+        version,
+        resolution,
+    }
+}
+
+/// The metrics-server behind the cluster's metrics API: the APIService
+/// `v1beta1.metrics.k8s.io` names its Service, whose selector picks its Deployment. "unknown"
+/// when any of it can't be read (a managed cluster may hide it, or forbid reading kube-system).
+pub async fn metrics_server(client: &Client) -> MetricsServer {
+    let found = async {
+        let svc = Api::<APIService>::all(client.clone())
+            .get("v1beta1.metrics.k8s.io")
+            .await?;
+        let backend = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.service.as_ref())
+            .context("the metrics APIService names no Service")?;
+        let namespace = backend.namespace.clone().unwrap_or_default();
+        let name = backend.name.clone().unwrap_or_default();
+        let service =
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &namespace)
+                .get(&name)
+                .await?;
+        let selector = service
+            .spec
+            .and_then(|s| s.selector)
+            .filter(|s| !s.is_empty())
+            .context("the metrics Service has no selector")?;
+        let deployments =
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await?;
+        deployments
+            .items
+            .iter()
+            .find(|d| {
+                let labels = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.labels.as_ref());
+                labels.is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+            })
+            .map(metrics_server_of)
+            .context("no Deployment matches the metrics Service")
+    }
+    .await;
+    found.unwrap_or_else(|_: anyhow::Error| MetricsServer::unknown())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The teardown guard.
 
@@ -979,6 +1101,96 @@ pub async fn export_logs(
 mod tests {
     use super::*;
     use crate::kubemock::{MockApi, json_response};
+
+    #[test]
+    fn metrics_server_version_and_resolution_come_from_its_deployment() {
+        let ours = manifests::load_dir(METRICS_SERVER)
+            .expect("manifests")
+            .into_iter()
+            .find_map(|o| match o {
+                manifests::Object::Deployment(d) => Some(d),
+                _ => None,
+            })
+            .expect("deployment");
+        assert_eq!(
+            metrics_server_of(&ours),
+            MetricsServer {
+                version: "v0.9.0".into(),
+                resolution: "15s".into()
+            }
+        );
+        // A cluster's own, with the flag split in two and no tag; one without the flag runs the
+        // binary's default.
+        let theirs = |image: &str,
+                      args: serde_json::Value|
+         -> k8s_openapi::api::apps::v1::Deployment {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "metrics-server"}, "spec": {"selector": {}, "template": {"spec": {"containers": [
+                {"name": "metrics-server", "image": image, "args": args}]}}}})).expect("deployment")
+        };
+        let split = metrics_server_of(&theirs(
+            "registry.k8s.io/metrics-server/metrics-server:v0.7.2",
+            serde_json::json!(["--metric-resolution", "30s"]),
+        ));
+        assert_eq!(
+            (split.version.as_str(), split.resolution.as_str()),
+            ("v0.7.2", "30s")
+        );
+        assert_eq!(split.resolution_s(), 30.0);
+        let default = metrics_server_of(&theirs(
+            "localhost:5000/ms@sha256:abcd",
+            serde_json::json!(["--secure-port=10250"]),
+        ));
+        assert!(
+            default
+                .version
+                .starts_with("unknown (image localhost:5000/ms@"),
+            "{default:?}"
+        );
+        assert_eq!(default.resolution_s(), 60.0);
+        assert_eq!(MetricsServer::unknown().resolution_s(), 60.0);
+    }
+
+    #[tokio::test]
+    async fn metrics_server_is_found_through_the_metrics_apiservice() {
+        let (client, mut api) = MockApi::new();
+        let server = tokio::spawn(async move {
+            api.expect("GET", "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io", json_response(serde_json::json!({
+                "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1beta1.metrics.k8s.io"},
+                "spec": {"service": {"namespace": "kube-system", "name": "metrics-server"}, "group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100, "versionPriority": 100}
+            }))).await;
+            api.expect(
+                "GET",
+                "/api/v1/namespaces/kube-system/services/metrics-server",
+                json_response(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics-server"},
+                    "spec": {"selector": {"k8s-app": "metrics-server"}}
+                })),
+            )
+            .await;
+            api.expect("GET", "/apis/apps/v1/namespaces/kube-system/deployments", json_response(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": [
+                    {"metadata": {"name": "coredns"}, "spec": {"selector": {}, "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}}, "spec": {"containers": [{"name": "coredns", "image": "coredns:v1.12"}]}}}},
+                    {"metadata": {"name": "metrics-server"}, "spec": {"selector": {}, "template": {"metadata": {"labels": {"k8s-app": "metrics-server"}}, "spec": {"containers": [
+                        {"name": "metrics-server", "image": "registry.k8s.io/metrics-server/metrics-server:v0.8.1", "args": ["--cert-dir=/tmp"]}]}}}}
+                ]
+            }))).await;
+            // Then a cluster that forbids reading kube-system.
+            api.expect("GET", "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io", http::Response::builder()
+                .status(403)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403})).expect("json")))
+                .expect("response")).await;
+        });
+        assert_eq!(
+            metrics_server(&client).await,
+            MetricsServer {
+                version: "v0.8.1".into(),
+                resolution: "60s (metrics-server's default)".into()
+            }
+        );
+        assert_eq!(metrics_server(&client).await, MetricsServer::unknown());
+        server.await.expect("mock");
+    }
 
     #[tokio::test]
     async fn api_url_is_the_kubeconfig_servers_url() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::Api;
 
@@ -40,6 +41,10 @@ pub struct AppSettings {
     pub pull_policy: String,
     /// Override the HPA's maxReplicas (a scenario's bottleneck case).
     pub max_replicas: Option<i32>,
+    /// Keep the Service's nodePort from the manifest (kind: its port mapping to the host needs
+    /// 30080). Otherwise the API server allocates a free one (on a shared cluster 30080 can be
+    /// taken), kept across re-applies, and [`node_port`] reads it back.
+    pub fixed_node_port: bool,
 }
 
 /// The app's objects with the settings applied.
@@ -59,6 +64,19 @@ pub fn app_objects(settings: &AppSettings) -> anyhow::Result<Vec<Object>> {
         .with_context(|| format!("the Deployment has no container named {CONTAINER}"))?;
     container.image = Some(settings.image.clone());
     container.image_pull_policy = Some(settings.pull_policy.clone());
+    if !settings.fixed_node_port {
+        for object in &mut objects {
+            if let Object::Service(svc) = object {
+                for port in svc
+                    .spec
+                    .iter_mut()
+                    .flat_map(|s| s.ports.iter_mut().flatten())
+                {
+                    port.node_port = None;
+                }
+            }
+        }
+    }
     if let Some(max) = settings.max_replicas {
         for object in &mut objects {
             if let Object::HorizontalPodAutoscaler(hpa) = object
@@ -112,6 +130,34 @@ pub fn hpa_reports_cpu(hpa: Option<&HorizontalPodAutoscaler>) -> Result<i32, Str
     })
 }
 
+/// The app Service's nodePort, as the API server allocated or kept it.
+pub async fn node_port(client: &Client) -> anyhow::Result<u16> {
+    let svc = Api::<Service>::namespaced(client.clone(), NAMESPACE)
+        .get(NAME)
+        .await
+        .with_context(|| format!("reading Service {NAMESPACE}/{NAME}"))?;
+    let port = svc
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("http"))
+        .and_then(|p| p.node_port)
+        .with_context(|| format!("Service {NAMESPACE}/{NAME} has no nodePort on its http port"))?;
+    Ok(u16::try_from(port)?)
+}
+
+/// Applies the HPA as the manifest has it: the scenarios each set their own maximum, and a
+/// cluster left up (`--keep`) should autoscale as deployed, not as the last scenario left it.
+pub async fn restore_hpa(client: &Client) -> anyhow::Result<()> {
+    let hpa = manifests::load_dir(APP_DIR)?
+        .into_iter()
+        .find(|o| matches!(o, Object::HorizontalPodAutoscaler(_)))
+        .context("manifests/app has no HorizontalPodAutoscaler")?;
+    manifests::apply(client, &hpa).await?;
+    eprintln!("  restored {} as in the manifest", hpa.describe());
+    Ok(())
+}
+
 /// Applies the app and waits until it serves and autoscaling has a metric.
 pub async fn deploy(client: &Client, settings: &AppSettings) -> anyhow::Result<()> {
     let objects = app_objects(settings)?;
@@ -160,6 +206,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 image,
                 pull_policy: "Never".to_owned(),
                 max_replicas: None,
+                fixed_node_port: true,
             },
         )
         .await?;
@@ -181,6 +228,7 @@ mod tests {
             image: "iris-serve:0123456789abcdef".to_owned(),
             pull_policy: "Never".to_owned(),
             max_replicas: None,
+            fixed_node_port: true,
         }
     }
 
@@ -204,6 +252,63 @@ mod tests {
             _ => None,
         });
         assert_eq!(max, Some((Some(1), 1)));
+    }
+
+    #[tokio::test]
+    async fn an_existing_cluster_gets_an_allocated_node_port_read_back() {
+        let service = |objects: &[Object]| {
+            objects.iter().find_map(|o| match o {
+                Object::Service(s) => {
+                    Some(s.spec.clone().expect("spec").ports.expect("ports")[0].clone())
+                }
+                _ => None,
+            })
+        };
+        let kind = app_objects(&settings()).expect("objects");
+        assert_eq!(service(&kind).expect("svc").node_port, Some(30080));
+        let existing = app_objects(&AppSettings {
+            fixed_node_port: false,
+            ..settings()
+        })
+        .expect("objects");
+        assert_eq!(service(&existing).expect("svc").node_port, None);
+        // The API server answers with the port it allocated.
+        let (client, mut api) = MockApi::new();
+        let server = tokio::spawn(async move {
+            api.expect(
+                "GET",
+                &format!("/api/v1/namespaces/{NAMESPACE}/services/{NAME}"),
+                json_response(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Service", "metadata": {"name": NAME},
+                    "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 31457}]}
+                })),
+            )
+            .await;
+        });
+        assert_eq!(node_port(&client).await.expect("port"), 31457);
+        server.await.expect("mock");
+    }
+
+    #[tokio::test]
+    async fn the_hpa_is_restored_as_in_the_manifest() {
+        let (client, mut api) = MockApi::new();
+        let server = tokio::spawn(async move {
+            let path = format!(
+                "/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers/{NAME}"
+            );
+            let (query, body) = api
+                .expect("PATCH", &path, json_response(serde_json::json!({
+                    "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                    "metadata": {"name": NAME, "namespace": NAMESPACE},
+                    "spec": {"scaleTargetRef": {"kind": "Deployment", "name": NAME}, "maxReplicas": 3}
+                })))
+                .await;
+            assert!(query.contains("force=true"), "{query}");
+            assert_eq!(body["spec"]["maxReplicas"], 3);
+            assert_eq!(body["spec"]["minReplicas"], 1);
+        });
+        restore_hpa(&client).await.expect("restore");
+        server.await.expect("mock");
     }
 
     fn deployment(

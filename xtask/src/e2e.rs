@@ -76,7 +76,7 @@ pub struct Args {
     /// credentials from $REGISTRY_USERNAME / $REGISTRY_PASSWORD.
     #[arg(long, conflicts_with = "image")]
     pub push: Option<String>,
-    /// Existing cluster: the URL the load goes to (default: the first node's address, NodePort 30080).
+    /// Existing cluster: the URL the load goes to (default: the first node's address and the NodePort the API server allocated).
     #[arg(long)]
     pub url: Option<String>,
     /// Existing cluster: run in the app's namespace although this run did not create it (it is
@@ -246,6 +246,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             image: built.reference.clone(),
             pull_policy: "Never".to_owned(),
             max_replicas: None,
+            fixed_node_port: true,
         };
         deploy::deploy(&cluster.client, &settings).await?;
         steps.start("scenarios");
@@ -255,6 +256,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             results.push(scenario::run(&cluster.client, s, &settings, &url, &args.gates()).await?);
         }
         steps.start("report");
+        let metrics = cluster::metrics_server(&cluster.client).await;
         let versions = Versions {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
@@ -266,9 +268,10 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
                 .first()
                 .and_then(|n| n.image.clone())),
             kubernetes: server_version(&cluster.client).await,
-            metrics_server: "v0.9.0".to_owned(),
+            metrics_server: metrics.version.clone(),
         };
-        let settings_report = report_settings(&cluster.name, cluster.nodes, &settings, &url)?;
+        let settings_report =
+            report_settings(&cluster.name, cluster.nodes, &settings, &url, &metrics)?;
         steps.done();
         let report = Report {
             run_id: run_id.clone(),
@@ -286,9 +289,17 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         anyhow::Ok(report)
     }
     .await;
-    match &result {
-        Ok(_) if keep_cluster => {
-            teardown.disarm();
+    let end = ending(result.as_ref().ok().map(Report::passed), keep_cluster);
+    if end.export_logs {
+        // Logs first, always; then the guard deletes the cluster unless it is kept.
+        teardown.failed(Some(&cluster.client)).await;
+    }
+    if end.keep {
+        if let Err(e) = deploy::restore_hpa(&cluster.client).await {
+            eprintln!("could not restore the HPA's maximum: {e:#}");
+        }
+        teardown.disarm();
+        if result.is_ok() {
             eprintln!(
                 "cluster {} left running: KUBECONFIG={} kubectl get pods -n {NAMESPACE}; the app is at http://127.0.0.1:{}/predict",
                 cluster.name,
@@ -296,18 +307,29 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
                 args.host_port
             );
         }
-        Ok(_) => {}
-        Err(_) => {
-            // Logs first, always; then the guard deletes the cluster unless it is kept.
-            teardown.failed(Some(&cluster.client)).await;
-            if keep_cluster {
-                teardown.disarm();
-            }
-        }
     }
     drop(guard);
     drop(teardown);
     result
+}
+
+/// What the end of a run does with a kind cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    /// Export the cluster's logs before anything is deleted.
+    pub export_logs: bool,
+    /// Leave the cluster up (`--keep`, `--reuse`), with the HPA as the manifest has it.
+    pub keep: bool,
+}
+
+/// `passed`: the report's verdict, None when the run failed with an error. A failed quality gate
+/// returns a report, not an error, but it is a failure to look into all the same: its logs are
+/// exported like an error's.
+pub fn ending(passed: Option<bool>, keep_cluster: bool) -> Ending {
+    Ending {
+        export_logs: passed != Some(true),
+        keep: keep_cluster,
+    }
 }
 
 fn phases(steps: &Steps, started: Instant) -> Vec<(String, f64)> {
@@ -324,11 +346,12 @@ async fn server_version(client: &Client) -> Option<String> {
     client.apiserver_version().await.ok().map(|v| v.git_version)
 }
 
-fn report_settings(
+pub(crate) fn report_settings(
     cluster: &str,
     nodes: usize,
     settings: &AppSettings,
     url: &str,
+    metrics: &cluster::MetricsServer,
 ) -> anyhow::Result<Settings> {
     let mut objects = deploy::app_objects(settings)?;
     let resources = manifests::deployment(&mut objects)
@@ -349,28 +372,12 @@ fn report_settings(
         })
         .transpose()?
         .unwrap_or_default();
-    let resolution = manifests::load_dir(cluster::METRICS_SERVER)?
-        .into_iter()
-        .find_map(|o| match o {
-            manifests::Object::Deployment(d) => {
-                d.spec.and_then(|s| s.template.spec).and_then(|p| {
-                    p.containers[0]
-                        .args
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find_map(|a| a.strip_prefix("--metric-resolution=").map(str::to_owned))
-                })
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| "60s".to_owned());
     Ok(Settings {
         cluster: cluster.to_owned(),
         nodes,
         resources,
         hpa,
-        metric_resolution: resolution,
+        metric_resolution: metrics.resolution.clone(),
         target_url: url.to_owned(),
     })
 }
@@ -444,9 +451,12 @@ async fn existing(
         }
         (None, None) => unreachable!("checked above"),
     };
-    let url = match &args.url {
-        Some(u) => u.clone(),
-        None => node_url(&nodes).context("no node address to reach the NodePort; pass --url")?,
+    // The NodePort is allocated by the API server at the deploy; the node's address is known now.
+    let node_address = match &args.url {
+        Some(_) => None,
+        None => Some(
+            node_address(&nodes).context("no node address to reach the NodePort; pass --url")?,
+        ),
     };
     // Last before deploying: from here on the namespace is this run's to delete (if it made it).
     let namespace =
@@ -464,14 +474,26 @@ async fn existing(
             image: image.clone(),
             pull_policy: "IfNotPresent".to_owned(),
             max_replicas: None,
+            fixed_node_port: false,
         };
         deploy::deploy(&client, &settings).await?;
+        let url = match (&args.url, &node_address) {
+            (Some(u), _) => u.clone(),
+            (None, Some(ip)) => {
+                let port = deploy::node_port(&client).await?;
+                eprintln!("  the API server gave the Service nodePort {port}");
+                node_url(ip, port)
+            }
+            (None, None) => unreachable!("checked above"),
+        };
         steps.start("scenarios");
         let mut results = Vec::new();
         for s in scenarios {
             results.push(scenario::run(&client, s, &settings, &url, &args.gates()).await?);
         }
         steps.start("report");
+        // The cluster's own metrics-server: its version and resolution, or "unknown".
+        let metrics = cluster::metrics_server(&client).await;
         let versions = Versions {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
@@ -479,13 +501,14 @@ async fn existing(
             kind: None,
             node_image: None,
             kubernetes: server_version(&client).await,
-            metrics_server: "the cluster's".to_owned(),
+            metrics_server: metrics.version.clone(),
         };
         let cluster_name = args
             .context
             .clone()
             .unwrap_or_else(|| "existing cluster".to_owned());
-        let settings_report = report_settings(&cluster_name, nodes.len(), &settings, &url)?;
+        let settings_report =
+            report_settings(&cluster_name, nodes.len(), &settings, &url, &metrics)?;
         steps.done();
         let report = Report {
             run_id: run_id.to_owned(),
@@ -500,6 +523,13 @@ async fn existing(
         anyhow::Ok(report)
     }
     .await;
+    // The app stays deployed (`--keep`, or a borrowed namespace, never deleted): with the HPA as
+    // the manifest has it, not as the last scenario left it.
+    if (args.keep || borrowed)
+        && let Err(e) = deploy::restore_hpa(&client).await
+    {
+        eprintln!("could not restore the HPA's maximum: {e:#}");
+    }
     if args.keep && !borrowed {
         eprintln!(
             "--keep: namespace {NAMESPACE} left in place; delete it with `kubectl delete namespace {NAMESPACE}`"
@@ -510,8 +540,13 @@ async fn existing(
     result
 }
 
-/// `http://<first node's ExternalIP, else InternalIP>:30080/predict`.
-pub fn node_url(nodes: &[Node]) -> Option<String> {
+/// `http://<address>:<nodePort>/predict`.
+pub fn node_url(address: &str, node_port: u16) -> String {
+    format!("http://{address}:{node_port}/predict")
+}
+
+/// The first node's ExternalIP, else its InternalIP.
+pub fn node_address(nodes: &[Node]) -> Option<String> {
     let addresses: Vec<_> = nodes
         .iter()
         .filter_map(|n| n.status.as_ref())
@@ -524,9 +559,7 @@ pub fn node_url(nodes: &[Node]) -> Option<String> {
             .find(|a| a.type_ == kind)
             .map(|a| a.address.clone())
     };
-    pick("ExternalIP")
-        .or_else(|| pick("InternalIP"))
-        .map(|ip| format!("http://{ip}:{}/predict", cluster::NODE_PORT))
+    pick("ExternalIP").or_else(|| pick("InternalIP"))
 }
 
 /// Pushes the image and returns the reference to deploy: `repo@sha256:...`, the digest the
@@ -658,15 +691,10 @@ mod tests {
             {"metadata": {"name": "b"}, "status": {"addresses": [{"type": "ExternalIP", "address": "34.1.2.3"}]}}
         ]))
         .expect("nodes");
-        assert_eq!(
-            node_url(&nodes).as_deref(),
-            Some("http://34.1.2.3:30080/predict")
-        );
-        assert_eq!(
-            node_url(&nodes[..1]).as_deref(),
-            Some("http://10.0.0.5:30080/predict")
-        );
-        assert_eq!(node_url(&[]), None);
+        assert_eq!(node_address(&nodes).as_deref(), Some("34.1.2.3"));
+        assert_eq!(node_address(&nodes[..1]).as_deref(), Some("10.0.0.5"));
+        assert_eq!(node_address(&[]), None);
+        assert_eq!(node_url("10.0.0.5", 31457), "http://10.0.0.5:31457/predict");
     }
 
     #[test]
@@ -675,9 +703,18 @@ mod tests {
             image: "iris-serve:x".into(),
             pull_policy: "Never".into(),
             max_replicas: None,
+            fixed_node_port: true,
         };
-        let s =
-            report_settings("c", 3, &settings, "http://127.0.0.1:30080/predict").expect("settings");
+        let ours = manifests::load_dir(cluster::METRICS_SERVER)
+            .expect("manifests")
+            .into_iter()
+            .find_map(|o| match o {
+                manifests::Object::Deployment(d) => Some(cluster::metrics_server_of(&d)),
+                _ => None,
+            })
+            .expect("metrics-server");
+        let s = report_settings("c", 3, &settings, "http://127.0.0.1:30080/predict", &ours)
+            .expect("settings");
         assert_eq!(s.resources["requests"]["cpu"], "100m");
         assert_eq!(s.resources["limits"]["cpu"], "250m");
         assert_eq!(
@@ -685,5 +722,59 @@ mod tests {
             60
         );
         assert_eq!(s.metric_resolution, "15s");
+        // A cluster whose metrics-server could not be read says so.
+        let s = report_settings(
+            "c",
+            3,
+            &settings,
+            "http://10.0.0.5:31457/predict",
+            &cluster::MetricsServer::unknown(),
+        )
+        .expect("settings");
+        assert_eq!(s.metric_resolution, "unknown");
+    }
+
+    #[test]
+    fn a_failed_gate_exports_logs_like_an_error() {
+        // A run that worked but violates a gate: the committed fixture's autoscale run (p99
+        // 402 ms) judged against `--max-p99-ms 300`. It is a report, not an error.
+        let path = crate::project_root().join("xtask/fixtures/report.json");
+        let mut report: Report =
+            serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("report");
+        assert!(report.passed());
+        assert!(!ending(Some(report.passed()), false).export_logs);
+        let s = &mut report.scenarios[0];
+        let flags = crate::scenario::Gates {
+            max_p99_ms: Some(300.0),
+            ..Default::default()
+        };
+        s.gates =
+            crate::scenario::judge(&s.scenario.gates.overridden_by(&flags), &s.load, &s.derived);
+        assert!(!report.passed(), "{:?}", report.failed_gates());
+        let end = ending(Some(report.passed()), false);
+        assert!(end.export_logs, "a failed gate is a failure: logs first");
+        assert!(!end.keep, "then the cluster is deleted");
+
+        let passed = ending(Some(true), false);
+        assert_eq!((passed.export_logs, passed.keep), (false, false));
+        let gate_failed = ending(Some(false), false);
+        assert!(gate_failed.export_logs, "a failed gate is a failure");
+        let error = ending(None, false);
+        assert!(error.export_logs);
+        // --keep: kept either way (logs still exported on a failure).
+        assert_eq!(
+            ending(Some(false), true),
+            Ending {
+                export_logs: true,
+                keep: true
+            }
+        );
+        assert_eq!(
+            ending(Some(true), true),
+            Ending {
+                export_logs: false,
+                keep: true
+            }
+        );
     }
 }

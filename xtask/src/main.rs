@@ -10,6 +10,8 @@ mod deploy;
 mod docker;
 mod doctor;
 mod e2e;
+#[cfg(test)]
+mod fixture;
 mod image;
 #[cfg(test)]
 mod kubemock;

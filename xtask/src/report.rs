@@ -8,6 +8,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::observe::clock_s;
 use crate::scenario::ScenarioResult;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,8 +65,9 @@ impl Report {
     }
 }
 
+/// A time on the load's clock, rounded as every time in the report is (`observe::clock_s`).
 fn opt_s(v: Option<f64>) -> String {
-    v.map_or("-".to_owned(), |v| format!("{v:.0}s"))
+    v.map_or("-".to_owned(), |v| format!("{:.0}s", clock_s(v)))
 }
 
 fn list_s(m: &std::collections::BTreeMap<String, f64>) -> String {
@@ -73,9 +75,19 @@ fn list_s(m: &std::collections::BTreeMap<String, f64>) -> String {
         return "-".to_owned();
     }
     m.values()
-        .map(|v| format!("{v:.0}s"))
+        .map(|v| format!("{:.0}s", clock_s(*v)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The phases and their total: the run's own "total" entry when it has one (it covers the time
+/// between the phases too), else their sum.
+pub fn phases_total(phases: &[(String, f64)]) -> f64 {
+    phases
+        .iter()
+        .find(|(n, _)| n == "total")
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| phases.iter().map(|(_, s)| s).sum())
 }
 
 struct Row {
@@ -91,10 +103,10 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
         "p99 ms",
         "errors",
         "max replicas",
-        "first scale-up",
-        "new pods Ready",
+        "first scale-up (±1s)",
+        "new pods Ready (±1s)",
         "new pods' first request",
-        "scale-down",
+        "scale-down after the load (±1s)",
         "traffic imbalance",
         "gates",
     ];
@@ -141,7 +153,8 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
                     opt_s(s.derived.scale_down_s),
                     s.derived
                         .traffic_imbalance
-                        .map_or("-".into(), |v| format!("{v:.2}x")),
+                        .as_ref()
+                        .map_or("-".into(), |i| format!("{:.2}x", i.ratio)),
                     gates,
                 ],
             }
@@ -181,7 +194,9 @@ pub fn render_markdown(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\nTimes are seconds from the start of the load. Imbalance: the busiest pod's share over a fair share."
+        "\nTimes are whole seconds since the load started, all rounded down alike (so their order holds); the API's timestamps are whole seconds, so pod and event times are ±1 s (the real time is within 2 s after the one shown). \
+         First scale-up: the HPA's first decision above the count at the load's start. Scale-down: from the load's end to the HPA's decision to go back to its minimum. \
+         Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below)."
     );
     for s in &report.scenarios {
         let _ = writeln!(
@@ -189,20 +204,61 @@ pub fn render_markdown(report: &Report) -> String {
             "\n### {}: {}\n",
             s.scenario.name, s.scenario.description
         );
-        if let Some(a) = s.derived.formula_agreement {
+        let f = &s.derived.formula;
+        if let Some(a) = f.agreement() {
+            let excluded: Vec<String> = f
+                .excluded
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
             let _ = writeln!(
                 out,
-                "- The HPA's desired replicas matched `ceil(current x utilization / target)` in {:.0}% of samples.",
-                a * 100.0
+                "- The HPA's desired replicas matched the controller's formula (`ceil(utilization / target x Ready pods)`, \
+                 10% tolerance inclusive, pods without metrics and unready pods as upstream counts them, clamped to min..max) \
+                 in {:.0}% of the {} samples compared{}.",
+                a * 100.0,
+                f.checked,
+                if excluded.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left out: {}", excluded.join(", "))
+                }
+            );
+        }
+        if let Some(i) = &s.derived.traffic_imbalance {
+            let _ = writeln!(
+                out,
+                "- Traffic imbalance {:.2}x over {:.0}s to {:.0}s (after the last of {} pods served its first request).",
+                i.ratio, i.from_s, i.to_s, i.pods
+            );
+        }
+        if let Some(d) = s.derived.scale_down_done_s {
+            let _ = writeln!(
+                out,
+                "- The Deployment was back at its minimum {d:.0}s after the load (±1s)."
             );
         }
         for e in &s.observation.events {
-            let _ = writeln!(out, "- {:.0}s: SuccessfulRescale: {}", e.t_s, e.message);
-        }
-        for p in &s.observation.pods {
             let _ = writeln!(
                 out,
-                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}, served {} requests",
+                "- {}: SuccessfulRescale: {}",
+                opt_s(Some(e.t_s)),
+                e.message
+            );
+        }
+        for p in &s.observation.pods {
+            let mut leaving = String::new();
+            if p.deleting_s.is_some() || p.unready_s.is_some() || p.gone_s.is_some() {
+                leaving = format!(
+                    "; deletion {}, unready {}, gone {}",
+                    opt_s(p.deleting_s),
+                    opt_s(p.unready_s),
+                    opt_s(p.gone_s)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests",
                 p.name,
                 p.node.as_deref().unwrap_or("-"),
                 opt_s(p.created_s),
@@ -225,9 +281,10 @@ pub fn render_markdown(report: &Report) -> String {
         let phases: Vec<String> = report
             .phases
             .iter()
+            .filter(|(n, _)| n != "total")
             .map(|(n, s)| format!("{n} {s:.0}s"))
             .collect();
-        let total: f64 = report.phases.iter().map(|(_, s)| s).sum();
+        let total = phases_total(&report.phases);
         let _ = writeln!(out, "\nPhases: {} (total {total:.0}s).", phases.join(", "));
     }
     out
@@ -235,10 +292,11 @@ pub fn render_markdown(report: &Report) -> String {
 
 pub fn render_terminal(report: &Report) -> String {
     let (header, rows) = rows(report);
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    // Padding counts characters (the headers have a ±).
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(&r.cells) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
@@ -532,11 +590,299 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture;
+    use crate::load::client::Outcome;
+    use crate::load::stats::{LatencySummary, Totals, WindowSummary};
+    use crate::observe::{Observation, PodState, PodTimeline, Sample};
+    use crate::scenario::{ScenarioFile, ScenarioResult};
 
     pub fn fixture() -> Report {
         let path = crate::project_root().join("xtask/fixtures/report.json");
         serde_json::from_slice(&std::fs::read(path).expect("fixture"))
             .expect("the fixture matches the report format")
+    }
+
+    /// Totals the way the engine merges them, from the windows' counts and a latency shape.
+    fn outcome(windows: Vec<WindowSummary>, elapsed_s: f64, latency: LatencySummary) -> Outcome {
+        let mut pods = std::collections::BTreeMap::new();
+        for w in &windows {
+            for (p, n) in &w.pods {
+                *pods.entry(p.clone()).or_default() += n;
+            }
+        }
+        let connects = windows.iter().map(|w| w.connects).sum();
+        Outcome {
+            started_at_unix_ms: (fixture::START_UNIX_S * 1000.0) as u64,
+            elapsed_s,
+            totals: Totals {
+                responses: windows.iter().map(|w| w.responses).sum(),
+                errors: Default::default(),
+                connects,
+                late_sends: 0,
+                max_send_lag_ms: 0.0,
+                latency: Some(latency.clone()),
+                service_time: Some(latency),
+                send_lag: None,
+                pods,
+            },
+            windows,
+            scheduled: None,
+            interrupted_after_s: None,
+        }
+    }
+
+    /// The committed fixture: the `autoscale` run `fixture::autoscale_run` builds from the
+    /// components' rules, and a `bottleneck` run (one replica, held by maxReplicas 1).
+    pub fn realistic_report() -> Report {
+        let scenarios = ScenarioFile::select(None).expect("scenarios");
+        let settings = crate::deploy::AppSettings {
+            image: "iris-serve:4f1c9a27d0b3e685".into(),
+            pull_policy: "Never".into(),
+            max_replicas: None,
+            fixed_node_port: true,
+        };
+        let metrics = crate::cluster::MetricsServer {
+            version: "v0.9.0".into(),
+            resolution: "15s".into(),
+        };
+        let hpa = fixture::manifests_hpa();
+
+        let run = fixture::autoscale_run();
+        let autoscale_load = outcome(
+            run.windows.clone(),
+            150.02,
+            LatencySummary {
+                mean_ms: 121.4,
+                stdev_ms: 58.2,
+                p50_ms: 108.0,
+                p75_ms: 139.0,
+                p90_ms: 178.0,
+                p99_ms: 402.0,
+                p999_ms: 655.0,
+                max_ms: 1012.0,
+            },
+        );
+        let derived = crate::observe::derive(&run.observation, &run.windows, run.load_end_s, &hpa);
+        let autoscale = ScenarioResult {
+            gates: crate::scenario::judge(&scenarios[0].gates, &autoscale_load, &derived),
+            scenario: scenarios[0].clone(),
+            load: autoscale_load,
+            observation: run.observation,
+            derived,
+            load_end_s: run.load_end_s,
+            autoscaling: Some(hpa.clone()),
+        };
+
+        // bottleneck: one pod throttled at its limit under 2,000 connections for 60 s; the HPA
+        // proposes ceil(248 / 50 × 1) = 5 and maxReplicas 1 holds it (ScalingLimited=True).
+        let bottleneck_hpa = crate::observe::Autoscaling {
+            max_replicas: 1,
+            ..hpa
+        };
+        let pod = "iris-serve-7c9d5b8f6-q2xkz";
+        let samples: Vec<Sample> = (0..70)
+            .map(|i| Sample {
+                t_s: f64::from(i) + 0.31,
+                hpa_current: Some(1),
+                hpa_desired: Some(1),
+                cpu_utilization: Some(if i < 8 {
+                    2
+                } else if i < 65 {
+                    248
+                } else {
+                    131
+                }),
+                ready_replicas: 1,
+                deployment_replicas: Some(1),
+                pod_cpu_m: [(pod.to_owned(), if i < 12 { 2.0 } else { 248.0 })].into(),
+                pods: [(pod.to_owned(), PodState::Ready)].into(),
+                hpa_conditions: vec![],
+                able_to_scale: Some("ReadyForNewScale".into()),
+                scaling_limited: (i >= 8).then(|| "TooManyReplicas".to_owned()),
+            })
+            .collect();
+        let observation = Observation {
+            samples,
+            pods: vec![PodTimeline {
+                name: pod.into(),
+                node: Some("iris-serve-worker".into()),
+                created_s: Some(fixture::api(-612.4)),
+                scheduled_s: Some(fixture::api(-612.3)),
+                ready_s: Some(fixture::api(-608.9)),
+                ..PodTimeline::default()
+            }],
+            events: vec![],
+        };
+        let windows: Vec<WindowSummary> = (1..=60u32)
+            .map(|second| WindowSummary {
+                second,
+                offered_rps: None,
+                achieved_rps: 5930.0,
+                responses: 5930,
+                errors: Default::default(),
+                connects: if second == 1 { 2000 } else { 30 },
+                late_sends: 0,
+                p50_ms: Some(318.0),
+                p90_ms: Some(452.0),
+                p99_ms: Some(688.0),
+                max_ms: Some(1104.0),
+                pods: [(pod.to_owned(), 5930)].into(),
+            })
+            .collect();
+        let load = outcome(
+            windows.clone(),
+            60.01,
+            LatencySummary {
+                mean_ms: 337.0,
+                stdev_ms: 92.0,
+                p50_ms: 318.0,
+                p75_ms: 371.0,
+                p90_ms: 452.0,
+                p99_ms: 688.0,
+                p999_ms: 1003.0,
+                max_ms: 1411.0,
+            },
+        );
+        let derived = crate::observe::derive(&observation, &windows, 60.01, &bottleneck_hpa);
+        let bottleneck = ScenarioResult {
+            gates: crate::scenario::judge(&scenarios[1].gates, &load, &derived),
+            scenario: scenarios[1].clone(),
+            load,
+            observation,
+            derived,
+            load_end_s: 60.01,
+            autoscaling: Some(bottleneck_hpa),
+        };
+
+        let phases: Vec<(String, f64)> = [
+            ("doctor", 0.4),
+            ("cluster up", 71.2),
+            ("image build", 48.0),
+            ("image load", 6.1),
+            ("deploy", 38.5),
+            ("scenarios", 455.3),
+            ("report", 0.2),
+            ("total", 620.9),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), s))
+        .collect();
+        Report {
+            run_id: "fixture-20261122T110000Z".into(),
+            created_unix_s: fixture::START_UNIX_S + 500.0,
+            versions: Versions {
+                iris_serve: "0.1.0".into(),
+                model_sha256: "21e82e06eec7b5e8efce28af79e28507598fb6edff36034107469fc140a84cdc"
+                    .into(),
+                image: settings.image.clone(),
+                kind: Some("v0.32.0".into()),
+                node_image: Some("kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5".into()),
+                kubernetes: Some("v1.36.1".into()),
+                metrics_server: metrics.version.clone(),
+            },
+            settings: crate::e2e::report_settings(
+                "iris-serve",
+                3,
+                &settings,
+                "http://127.0.0.1:30080/predict",
+                &metrics,
+            )
+            .expect("settings"),
+            phases,
+            scenarios: vec![autoscale, bottleneck],
+        }
+    }
+
+    /// `cargo test -p xtask regenerate_the_fixture -- --ignored` rewrites xtask/fixtures/.
+    #[test]
+    #[ignore = "writes xtask/fixtures/"]
+    fn regenerate_the_fixture() {
+        let dir = crate::project_root().join("xtask/fixtures");
+        write(&realistic_report(), &dir).expect("write");
+    }
+
+    #[test]
+    fn the_fixture_is_the_realistic_run_and_possible_under_the_manifests() {
+        let report = fixture();
+        assert_eq!(
+            report,
+            realistic_report(),
+            "the committed fixture is stale: regenerate it (regenerate_the_fixture)"
+        );
+        // Its renderings too: none of the three files is edited by hand.
+        let dir = crate::project_root().join("xtask/fixtures");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("fixture file");
+        assert_eq!(
+            read("report.md"),
+            render_markdown(&report),
+            "report.md is stale: regenerate it (regenerate_the_fixture)"
+        );
+        assert!(
+            read("timeline.svg") == render_svg(&report).expect("svg"),
+            "timeline.svg is stale: regenerate it (regenerate_the_fixture)"
+        );
+        let autoscale = &report.scenarios[0];
+        let hpa = autoscale.autoscaling.clone().expect("autoscaling");
+        assert_eq!(
+            hpa,
+            crate::scenario::autoscaling(
+                &crate::deploy::AppSettings {
+                    image: "x".into(),
+                    pull_policy: "Never".into(),
+                    max_replicas: None,
+                    fixed_node_port: true,
+                },
+                15.0
+            )
+            .expect("the manifests' HPA")
+        );
+        let d = &autoscale.derived;
+        // A scale-down can't come before the stabilization window has passed since the load,
+        // nor after the time the observation waited for it.
+        let down = d.scale_down_s.expect("scale-down");
+        assert!(
+            down >= hpa.scale_down_window_s && down <= hpa.scale_down_within_s(),
+            "{down}"
+        );
+        // The scale-up decision is at a sync after a metric value with load in it: at least
+        // one resolution into the load, and the new pods are Ready after it.
+        let up = d.first_scale_decision_s.expect("scale-up");
+        assert!(
+            up >= 1.0 && up <= hpa.metric_resolution_s + hpa.sync_period_s,
+            "{up}"
+        );
+        assert!(d.new_pods_ready_s.values().all(|&r| r >= up));
+        // desiredReplicas changes only at syncs: every change is a whole number of sync periods
+        // after the first (±1 s: samples are a second apart). It goes down only once the load's
+        // last high value is out of the stabilization window, and currentReplicas follows one
+        // sync later.
+        let samples = &autoscale.observation.samples;
+        let changes: Vec<(f64, i32)> = samples
+            .windows(2)
+            .filter(|w| w[0].hpa_desired != w[1].hpa_desired)
+            .map(|w| (w[1].t_s, w[1].hpa_desired.expect("desired")))
+            .collect();
+        let first = changes[0].0;
+        for (t, _) in &changes {
+            let periods = (t - first) / hpa.sync_period_s;
+            assert!(
+                (periods - periods.round()).abs() * hpa.sync_period_s <= 1.0,
+                "{changes:?}"
+            );
+        }
+        let first_drop = changes.iter().find(|(_, d)| *d < 3).expect("a drop").0;
+        assert!(
+            first_drop - autoscale.load_end_s >= hpa.scale_down_window_s,
+            "{changes:?}"
+        );
+        for (t, desired) in &changes {
+            let later = samples
+                .iter()
+                .find(|s| s.t_s > t + hpa.sync_period_s + 1.0)
+                .expect("a later sample");
+            assert_eq!(later.hpa_current, Some(*desired), "{t}");
+        }
+        assert!(report.passed());
     }
 
     #[test]
@@ -551,6 +897,29 @@ mod tests {
         assert!(md.contains("SuccessfulRescale: New size: 3"), "{md}");
         assert!(md.contains("gate `max_error_rate`: pass"), "{md}");
         assert!(md.contains("## iris-serve e2e: passed"), "{md}");
+        assert!(
+            md.contains("left out:") && md.contains("inside the stabilization window"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Traffic imbalance") && md.contains("over 33s to 150s"),
+            "{md}"
+        );
+        assert!(md.contains("±1 s"), "{md}");
+    }
+
+    #[test]
+    fn the_phase_total_is_counted_once() {
+        let mut report = fixture();
+        let md = render_markdown(&report);
+        assert!(md.contains("report 0s (total 621s)."), "{md}");
+        assert!(
+            !md.contains("total 620.9") && !md.contains(", total "),
+            "{md}"
+        );
+        // An older report without a total entry: the sum.
+        report.phases.retain(|(n, _)| n != "total");
+        assert!(render_markdown(&report).contains("(total 620s)."));
     }
 
     #[test]

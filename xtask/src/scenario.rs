@@ -16,7 +16,7 @@ use crate::cluster::poll_until;
 use crate::deploy::{self, AppSettings, NAME, NAMESPACE};
 use crate::load::client::{Config, Mode, Outcome};
 use crate::load::schedule::{Schedule, parse_duration};
-use crate::observe::{self, Derived, Observation};
+use crate::observe::{self, Autoscaling, Derived, Observation};
 use crate::project_root;
 
 pub const DEFAULT_FILE: &str = "xtask/scenarios.yaml";
@@ -40,15 +40,12 @@ pub struct Scenario {
     /// The HPA's maxReplicas for this scenario.
     pub max_replicas: i32,
     pub load: LoadSpec,
-    /// Keep observing this long after the load ends (to see the scale-down).
-    #[serde(default = "default_after")]
-    pub observe_after: String,
+    /// Keep observing at least this long after the load ends. A scenario that can scale is
+    /// always observed long enough to see the scale-down (`Autoscaling::scale_down_within_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe_after: Option<String>,
     #[serde(default)]
     pub gates: Gates,
-}
-
-fn default_after() -> String {
-    "30s".to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -121,8 +118,10 @@ impl ScenarioFile {
             );
             s.load_config("http://127.0.0.1/predict")
                 .with_context(|| format!("scenario {}", s.name))?;
-            parse_duration(&s.observe_after)
-                .with_context(|| format!("scenario {}: observe_after", s.name))?;
+            if let Some(after) = &s.observe_after {
+                parse_duration(after)
+                    .with_context(|| format!("scenario {}: observe_after", s.name))?;
+            }
         }
         Ok(file)
     }
@@ -153,7 +152,25 @@ impl ScenarioFile {
     }
 }
 
+/// Observation after the load when a scenario can't scale and names no time.
+const DEFAULT_AFTER: Duration = Duration::from_secs(10);
+
 impl Scenario {
+    /// How long to keep observing after the load: the scenario's `observe_after`, but never less
+    /// than the scale-down can take when the HPA can scale at all.
+    pub fn observe_after(&self, hpa: &Autoscaling) -> anyhow::Result<Duration> {
+        let asked = self
+            .observe_after
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?;
+        if hpa.max_replicas <= hpa.min_replicas {
+            return Ok(asked.unwrap_or(DEFAULT_AFTER));
+        }
+        let needed = Duration::from_secs_f64(hpa.scale_down_within_s().min(3600.0).ceil());
+        Ok(asked.map_or(needed, |a| a.max(needed)))
+    }
+
     pub fn load_config(&self, url: &str) -> anyhow::Result<Config> {
         let l = &self.load;
         let duration = l.duration.as_deref().map(parse_duration).transpose()?;
@@ -275,6 +292,9 @@ pub struct ScenarioResult {
     pub gates: Vec<GateResult>,
     /// Seconds from the load's start to its end (the observation goes on after).
     pub load_end_s: f64,
+    /// What the derivations assumed about the autoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -321,8 +341,12 @@ pub async fn wait_settled(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
-/// The HPA's CPU utilization target and minReplicas, as deployed.
-pub fn hpa_target_and_min(settings: &AppSettings) -> anyhow::Result<(i32, i32)> {
+/// The deployed HPA's target, bounds and behavior (upstream's defaults where the spec leaves
+/// them out), with metrics-server's resolution.
+pub fn autoscaling(
+    settings: &AppSettings,
+    metric_resolution_s: f64,
+) -> anyhow::Result<Autoscaling> {
     let objects = deploy::app_objects(settings)?;
     let spec = objects
         .iter()
@@ -342,7 +366,36 @@ pub fn hpa_target_and_min(settings: &AppSettings) -> anyhow::Result<(i32, i32)> 
                 .and_then(|r| r.target.average_utilization)
         })
         .context("the HPA has no CPU utilization target")?;
-    Ok((target, spec.min_replicas.unwrap_or(1)))
+    let behavior = spec.behavior.unwrap_or_default();
+    let up = behavior.scale_up.unwrap_or_default();
+    let down = behavior.scale_down.unwrap_or_default();
+    let scale_down_policies = match down.policies {
+        Some(p) if !p.is_empty() => p
+            .into_iter()
+            .map(|p| observe::Policy {
+                kind: p.type_,
+                value: p.value,
+                period_s: f64::from(p.period_seconds),
+            })
+            .collect(),
+        _ => vec![observe::Policy {
+            kind: "Percent".into(),
+            value: 100,
+            period_s: 15.0,
+        }],
+    };
+    Ok(Autoscaling {
+        target_utilization: target,
+        min_replicas: spec.min_replicas.unwrap_or(1),
+        max_replicas: spec.max_replicas,
+        scale_up_window_s: f64::from(up.stabilization_window_seconds.unwrap_or(0)),
+        scale_down_window_s: f64::from(down.stabilization_window_seconds.unwrap_or(300)),
+        scale_down_policies,
+        scale_down_select: down.select_policy.unwrap_or_else(|| "Max".into()),
+        sync_period_s: observe::SYNC_PERIOD_S,
+        tolerance: observe::TOLERANCE,
+        metric_resolution_s,
+    })
 }
 
 /// Runs one scenario against the deployed app at `url`.
@@ -362,6 +415,16 @@ pub async fn run(
     let config = scenario.load_config(url)?;
     let header = crate::load::describe(&config);
     eprintln!("  scenario {}: {header}", scenario.name);
+    // The cluster's own metrics-server decides how fast the HPA can see the load go.
+    let metrics = crate::cluster::metrics_server(client).await;
+    let hpa = autoscaling(&settings, metrics.resolution_s())?;
+    let observe_after = scenario.observe_after(&hpa)?;
+    eprintln!(
+        "  observing {}s after the load (metrics-server resolution {}; the HPA can take {:.0}s to scale back down)",
+        observe_after.as_secs(),
+        metrics.resolution,
+        hpa.scale_down_within_s()
+    );
     let load_start = observe::unix_now_s();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let observer = tokio::spawn(observe::observe(
@@ -376,7 +439,7 @@ pub async fn run(
     let outcome = crate::load::drive(config, false, std::future::pending()).await;
     let load_end_s = observe::unix_now_s() - load_start;
     if outcome.is_ok() {
-        tokio::time::sleep(parse_duration(&scenario.observe_after)?).await;
+        tokio::time::sleep(observe_after).await;
     }
     let _ = stop_tx.send(true);
     let observation = observer.await.context("the observer task failed")?;
@@ -385,16 +448,7 @@ pub async fn run(
         "{}",
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
-    let (target, min) = hpa_target_and_min(&settings)?;
-    let derived = observe::derive(
-        &observation,
-        &outcome.windows,
-        &outcome.totals.pods,
-        load_end_s,
-        target,
-        min,
-        scenario.max_replicas,
-    );
+    let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
@@ -407,6 +461,7 @@ pub async fn run(
         derived,
         gates,
         load_end_s,
+        autoscaling: Some(hpa),
     })
 }
 
@@ -479,6 +534,7 @@ mod tests {
                     max_ms: p99,
                 }),
                 service_time: None,
+                send_lag: None,
                 pods: Default::default(),
             },
         }
@@ -491,19 +547,50 @@ mod tests {
             new_pods_first_request_s: Default::default(),
             max_replicas_seen: 1,
             formula_agreement: None,
+            formula: Default::default(),
             traffic_imbalance: None,
             scale_down_s: None,
+            scale_down_done_s: None,
         }
     }
 
     #[test]
-    fn the_hpa_target_comes_from_the_manifest() {
+    fn the_hpa_comes_from_the_manifest_and_sets_the_observation() {
         let settings = AppSettings {
             image: "x".into(),
             pull_policy: "Never".into(),
-            max_replicas: Some(1),
+            max_replicas: None,
+            fixed_node_port: true,
         };
-        assert_eq!(hpa_target_and_min(&settings).expect("hpa"), (50, 1));
+        let hpa = autoscaling(&settings, 15.0).expect("hpa");
+        assert_eq!(hpa, crate::fixture::manifests_hpa());
+        let all = ScenarioFile::select(None).expect("default file");
+        // autoscale names no time: the scale-down's 120 s.
+        assert_eq!(all[0].observe_after(&hpa).expect("after").as_secs(), 120);
+        // A shorter time asked for is raised to it; a longer one is kept.
+        let short = Scenario {
+            observe_after: Some("90s".into()),
+            ..all[0].clone()
+        };
+        assert_eq!(short.observe_after(&hpa).expect("after").as_secs(), 120);
+        let long = Scenario {
+            observe_after: Some("200s".into()),
+            ..all[0].clone()
+        };
+        assert_eq!(long.observe_after(&hpa).expect("after").as_secs(), 200);
+        // A cluster's metrics-server at its default 60 s resolution: longer.
+        let slow = autoscaling(&settings, 60.0).expect("hpa");
+        assert_eq!(all[0].observe_after(&slow).expect("after").as_secs(), 210);
+        // bottleneck (max 1) can't scale: its own 10 s.
+        let one = autoscaling(
+            &AppSettings {
+                max_replicas: Some(1),
+                ..settings
+            },
+            15.0,
+        )
+        .expect("hpa");
+        assert_eq!(all[1].observe_after(&one).expect("after").as_secs(), 10);
     }
 
     #[test]

@@ -398,11 +398,10 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                     served_by,
                     keep_alive,
                 } => {
-                    // A send up to half a tick early is measured from when it actually left.
-                    let from = intended.map_or(sent, |at| at.max(sent));
+                    let (latency, service) = latencies(intended, sent, done);
                     s.record_response(
-                        done - from,
-                        done - sent,
+                        latency,
+                        service,
                         status,
                         served_by.as_ref().and_then(|v| v.to_str().ok()),
                     );
@@ -423,6 +422,22 @@ async fn worker(id: usize, shared: Arc<Shared>) {
             pause(&shared, backoff(failures)).await;
         }
     }
+}
+
+/// A response's latency and service time. The service time runs from when the request left.
+/// The latency of an open-loop request runs from when it was *meant* to leave: a request that
+/// waited for a free connection (the generator fell behind, the server stalled) keeps that wait in
+/// its latency, as a user arriving on schedule would have waited (the coordinated-omission
+/// correction, as wrk2 does it). Measuring from the actual send would hide every stall behind the
+/// requests it delayed. A send that left early (the timer aims half a tick early) is measured from
+/// when it left, so a latency is never shorter than its service time. Closed loop has no
+/// schedule: both run from the send.
+fn latencies(intended: Option<Instant>, sent: Instant, done: Instant) -> (Duration, Duration) {
+    let from = intended.map_or(sent, |at| at.min(sent));
+    (
+        done.saturating_duration_since(from),
+        done.saturating_duration_since(sent),
+    )
 }
 
 /// Sleeps for `d`, but not past the end of the run.
@@ -630,6 +645,92 @@ mod tests {
         assert!(per_s < 100.0 * connections as f64, "{per_s:.0} attempts/s");
         // ...and the workers kept trying through the whole run.
         assert!(attempts >= 10 * connections as u64, "{attempts} attempts");
+    }
+
+    #[test]
+    fn a_late_send_is_measured_from_its_intended_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Meant at 0, left at 40ms (waited for a connection), answered at 50ms.
+        let (latency, service) = latencies(Some(t0), t0 + ms(40), t0 + ms(50));
+        assert_eq!((latency, service), (ms(50), ms(10)));
+        // Left 0.4ms early (the timer aims half a tick early): from when it left.
+        let early = t0 + Duration::from_micros(400);
+        let (latency, service) =
+            latencies(Some(early + Duration::from_micros(400)), early, t0 + ms(10));
+        assert_eq!(latency, service);
+        // Closed loop: no schedule.
+        assert_eq!(latencies(None, t0, t0 + ms(3)), (ms(3), ms(3)));
+        // Whatever the order: latency >= the send lag and >= the service time.
+        for (at, sent, done) in [(0, 40, 50), (40, 0, 50), (10, 10, 10), (30, 20, 25)] {
+            let (at, sent, done) = (t0 + ms(at), t0 + ms(sent), t0 + ms(done));
+            let (latency, service) = latencies(Some(at), sent, done);
+            assert!(latency >= service);
+            assert!(latency >= sent.saturating_duration_since(at));
+        }
+    }
+
+    /// Answers `POST /predict` after `delay`, one request at a time per connection: a server
+    /// slower than the schedule.
+    async fn slow_server(delay: Duration) -> SocketAddr {
+        let app = axum::Router::new().route(
+            "/predict",
+            axum::routing::post(move || async move {
+                tokio::time::sleep(delay).await;
+                ([("x-served-by", "slow")], "{}")
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_shows_in_the_latency_from_the_intended_send_time() {
+        // One connection, 10ms per request, 200 requests/s for half a second: a request every
+        // 5ms can only leave every 10ms, so request i leaves about 5i ms late (up to ~0.5s).
+        let addr = slow_server(Duration::from_millis(10)).await;
+        let schedule = Schedule::constant(200.0, Duration::from_millis(500)).expect("schedule");
+        let outcome = run(
+            Config {
+                connections: 1,
+                max_requests_per_conn: None,
+                ..config(format!("http://{addr}/predict"), Mode::Open { schedule })
+            },
+            |_| {},
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        let t = &outcome.totals;
+        assert_eq!(t.responses, 100, "{t:?}");
+        let latency = t.latency.clone().expect("latency");
+        let service = t.service_time.clone().expect("service");
+        let lag = t.send_lag.clone().expect("send lag");
+        eprintln!("latency {latency:?}\nservice {service:?}\nsend lag {lag:?}");
+        let q = |l: &crate::load::stats::LatencySummary| {
+            [l.p50_ms, l.p75_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms]
+        };
+        // Each request's latency is its send lag plus its service time, so every percentile of
+        // the latency is at least that of either part.
+        for ((l, s), g) in q(&latency).into_iter().zip(q(&service)).zip(q(&lag)) {
+            assert!(
+                l >= s && l >= g,
+                "latency {l}ms, service {s}ms, send lag {g}ms"
+            );
+        }
+        assert!(latency.max_ms >= t.max_send_lag_ms, "{latency:?} {t:?}");
+        // The backlog is there, and the service time does not see it.
+        assert!(lag.p50_ms >= 150.0, "{lag:?}");
+        assert!(latency.p50_ms >= 150.0 + service.p50_ms, "{latency:?}");
+        assert!(service.p50_ms < 100.0, "{service:?}");
+        assert!(t.late_sends >= 90, "{t:?}");
+        assert!(crate::load::printer::behind_schedule(&outcome));
     }
 
     /// Sleeps on the open loop's cadence (`every`, `n` times, from `start`) on the same runtime

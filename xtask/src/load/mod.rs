@@ -336,6 +336,7 @@ mod tests {
             max_send_lag_ms: 0.0,
             latency: None,
             service_time: None,
+            send_lag: None,
             pods: Default::default(),
         }
     }

@@ -70,9 +70,12 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
         t.connects
     );
     if let Some(scheduled) = outcome.scheduled {
+        let lag = t.send_lag.as_ref().map_or(String::new(), |l| {
+            format!("send lag p50 {:.1}ms, p99 {:.1}ms, ", l.p50_ms, l.p99_ms)
+        });
         let _ = writeln!(
             out,
-            "  schedule: {scheduled} requests planned, {} sent late (>5ms), max send lag {:.1}ms{}",
+            "  schedule: {scheduled} requests planned, {} sent late (>5ms), {lag}max send lag {:.1}ms{}",
             t.late_sends,
             t.max_send_lag_ms,
             if behind_schedule(outcome) {

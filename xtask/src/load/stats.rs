@@ -89,6 +89,8 @@ pub struct Shard {
     latency: Histogram<u64>,
     /// Latency from the actual send time (service time).
     service: Histogram<u64>,
+    /// Open loop: how late each request left against its intended send time.
+    send_lag: Histogram<u64>,
     counts: Counts,
     window: Window,
 }
@@ -113,6 +115,7 @@ impl Default for Shard {
         Shard {
             latency: histogram(3),
             service: histogram(3),
+            send_lag: histogram(3),
             counts: Counts::default(),
             window: Window {
                 latency: histogram(2),
@@ -170,6 +173,7 @@ impl Shard {
     }
 
     pub fn record_send_lag(&mut self, lag: Duration) {
+        let _ = self.send_lag.record(micros(lag));
         for counts in [&mut self.counts, &mut self.window.counts] {
             if lag > LATE_SEND {
                 counts.late_sends += 1;
@@ -302,6 +306,10 @@ pub struct Totals {
     pub latency: Option<LatencySummary>,
     /// Latency from the actual send time.
     pub service_time: Option<LatencySummary>,
+    /// Open loop: how late requests left against their intended send time (the part of
+    /// `latency` that `service_time` does not see).
+    #[serde(default)]
+    pub send_lag: Option<LatencySummary>,
     pub pods: BTreeMap<String, u64>,
 }
 
@@ -327,10 +335,12 @@ impl Totals {
 pub fn merge_totals(shards: &mut [Shard]) -> Totals {
     let mut latency = histogram(3);
     let mut service = histogram(3);
+    let mut send_lag = histogram(3);
     let mut counts = Counts::default();
     for shard in shards {
         let _ = latency.add(&shard.latency);
         let _ = service.add(&shard.service);
+        let _ = send_lag.add(&shard.send_lag);
         merge_counts(&mut counts, std::mem::take(&mut shard.counts));
     }
     Totals {
@@ -341,6 +351,7 @@ pub fn merge_totals(shards: &mut [Shard]) -> Totals {
         max_send_lag_ms: counts.max_send_lag.as_secs_f64() * 1000.0,
         latency: LatencySummary::of(&latency),
         service_time: LatencySummary::of(&service),
+        send_lag: LatencySummary::of(&send_lag),
         pods: counts.pods.into_iter().collect(),
     }
 }
