@@ -282,7 +282,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             scenarios: results,
         };
         let files = report::write(&report, &out_dir)?;
-        eprint!("{}", report::render_terminal(&report));
+        eprint!("{}", report::render_terminal(&report, false));
         for f in files {
             eprintln!("  wrote {}", f.display());
         }
@@ -519,7 +519,7 @@ async fn existing(
             scenarios: results,
         };
         report::write(&report, out_dir)?;
-        eprint!("{}", report::render_terminal(&report));
+        eprint!("{}", report::render_terminal(&report, false));
         anyhow::Ok(report)
     }
     .await;

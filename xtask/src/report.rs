@@ -290,7 +290,9 @@ pub fn render_markdown(report: &Report) -> String {
     out
 }
 
-pub fn render_terminal(report: &Report) -> String {
+/// The terminal table and verdict. `recorded`: the report is read back from a file (`report
+/// FILE`), so the verdict is that of the run it records, not of anything done now.
+pub fn render_terminal(report: &Report, recorded: bool) -> String {
     let (header, rows) = rows(report);
     // Padding counts characters (the headers have a ±).
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -307,6 +309,8 @@ pub fn render_terminal(report: &Report) -> String {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
+            .trim_end()
+            .to_owned()
     };
     let _ = writeln!(
         out,
@@ -319,15 +323,16 @@ pub fn render_terminal(report: &Report) -> String {
     for g in report.failed_gates() {
         let _ = writeln!(out, "GATE FAILED: {g}");
     }
-    let _ = writeln!(
-        out,
-        "{}",
-        if report.passed() {
-            "e2e passed"
-        } else {
-            "e2e FAILED"
-        }
-    );
+    let verdict = if report.passed() { "passed" } else { "FAILED" };
+    let _ = if recorded {
+        writeln!(
+            out,
+            "the recorded run {} {verdict} (its verdict, as recorded; nothing was run now)",
+            report.run_id
+        )
+    } else {
+        writeln!(out, "e2e {verdict}")
+    };
     out
 }
 
@@ -359,45 +364,100 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// A line with its legend entry.
-fn labelled(
+/// How a legend entry is drawn: a short line, a dashed one, or a vertical tick (an event).
+#[derive(Clone, Copy)]
+enum Mark {
+    Line,
+    Dashed,
+    Tick,
+}
+
+/// The legend of one panel, drawn in its own strip right of the plot so it never covers data.
+struct Legend(Vec<(String, RGBColor, Mark)>);
+
+impl Legend {
+    fn add(&mut self, label: impl Into<String>, color: RGBColor, mark: Mark) {
+        self.0.push((label.into(), color, mark));
+    }
+
+    fn draw(&self, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
+        for (i, (label, color, mark)) in self.0.iter().enumerate() {
+            let y = 34 + 16 * i as i32;
+            let style = color.stroke_width(2);
+            match mark {
+                Mark::Line => area.draw(&PathElement::new(vec![(8, y), (26, y)], style))?,
+                Mark::Dashed => {
+                    area.draw(&PathElement::new(vec![(8, y), (14, y)], style))?;
+                    area.draw(&PathElement::new(vec![(19, y), (26, y)], style))?;
+                }
+                Mark::Tick => {
+                    area.draw(&PathElement::new(vec![(17, y - 6), (17, y + 6)], style))?
+                }
+            }
+            area.draw(&Text::new(
+                label.clone(),
+                (32, y - 6),
+                ("sans-serif", 12).into_font(),
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+/// A line, entered in the legend.
+fn line(
     chart: &mut Chart<'_, '_>,
+    legend: &mut Legend,
     points: Vec<(f64, f64)>,
     color: RGBColor,
     width: u32,
     label: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    chart
-        .draw_series(LineSeries::new(points, color.stroke_width(width)))?
-        .label(label)
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+    chart.draw_series(LineSeries::new(points, color.stroke_width(width)))?;
+    legend.add(label, color, Mark::Line);
     Ok(())
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), Box<dyn std::error::Error>> {
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
+/// Width of the legend strip right of each panel.
+const LEGEND_W: u32 = 150;
 
-/// One panel: a caption, time on x (0..end seconds), 0..top on y.
+/// One panel: a caption, time on x (0..end seconds), 0..top on y; whole numbers on both axes
+/// when `whole_y` (replicas), else whole seconds on x.
 fn panel<'a, 'b>(
     area: &'a Area<'b>,
     caption: impl AsRef<str>,
     end: f64,
     top: f64,
-    x_label_area: u32,
+    x_desc: Option<&str>,
+    whole_y: bool,
 ) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
-    Ok(ChartBuilder::on(area)
+    let mut chart = ChartBuilder::on(area)
         .caption(caption.as_ref(), ("sans-serif", 16))
         .margin(8)
-        .x_label_area_size(x_label_area)
+        .x_label_area_size(if x_desc.is_some() { 36 } else { 20 })
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..end, 0f64..top)?)
+        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    let whole = |v: &f64| format!("{v:.0}");
+    let only_whole = |v: &f64| {
+        if v.fract() == 0.0 {
+            format!("{v:.0}")
+        } else {
+            String::new()
+        }
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_label_formatter(&whole);
+    if whole_y {
+        mesh.y_labels(top.floor() as usize + 1)
+            .y_label_formatter(&only_whole);
+    } else {
+        mesh.y_label_formatter(&whole);
+    }
+    if let Some(desc) = x_desc {
+        mesh.x_desc(desc);
+    }
+    mesh.draw()?;
+    Ok(chart)
 }
 
 fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
@@ -408,32 +468,29 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .map_or(0.0, |x| x.t_s)
         .max(s.load.windows.last().map_or(0.0, |w| f64::from(w.second)))
         .max(1.0);
-    let panels = area.split_evenly((4, 1));
+    let (plot_w, _) = area.dim_in_pixel();
+    let rows: Vec<(Area<'_>, Area<'_>)> = area
+        .split_evenly((4, 1))
+        .into_iter()
+        .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
+        .collect();
     let events: Vec<f64> = s.observation.events.iter().map(|e| e.t_s).collect();
-    let mark_events =
-        |chart: &mut Chart<'_, '_>, top: f64| -> Result<(), Box<dyn std::error::Error>> {
-            for &t in &events {
-                chart.draw_series(LineSeries::new(
-                    vec![(t, 0.0), (t, top)],
-                    RED.stroke_width(1),
-                ))?;
-            }
-            Ok(())
-        };
-
-    // Replicas.
-    let top = f64::from(s.scenario.max_replicas) + 1.0;
-    let mut chart = panel(
-        &panels[0],
-        format!(
-            "{}: replicas (HPA current, desired; ready)",
-            s.scenario.name
-        ),
-        end,
-        top,
-        20,
-    )?;
-    chart.configure_mesh().draw()?;
+    // Scale events as red verticals in every panel, named in each panel's legend.
+    let mark_events = |chart: &mut Chart<'_, '_>,
+                       legend: &mut Legend,
+                       top: f64|
+     -> Result<(), Box<dyn std::error::Error>> {
+        for &t in &events {
+            chart.draw_series(LineSeries::new(
+                vec![(t, 0.0), (t, top)],
+                RED.stroke_width(1),
+            ))?;
+        }
+        if !events.is_empty() {
+            legend.add("scale event", RED, Mark::Tick);
+        }
+        Ok(())
+    };
     let series = |f: &dyn Fn(&crate::observe::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
         s.observation
             .samples
@@ -441,29 +498,47 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             .filter_map(|x| f(x).map(|v| (x.t_s, v)))
             .collect()
     };
-    labelled(
+
+    // Replicas: whole numbers only.
+    let top = f64::from(s.scenario.max_replicas) + 1.0;
+    let mut chart = panel(
+        &rows[0].0,
+        format!(
+            "{}: replicas (HPA current, desired; ready)",
+            s.scenario.name
+        ),
+        end,
+        top,
+        None,
+        true,
+    )?;
+    let mut legend = Legend(Vec::new());
+    line(
         &mut chart,
+        &mut legend,
         series(&|x| x.hpa_current.map(f64::from)),
         BLUE,
         2,
         "current",
     )?;
-    labelled(
+    line(
         &mut chart,
+        &mut legend,
         series(&|x| x.hpa_desired.map(f64::from)),
         MAGENTA,
         1,
         "desired",
     )?;
-    labelled(
+    line(
         &mut chart,
+        &mut legend,
         series(&|x| Some(f64::from(x.ready_replicas))),
         GREEN,
         1,
         "ready",
     )?;
-    mark_events(&mut chart, top)?;
-    legend(&mut chart)?;
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[0].1)?;
 
     // Throughput.
     let rps: Vec<(f64, f64)> = s
@@ -480,19 +555,20 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .collect();
     let top = rps.iter().chain(&offered).map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut chart = panel(
-        &panels[1],
+        &rows[1].0,
         "requests/s (achieved; offered in open loop)",
         end,
         top,
-        20,
+        None,
+        false,
     )?;
-    chart.configure_mesh().draw()?;
-    labelled(&mut chart, rps, BLUE, 2, "achieved")?;
+    let mut legend = Legend(Vec::new());
+    line(&mut chart, &mut legend, rps, BLUE, 2, "achieved")?;
     if !offered.is_empty() {
-        labelled(&mut chart, offered, BLACK, 1, "offered")?;
+        line(&mut chart, &mut legend, offered, BLACK, 1, "offered")?;
     }
-    mark_events(&mut chart, top)?;
-    legend(&mut chart)?;
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[1].1)?;
 
     // Latency.
     let p99: Vec<(f64, f64)> = s
@@ -502,31 +578,59 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .filter_map(|w| w.p99_ms.map(|p| (f64::from(w.second), p)))
         .collect();
     let top = p99.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = panel(&panels[2], "p99 latency (ms)", end, top, 20)?;
-    chart.configure_mesh().draw()?;
-    chart.draw_series(LineSeries::new(p99, RGBColor(230, 120, 0).stroke_width(2)))?;
-    mark_events(&mut chart, top)?;
+    let mut chart = panel(&rows[2].0, "p99 latency (ms)", end, top, None, false)?;
+    let mut legend = Legend(Vec::new());
+    line(
+        &mut chart,
+        &mut legend,
+        p99,
+        RGBColor(230, 120, 0),
+        2,
+        "p99",
+    )?;
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[2].1)?;
 
-    // CPU.
+    // CPU, with the HPA's target as a dashed line of its own colour (not a grid line).
     let cpu = series(&|x| x.cpu_utilization.map(f64::from));
-    let top = cpu.iter().map(|p| p.1).fold(100.0, f64::max) * 1.1;
+    let target = s
+        .autoscaling
+        .as_ref()
+        .map(|a| f64::from(a.target_utilization));
+    let top = cpu.iter().map(|p| p.1).chain(target).fold(100.0, f64::max) * 1.1;
+    let caption = match target {
+        Some(t) => format!("CPU utilization (% of request; HPA target {t:.0}%)"),
+        None => "CPU utilization (% of request)".to_owned(),
+    };
     let mut chart = panel(
-        &panels[3],
-        "CPU utilization (% of request; HPA target 50%)",
+        &rows[3].0,
+        caption,
         end,
         top,
-        36,
+        Some("seconds since the load started"),
+        false,
     )?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the load started")
-        .draw()?;
-    chart.draw_series(LineSeries::new(cpu, RGBColor(0, 140, 140).stroke_width(2)))?;
-    chart.draw_series(LineSeries::new(
-        vec![(0.0, 50.0), (end, 50.0)],
-        BLACK.mix(0.4),
-    ))?;
-    mark_events(&mut chart, top)?;
+    let mut legend = Legend(Vec::new());
+    line(
+        &mut chart,
+        &mut legend,
+        cpu,
+        RGBColor(0, 140, 140),
+        2,
+        "CPU utilization",
+    )?;
+    if let Some(t) = target {
+        let purple = RGBColor(128, 0, 160);
+        chart.draw_series(DashedLineSeries::new(
+            vec![(0.0, t), (end, t)],
+            8,
+            5,
+            purple.stroke_width(2),
+        ))?;
+        legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed);
+    }
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[3].1)?;
     Ok(())
 }
 
@@ -556,7 +660,8 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub struct Args {
     /// A report.json from an earlier run.
     pub json: PathBuf,
-    /// Where to write report.md and timeline.svg (default: beside the JSON).
+    /// Where to write report.md and timeline.svg (default: target/report/, never beside the
+    /// JSON, so that re-rendering a committed fixture does not overwrite tracked files).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -572,17 +677,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.json.display()
         )
     })?;
-    let dir = match &args.out {
-        Some(d) => d.clone(),
-        None => args
-            .json
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-    };
-    std::fs::create_dir_all(&dir)?;
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| crate::project_root().join("target/report"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("report.md"), render_markdown(&report))?;
     std::fs::write(dir.join("timeline.svg"), render_svg(&report)?)?;
-    print!("{}", render_terminal(&report));
+    print!("{}", render_terminal(&report, true));
     eprintln!("wrote {0}/report.md and {0}/timeline.svg", dir.display());
     Ok(())
 }
@@ -925,11 +1027,24 @@ mod tests {
     #[test]
     fn the_terminal_summary_names_failed_gates() {
         let mut report = fixture();
-        assert!(render_terminal(&report).contains("e2e passed"));
+        assert!(render_terminal(&report, false).contains("e2e passed"));
+        // Read back from a file, the verdict is the recorded run's, and says so.
+        let recorded = render_terminal(&report, true);
+        assert!(
+            recorded.contains(&format!("the recorded run {} passed", report.run_id))
+                && !recorded.contains("e2e passed"),
+            "{recorded}"
+        );
+        // No row ends in padding.
+        for text in [render_terminal(&report, false), render_markdown(&report)] {
+            for line in text.lines() {
+                assert_eq!(line, line.trim_end(), "trailing space in {line:?}");
+            }
+        }
         report.scenarios[0].gates[0].passed = false;
         report.scenarios[0].gates[0].message =
             "error rate 3.000% is over the 1.000% gate by 2.000 points".into();
-        let text = render_terminal(&report);
+        let text = render_terminal(&report, false);
         assert!(
             text.contains("GATE FAILED: autoscale: max_error_rate: error rate 3.000%"),
             "{text}"
@@ -951,8 +1066,18 @@ mod tests {
             "desired",
             "ready",
             "achieved",
+            // Each kind of line in the picture has a legend entry: the events and the target too.
+            "scale event",
+            "HPA target 50%",
         ] {
             assert!(svg.contains(needle), "missing {needle}");
+        }
+        // The target is dashed, not a solid line that reads as a grid line.
+        assert!(svg.contains("stroke=\"#8000A0\""), "no target line");
+        // Replicas are whole: no tick label like 0.5 or 1.5 anywhere in the picture's replica
+        // axis (the only axis of the autoscale scenario that goes 0..5.8).
+        for half in [">0.5<", ">1.5<", ">2.5<", ">3.5<"] {
+            assert!(!svg.contains(half), "fractional replica tick {half}");
         }
         // The scale event at 16s is drawn as a red vertical line in each of the autoscale panels.
         let red_lines = svg.matches("stroke=\"#FF0000\"").count();
