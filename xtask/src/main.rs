@@ -15,6 +15,7 @@ mod image;
 mod kubemock;
 mod load;
 mod manifests;
+mod monitoring;
 mod observe;
 mod oci;
 mod report;
