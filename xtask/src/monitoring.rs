@@ -263,7 +263,7 @@ pub async fn apply_and_report(client: &Client, namespace: &str) -> anyhow::Resul
 mod tests {
     use super::*;
     use crate::deploy::{self, AppSettings, NAMESPACE};
-    use crate::kubemock::{MockApi, json_response};
+    use crate::kubemock::{MockApi, json_response, status_response};
 
     fn app() -> Vec<Object> {
         deploy::app_objects(&AppSettings {
@@ -398,6 +398,13 @@ mod tests {
             api.expect("GET", CRD_PATH, crd_not_found()).await;
             // The mock fails the test on any further request (a PATCH).
             api.expect("GET", CRD_PATH, json_response(crd(false))).await;
+            // A user who may not read CRDs: the apply is tried, and the resource type is unknown.
+            api.expect("GET", CRD_PATH, status_response(403, "Forbidden"))
+                .await;
+            let path =
+                format!("/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/{PLURAL}/iris-serve");
+            api.expect("PATCH", &path, status_response(404, "NotFound"))
+                .await;
         });
         let outcome = apply(&client, NAMESPACE)
             .await
@@ -409,6 +416,11 @@ mod tests {
         let outcome = apply(&client, NAMESPACE).await.expect("a notice");
         assert!(
             matches!(&outcome, Outcome::NoOperator(why) if why.contains("does not serve v1")),
+            "{outcome:?}"
+        );
+        let outcome = apply(&client, NAMESPACE).await.expect("a notice");
+        assert!(
+            matches!(&outcome, Outcome::NoOperator(why) if why.contains("does not serve monitoring.coreos.com/v1 podmonitors")),
             "{outcome:?}"
         );
         drop(client);
