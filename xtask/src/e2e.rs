@@ -24,7 +24,7 @@ use crate::doctor::{self, Needs};
 use crate::report::{self, Report, Settings, Versions};
 use crate::scenario::{self, Gates, ScenarioFile};
 use crate::steps::Steps;
-use crate::{bundle, docker, image, manifests, project_root, tools};
+use crate::{bundle, docker, image, manifests, monitoring, project_root, tools};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -83,6 +83,10 @@ pub struct Args {
     /// then never deleted). Without this, an existing namespace is refused.
     #[arg(long)]
     pub use_existing_namespace: bool,
+    /// Apply manifests/monitoring/podmonitor.yaml into the run's namespace when the cluster has
+    /// the Prometheus Operator's PodMonitor CRD (else say so and go on); deleted with the namespace.
+    #[arg(long)]
+    pub monitoring: bool,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -249,6 +253,9 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             fixed_node_port: true,
         };
         deploy::deploy(&cluster.client, &settings).await?;
+        if args.monitoring {
+            monitoring::apply_and_report(&cluster.client, NAMESPACE).await?;
+        }
         steps.start("scenarios");
         let url = format!("http://127.0.0.1:{}/predict", args.host_port);
         let mut results = Vec::new();
@@ -486,6 +493,9 @@ async fn existing(
             }
             (None, None) => unreachable!("checked above"),
         };
+        if args.monitoring {
+            monitoring::apply_and_report(&client, NAMESPACE).await?;
+        }
         steps.start("scenarios");
         let mut results = Vec::new();
         for s in scenarios {

@@ -17,6 +17,7 @@ mod image;
 mod kubemock;
 mod load;
 mod manifests;
+mod monitoring;
 mod observe;
 mod oci;
 mod report;
