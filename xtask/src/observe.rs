@@ -884,6 +884,24 @@ pub fn imbalance(windows: &[crate::load::stats::WindowSummary]) -> Option<Imbala
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The app's observer as a scenario runs it, sampling once a second until `stop`.
+    async fn observe_app(
+        client: Client,
+        start: f64,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Observation {
+        observe(
+            client,
+            "iris-serve",
+            "iris-serve",
+            "app.kubernetes.io/name=iris-serve",
+            start,
+            Duration::from_secs(1),
+            stop,
+        )
+        .await
+    }
     use crate::kubemock::{MockApi, json_response};
 
     use crate::fixture::{self, manifests_hpa};
@@ -1316,16 +1334,7 @@ mod tests {
                 {"metadata": {"name": "e2"}, "involvedObject": {"kind": "Pod"}, "reason": "Pulled", "message": "x", "lastTimestamp": ts(1.0)}
             ]}))).await;
         });
-        let obs = observe(
-            client,
-            "iris-serve",
-            "iris-serve",
-            "app.kubernetes.io/name=iris-serve",
-            start,
-            Duration::from_secs(1),
-            stop_rx,
-        )
-        .await;
+        let obs = observe_app(client, start, stop_rx).await;
         server.await.expect("mock");
         assert_eq!(obs.samples.len(), 3);
         assert_eq!(obs.samples[1].hpa_desired, Some(3));
@@ -1405,16 +1414,7 @@ mod tests {
             }
             api.expect("GET", "/api/v1/namespaces/iris-serve/events", json_response(serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}))).await;
         });
-        let obs = observe(
-            client,
-            "iris-serve",
-            "iris-serve",
-            "app.kubernetes.io/name=iris-serve",
-            start,
-            Duration::from_secs(1),
-            stop_rx,
-        )
-        .await;
+        let obs = observe_app(client, start, stop_rx).await;
         server.await.expect("mock");
         let states: Vec<Option<PodState>> = obs
             .samples

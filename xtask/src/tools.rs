@@ -95,19 +95,24 @@ fn recorded_sum_path(binary: &Path) -> PathBuf {
     binary.with_file_name("kind.published-sha256")
 }
 
-/// sha256 of a file's bytes, read without following a symlink at `path`.
-pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut file = open_no_follow(path)?;
+/// Copies `input` to `output` (`io::sink()` to only hash) and returns the sha256 of what passed.
+fn copy_hashed(input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = input.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        output.write_all(&buf[..n])?;
     }
     Ok(iris_serve::model::hex(&hasher.finalize()))
+}
+
+/// sha256 of a file's bytes, read without following a symlink at `path`.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    copy_hashed(&mut open_no_follow(path)?, &mut std::io::sink())
 }
 
 /// Opens a regular file for reading; a symlink (or anything else) at `path` is an error.
@@ -328,20 +333,9 @@ pub async fn ensure_release_kind(offline: bool) -> anyhow::Result<PathBuf> {
 pub fn install_kind(src: &Path, expected: &str, dest: &Path) -> anyhow::Result<PathBuf> {
     let dir = dest.parent().context("destination has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut input = open_no_follow(src)?;
     let mut copy = tempfile::NamedTempFile::new_in(dir)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        copy.write_all(&buf[..n])?;
-    }
+    let actual = copy_hashed(&mut open_no_follow(src)?, &mut copy)?;
     copy.flush()?;
-    let actual = iris_serve::model::hex(&hasher.finalize());
     ensure!(
         actual == expected,
         "refusing kind from {}: sha256 {actual} differs from the pinned {expected}",

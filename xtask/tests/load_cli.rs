@@ -7,6 +7,8 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
 /// A loopback port nothing listens on: the load never reaches a server.
@@ -177,28 +179,6 @@ fn json_goes_into_a_folder_made_for_it_and_bad_paths_fail_before_the_run() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--json"));
 }
 
-/// The real server on a loopback port, in a runtime of its own for the rest of the test process.
-fn real_server() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let state = iris_serve::AppState::new(
-                iris_serve::model::Model::embedded().expect("model"),
-                "pod-under-test",
-            );
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(listener, iris_serve::app(state)).await;
-        });
-    });
-    addr
-}
-
 /// `xtask load` of 2 connections for 30 s against `addr`, with `extra` arguments; output piped.
 fn spawn_30s_load(addr: std::net::SocketAddr, extra: &[&std::ffi::OsStr]) -> std::process::Child {
     Command::new(XTASK)
@@ -230,7 +210,7 @@ fn kill(signal: &str, pid: u32) {
 
 #[test]
 fn the_first_ctrl_c_keeps_the_results_so_far() {
-    let addr = real_server();
+    let addr = support::real_server("pod-under-test");
     let dir = tempfile::tempdir().expect("dir");
     let json = dir.path().join("run.json");
     let child = spawn_30s_load(addr, &["--json".as_ref(), json.as_os_str()]);

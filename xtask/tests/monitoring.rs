@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use serde_json::Value;
 
 const DASHBOARD: &str = "manifests/monitoring/grafana-dashboard.json";
@@ -50,28 +52,6 @@ fn prometheus_available(test: &str) -> Option<String> {
             None
         }
     }
-}
-
-/// The server as the pods run it (`iris_serve::app`), on a loopback port, on its own thread.
-fn real_server() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let state = iris_serve::AppState::new(
-                iris_serve::model::Model::embedded().expect("model"),
-                POD,
-            );
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(listener, iris_serve::app(state)).await;
-        });
-    });
-    addr
 }
 
 fn http_client() -> reqwest::Client {
@@ -437,7 +417,7 @@ fn the_names_of_metrics_are_found_in_promql() {
 
 #[tokio::test]
 async fn the_dashboard_uses_only_metrics_the_server_exports() {
-    let addr = real_server();
+    let addr = support::real_server(POD);
     let client = http_client();
     // Labelled families print no sample until a first request has been counted.
     assert!(post_predict(&client, addr).await, "POST /predict");
@@ -475,7 +455,7 @@ async fn prometheus_scrapes_the_server_and_every_dashboard_query_has_data() {
         return;
     };
     eprintln!("real Prometheus: {version} (Debian's 2.42 in CI)");
-    let addr = real_server();
+    let addr = support::real_server(POD);
     let client = http_client();
     let mut prometheus = Prometheus::start(addr);
 
