@@ -446,7 +446,7 @@ fn panel<'a, 'b>(
         }
     };
     let mut mesh = chart.configure_mesh();
-    mesh.x_label_formatter(&whole);
+    mesh.x_label_formatter(&only_whole);
     if whole_y {
         mesh.y_labels(top.floor() as usize + 1)
             .y_label_formatter(&only_whole);

@@ -196,15 +196,19 @@ pub async fn run(
             () = &mut interrupt => {
                 let now = Instant::now();
                 interrupted_after_s = Some((now - start).as_secs_f64());
-                // Workers between requests stop at once; one waiting on a response or on its
-                // next send time is cut off after a moment (its request is not counted).
+                // Workers between requests, or waiting for their next send time, stop at once;
+                // one waiting on a response gets STOP_GRACE to finish (and is counted), then it
+                // is cut off (and is not).
                 shared.stop.store(true, Ordering::SeqCst);
                 if tokio::time::timeout(STOP_GRACE, &mut all_done).await.is_err() {
                     aborts.iter().for_each(tokio::task::AbortHandle::abort);
                     (&mut all_done).await;
                 }
-                if now > last + Duration::from_millis(50) {
-                    let w = collect(&mut collector, second, last, now);
+                // The last window runs to now, so it holds what finished in the grace and
+                // the windows add up to the totals.
+                let end = Instant::now();
+                if end > last {
+                    let w = collect(&mut collector, second, last, end);
                     on_window(&w);
                     windows.push(w);
                 }
@@ -350,6 +354,10 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                 let at = shared.start + offset;
                 if let Some(wake) = at.checked_sub(TIMER_HALF_TICK) {
                     tokio::time::sleep_until(wake.into()).await;
+                }
+                // Interrupted while waiting for this send time: not sent.
+                if shared.stop.load(Ordering::Relaxed) {
+                    return;
                 }
                 (i, Some(at))
             }

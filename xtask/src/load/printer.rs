@@ -43,7 +43,7 @@ pub fn summary(header: &str, outcome: &Outcome) -> String {
     if let Some(after) = outcome.interrupted_after_s {
         let _ = writeln!(
             out,
-            "  INTERRUPTED after {after:.2}s: partial results (requests in flight then are not counted)"
+            "  INTERRUPTED after {after:.2}s: partial results (requests not answered within 1s of it are not counted)"
         );
     }
     match (&t.latency, &t.service_time, outcome.scheduled.is_some()) {
