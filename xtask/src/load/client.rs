@@ -194,12 +194,13 @@ pub async fn run(
                 break;
             }
             () = &mut interrupt => {
+                // Stop first, then read the clock: every send counted left before this time.
+                shared.stop.store(true, Ordering::SeqCst);
                 let now = Instant::now();
                 interrupted_after_s = Some((now - start).as_secs_f64());
                 // Workers between requests, or waiting for their next send time, stop at once;
                 // one waiting on a response gets STOP_GRACE to finish (and is counted), then it
                 // is cut off (and is not).
-                shared.stop.store(true, Ordering::SeqCst);
                 if tokio::time::timeout(STOP_GRACE, &mut all_done).await.is_err() {
                     aborts.iter().for_each(tokio::task::AbortHandle::abort);
                     (&mut all_done).await;
@@ -754,6 +755,43 @@ mod tests {
             }
         }
         stalls
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_open_loop_stops_sending_and_keeps_what_it_measured() {
+        let addr = server().await;
+        // 200 requests/s for 10 s over 16 connections; interrupted after 1.5 s.
+        let schedule = Schedule::constant(200.0, Duration::from_secs(10)).expect("schedule");
+        let started = Instant::now();
+        let outcome = run(
+            Config {
+                connections: 16,
+                max_requests_per_conn: None,
+                ..config(format!("http://{addr}/predict"), Mode::Open { schedule })
+            },
+            |_| {},
+            tokio::time::sleep(Duration::from_millis(1500)),
+        )
+        .await
+        .expect("run");
+        let took = started.elapsed();
+        let t = &outcome.totals;
+        let after = outcome.interrupted_after_s.expect("marked as interrupted");
+        assert!((1.4..3.0).contains(&after), "{after}");
+        // Each worker has taken its next send time from the schedule and waits for it; none
+        // may send once interrupted (up to 16 sends in the next 80 ms otherwise). The sends due
+        // by the interrupt: slots 0, 5 ms, 10 ms, ... up to `after` (a timer tick of slack).
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        let sent_by_then = (after * 200.0).floor() as u64 + 1;
+        assert!(
+            t.responses + t.errors.total() <= sent_by_then + 2,
+            "{} answered after {after:.2}s at 200/s: sends went on after the interrupt",
+            t.responses
+        );
+        assert!(t.responses >= 200, "{t:?}");
+        // The windows hold everything the totals count.
+        let in_windows: u64 = outcome.windows.iter().map(|w| w.responses).sum();
+        assert_eq!(in_windows, t.responses);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
