@@ -54,8 +54,9 @@ struct Spread {
 }
 
 impl Spread {
-    fn of(values: &[f64]) -> Spread {
-        let mut sorted = values.to_vec();
+    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let rounds: Vec<f64> = values.into_iter().collect();
+        let mut sorted = rounds.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
         let median = match n {
@@ -67,7 +68,7 @@ impl Spread {
             median,
             min: sorted.first().copied().unwrap_or(f64::NAN),
             max: sorted.last().copied().unwrap_or(f64::NAN),
-            rounds: values.to_vec(),
+            rounds,
         }
     }
 
@@ -293,22 +294,14 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
             }
         }
         drop(reference_server);
-        let ours_rps = Spread::of(&ours.iter().map(|w| w.requests_per_sec).collect::<Vec<_>>());
-        let reference_rps = (!reference.is_empty()).then(|| {
-            Spread::of(
-                &reference
-                    .iter()
-                    .map(|w| w.requests_per_sec)
-                    .collect::<Vec<_>>(),
-            )
-        });
+        let ours_rps = Spread::of(ours.iter().map(|w| w.requests_per_sec));
+        let reference_rps = (!reference.is_empty())
+            .then(|| Spread::of(reference.iter().map(|w| w.requests_per_sec)));
         let throughput_ratio = (!reference.is_empty()).then(|| {
             Spread::of(
-                &ours
-                    .iter()
+                ours.iter()
                     .zip(&reference)
-                    .map(|(o, r)| o.requests_per_sec / r.requests_per_sec.max(1e-9))
-                    .collect::<Vec<_>>(),
+                    .map(|(o, r)| o.requests_per_sec / r.requests_per_sec.max(1e-9)),
             )
         });
         let rate = (ours_rps.median / 2.0).round();
@@ -455,7 +448,7 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
                 latency.p99_ms,
             ));
         }
-        let wrk_rps = Spread::of(&wrks.iter().map(|w| w.requests_per_sec).collect::<Vec<_>>());
+        let wrk_rps = Spread::of(wrks.iter().map(|w| w.requests_per_sec));
         let rate = (wrk_rps.median / 2.0).round();
         // Open loop needs a pool large enough that a slow response never holds up the next send.
         let pool = Rig {
@@ -475,19 +468,11 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
         // Over the time the run really took (late sends make it longer), not the planned duration.
         let achieved = open.totals.responses as f64 / open.elapsed_s;
         let throughput_ratio = Spread::of(
-            &ours
-                .iter()
+            ours.iter()
                 .zip(&wrks)
-                .map(|(o, w)| o.0 / w.requests_per_sec)
-                .collect::<Vec<_>>(),
+                .map(|(o, w)| o.0 / w.requests_per_sec),
         );
-        let p50_ratio = Spread::of(
-            &ours
-                .iter()
-                .zip(&wrks)
-                .map(|(o, w)| o.1 / w.p50_ms)
-                .collect::<Vec<_>>(),
-        );
+        let p50_ratio = Spread::of(ours.iter().zip(&wrks).map(|(o, w)| o.1 / w.p50_ms));
         let open_loop_rate_error = (achieved - rate).abs() / rate;
         let targets = vec![
             Target::new(
@@ -513,13 +498,13 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
             ),
         ];
         Ok(LoadReport {
-            wrk_p50_ms: Spread::of(&wrks.iter().map(|w| w.p50_ms).collect::<Vec<_>>()),
-            wrk_p99_ms: Spread::of(&wrks.iter().map(|w| w.p99_ms).collect::<Vec<_>>()),
+            wrk_p50_ms: Spread::of(wrks.iter().map(|w| w.p50_ms)),
+            wrk_p99_ms: Spread::of(wrks.iter().map(|w| w.p99_ms)),
             wrk_rps,
             wrk: wrks,
-            ours_rps: Spread::of(&ours.iter().map(|o| o.0).collect::<Vec<_>>()),
-            ours_p50_ms: Spread::of(&ours.iter().map(|o| o.1).collect::<Vec<_>>()),
-            ours_p99_ms: Spread::of(&ours.iter().map(|o| o.2).collect::<Vec<_>>()),
+            ours_rps: Spread::of(ours.iter().map(|o| o.0)),
+            ours_p50_ms: Spread::of(ours.iter().map(|o| o.1)),
+            ours_p99_ms: Spread::of(ours.iter().map(|o| o.2)),
             throughput_ratio,
             p50_ratio,
             open_loop_rate: rate,
@@ -667,9 +652,8 @@ fn print_server_report(r: &ServerReport) {
         r.ours.len()
     );
     println!("|---|---:|---:|---:|");
-    let median = |runs: &[WrkResult], f: fn(&WrkResult) -> f64| {
-        Spread::of(&runs.iter().map(f).collect::<Vec<_>>()).median
-    };
+    let median =
+        |runs: &[WrkResult], f: fn(&WrkResult) -> f64| Spread::of(runs.iter().map(f)).median;
     let row = |name: &str, runs: &[WrkResult]| {
         println!(
             "| {name} | {:.0} | {:.3} | {:.3} |",
@@ -902,12 +886,12 @@ mod tests {
 
     #[test]
     fn a_spread_is_the_median_and_range_of_its_rounds() {
-        let s = Spread::of(&[58.2, 29.8, 41.0]);
+        let s = Spread::of([58.2, 29.8, 41.0]);
         assert_eq!((s.median, s.min, s.max), (41.0, 29.8, 58.2));
         assert_eq!(s.rounds, vec![58.2, 29.8, 41.0], "rounds kept in run order");
         assert_eq!(s.show(1), "41.0 (range 29.8-58.2 over 3 rounds)");
-        assert_eq!(Spread::of(&[1.0, 2.0, 4.0, 10.0]).median, 3.0);
-        assert_eq!(Spread::of(&[7.0]).show(0), "7");
+        assert_eq!(Spread::of([1.0, 2.0, 4.0, 10.0]).median, 3.0);
+        assert_eq!(Spread::of([7.0]).show(0), "7");
     }
 
     #[test]
