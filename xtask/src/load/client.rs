@@ -53,14 +53,14 @@ pub struct Outcome {
     pub windows: Vec<WindowSummary>,
     /// Open loop: requests the schedule asked for.
     pub scheduled: Option<u64>,
-    /// Set when the run was cut short (Ctrl-C, SIGTERM): the seconds it had run. Requests still
-    /// in flight then are not counted.
+    /// Set when the run was cut short (Ctrl-C, SIGTERM): the seconds it had run. Requests in
+    /// flight then count only if answered within `STOP_GRACE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted_after_s: Option<f64>,
 }
 
-/// After an interrupt, how long workers waiting on a response or on their next send time get to
-/// finish before they are cut off.
+/// After an interrupt, how long a worker waiting on a response gets to finish before it is cut
+/// off (workers waiting for their next send time stop at once).
 pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 struct Shared {

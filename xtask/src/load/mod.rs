@@ -297,13 +297,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     // The first Ctrl-C (or SIGTERM) ends the load and keeps its results, as wrk does; a second
     // one quits at once.
-    let outcome = runtime.block_on(async {
-        let first = crate::signals::first_signal()?;
-        drive(config, args.quiet, async {
-            first.await;
-        })
-        .await
-    })?;
+    let outcome = runtime
+        .block_on(async { drive(config, args.quiet, crate::signals::first_signal()?).await })?;
     print!("{}", printer::summary(&header, &outcome));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&outcome)?)
