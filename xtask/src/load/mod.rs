@@ -1,13 +1,9 @@
 //! `cargo xtask load`: an HTTP load generator, usable alone against any URL (like wrk or oha).
-//!
-//! `client` is the engine, `stats` the numbers, `printer` the presentation, `schedule` the
-//! open-loop arrival times, `nofile` the open-file limit the connections must fit under.
+//! The engine is the `iris-load` library crate (`xtask/load/`); this module is its command line.
 
-pub mod client;
-pub mod nofile;
-pub mod printer;
-pub mod schedule;
-pub mod stats;
+pub use iris_load::{
+    DEFAULT_BODY, client, describe, drive, nofile, parse_url, printer, schedule, stats, verdict,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,11 +13,8 @@ use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 
 use crate::project_root;
-use client::{Config, Mode, Outcome};
+use client::{Config, Mode};
 use schedule::{Schedule, parse_duration};
-
-/// The seeds' request: one row, batch form.
-pub const DEFAULT_BODY: &str = r#"{"features": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -141,34 +134,6 @@ impl Args {
     }
 }
 
-/// A target URL: http://, a host, and a port that is a TCP port (hyper's `Uri` parses
-/// `:99999` but `port_u16` then says None, which would silently mean port 80).
-pub fn parse_url(text: &str) -> anyhow::Result<hyper::Uri> {
-    let url: hyper::Uri = text
-        .parse()
-        .with_context(|| format!("{text:?} is not a URL (e.g. http://127.0.0.1:8080/predict)"))?;
-    match url.scheme_str() {
-        Some("http") => {}
-        Some(other) => anyhow::bail!("{text}: only http:// URLs are supported, not {other}://"),
-        None => anyhow::bail!("{text}: give a full URL such as http://127.0.0.1:8080/predict"),
-    }
-    ensure!(
-        url.host().is_some_and(|h| !h.is_empty()),
-        "{text}: the URL has no host"
-    );
-    // `Uri::port()` is None both for "no port" and for one that does not fit a u16: read the text.
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let after_host = host_port.rsplit(']').next().unwrap_or_default();
-    if let Some((_, port)) = after_host.rsplit_once(':') {
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => anyhow::bail!("{text}: port {port} is not a TCP port (1 to 65535)"),
-        }
-    }
-    Ok(url)
-}
-
 fn parse_fraction(text: &str) -> Result<f64, String> {
     let value: f64 = text
         .parse()
@@ -178,52 +143,6 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
     } else {
         Err(format!("{text} is not a share between 0 and 1 (0.01 = 1%)"))
     }
-}
-
-/// Why a run should exit non-zero, in one plain line: nothing succeeded (and, when every attempt
-/// failed the same way, which way), or errors over `--max-error-rate`.
-pub fn verdict(
-    totals: &stats::Totals,
-    max_error_rate: Option<f64>,
-    target: &str,
-) -> Option<String> {
-    let attempts = totals.attempts();
-    if attempts == 0 {
-        return Some(format!("no request was sent to {target}"));
-    }
-    if totals.successes() == 0 {
-        let only = stats::ERROR_CLASSES
-            .iter()
-            .find(|&&c| totals.errors.get(c) == attempts)
-            .copied();
-        let why = match only {
-            Some(stats::ErrorClass::Connect) => {
-                format!("every attempt failed to connect to {target}: is a server listening there?")
-            }
-            Some(stats::ErrorClass::Timeout) => {
-                format!("every request to {target} timed out (see --timeout)")
-            }
-            Some(stats::ErrorClass::Reset) => format!(
-                "{target} reset or closed every connection before answering (is it an HTTP/1.1 server?)"
-            ),
-            Some(stats::ErrorClass::Http4xx) => format!(
-                "every response from {target} was a 4xx: the server refused the requests (wrong path, method, body or headers?)"
-            ),
-            Some(stats::ErrorClass::Http5xx) => {
-                format!("every response from {target} was a 5xx: the server failed every request")
-            }
-            None => format!("no request to {target} succeeded"),
-        };
-        return Some(format!("{why} ({attempts} attempts, 0 successful)"));
-    }
-    let rate = totals.error_rate()?;
-    max_error_rate.filter(|max| rate > *max).map(|max| {
-        format!(
-            "error rate {:.3}% is over --max-error-rate {:.3}%",
-            rate * 100.0,
-            max * 100.0
-        )
-    })
 }
 
 /// Makes the `--json` file's folder and checks it can be written, before the run.
@@ -249,38 +168,6 @@ pub fn iris_bodies() -> anyhow::Result<Vec<Bytes>> {
         .iter()
         .map(|r| Bytes::from(serde_json::json!({ "features": [r] }).to_string()))
         .collect())
-}
-
-pub fn describe(config: &Config) -> String {
-    let mode = match &config.mode {
-        Mode::Closed { duration } => format!("closed loop for {}s", duration.as_secs_f64()),
-        Mode::Open { schedule } => format!(
-            "open loop for {}s, {} requests scheduled",
-            schedule.duration().as_secs_f64(),
-            schedule.total_requests()
-        ),
-    };
-    format!(
-        "{} {}: {mode}, {} connections",
-        config.method, config.url, config.connections
-    )
-}
-
-/// Runs a load from a finished config, with the progress line; `interrupt` ends it early with
-/// what was measured so far.
-pub async fn drive(
-    config: Config,
-    quiet: bool,
-    interrupt: impl Future<Output = ()> + Send,
-) -> anyhow::Result<Outcome> {
-    let total = match &config.mode {
-        Mode::Closed { duration } => duration.as_secs(),
-        Mode::Open { schedule } => schedule.duration().as_secs(),
-    };
-    let progress = printer::Progress::new(total, quiet);
-    let outcome = client::run(config, |w| progress.window(w), interrupt).await;
-    progress.finish();
-    outcome
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -320,91 +207,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stats::{ErrorCounts, Totals};
-
-    fn totals(responses: u64, errors: ErrorCounts) -> Totals {
-        Totals {
-            responses,
-            errors,
-            connects: 0,
-            late_sends: 0,
-            max_send_lag_ms: 0.0,
-            latency: None,
-            service_time: None,
-            send_lag: None,
-            pods: Default::default(),
-        }
-    }
 
     #[test]
-    fn the_verdict_says_why_nothing_succeeded() {
-        let t = "http://127.0.0.1:1/";
-        let refused = totals(
-            0,
-            ErrorCounts {
-                connect: 8689,
-                ..Default::default()
-            },
-        );
-        assert!(
-            verdict(&refused, None, t)
-                .expect("fails")
-                .contains("failed to connect")
-        );
-        let not_found = totals(
-            59774,
-            ErrorCounts {
-                http_4xx: 59774,
-                ..Default::default()
-            },
-        );
-        let why = verdict(&not_found, None, t).expect("fails");
-        assert!(
-            why.contains("was a 4xx") && why.contains("0 successful"),
-            "{why}"
-        );
-        let mixed = totals(
-            10,
-            ErrorCounts {
-                http_5xx: 10,
-                reset: 5,
-                ..Default::default()
-            },
-        );
-        assert!(
-            verdict(&mixed, None, t)
-                .expect("fails")
-                .contains("no request")
-        );
-        let fine = totals(
-            1000,
-            ErrorCounts {
-                http_5xx: 5,
-                ..Default::default()
-            },
-        );
-        assert_eq!(verdict(&fine, None, t), None);
-        assert_eq!(verdict(&fine, Some(0.01), t), None);
-        let over = verdict(&fine, Some(0.001), t).expect("over the limit");
-        assert!(over.contains("0.500%"), "{over}");
-        assert!(verdict(&totals(0, ErrorCounts::default()), None, t).is_some());
-    }
-
-    #[test]
-    fn urls_and_fractions() {
-        assert!(parse_url("http://127.0.0.1:8080/predict").is_ok());
-        assert!(parse_url("http://localhost/").is_ok());
-        assert!(parse_url("http://[::1]:8080/").is_ok());
-        assert!(parse_url("http://[::1]/").is_ok());
-        for bad in [
-            "http://127.0.0.1:99999/",
-            "http://127.0.0.1:0/",
-            "https://x/",
-            "127.0.0.1:80",
-            "not a url",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
+    fn fractions() {
         assert_eq!(parse_fraction("0.01"), Ok(0.01));
         assert!(parse_fraction("2").is_err());
         assert!(parse_fraction("x").is_err());

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::client::Outcome;
-use super::stats::{ERROR_CLASSES, ErrorClass, LatencySummary, WindowSummary};
+use crate::client::Outcome;
+use crate::stats::{ERROR_CLASSES, ErrorClass, LatencySummary, WindowSummary};
 
 pub fn error_label(class: ErrorClass) -> &'static str {
     match class {

@@ -74,6 +74,17 @@ impl ErrorCounts {
     }
 }
 
+/// A histogram of the whole run's latencies (3 significant figures).
+pub fn run_histogram() -> Histogram<u64> {
+    histogram(3)
+}
+
+/// A histogram of one second's latencies (2 significant figures: 1% resolution is plenty for a
+/// per-second line, and it is smaller to keep, send and merge).
+pub fn window_histogram() -> Histogram<u64> {
+    histogram(2)
+}
+
 fn histogram(sigfig: u8) -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts.
     Histogram::new_with_bounds(1, MAX_MICROS, sigfig).unwrap_or_else(|_| unreachable!())
@@ -199,6 +210,11 @@ impl Default for WindowCollector {
 }
 
 impl WindowCollector {
+    /// The latencies of the window being collected (read it before `finish` resets it).
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency
+    }
+
     pub fn take_from(&mut self, shard: &mut Shard) {
         let _ = self.latency.add(&shard.window.latency);
         shard.window.latency.reset();
@@ -238,11 +254,11 @@ fn merge_counts(into: &mut Counts, from: Counts) {
     }
 }
 
-fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
+pub(crate) fn quantile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-fn max_ms(h: &Histogram<u64>) -> Option<f64> {
+pub(crate) fn max_ms(h: &Histogram<u64>) -> Option<f64> {
     (!h.is_empty()).then(|| h.max() as f64 / 1000.0)
 }
 
@@ -279,7 +295,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    fn of(h: &Histogram<u64>) -> Option<Self> {
+    pub fn of(h: &Histogram<u64>) -> Option<Self> {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         (!h.is_empty()).then(|| LatencySummary {
             mean_ms: h.mean() / 1000.0,
@@ -332,28 +348,76 @@ impl Totals {
     }
 }
 
+/// A whole run's three latency histograms, kept beside its `Totals` so that several runs' results
+/// can be merged exactly (the percentiles of the merged histograms are those of all samples).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histograms {
+    pub latency: Histogram<u64>,
+    pub service: Histogram<u64>,
+    pub send_lag: Histogram<u64>,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            latency: run_histogram(),
+            service: run_histogram(),
+            send_lag: run_histogram(),
+        }
+    }
+}
+
+impl Histograms {
+    pub fn add(&mut self, other: &Histograms) {
+        // Same bounds on both sides (all made here), so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.service.add(&other.service);
+        let _ = self.send_lag.add(&other.send_lag);
+    }
+
+    /// The summaries `Totals` carries.
+    pub fn summaries(
+        &self,
+    ) -> (
+        Option<LatencySummary>,
+        Option<LatencySummary>,
+        Option<LatencySummary>,
+    ) {
+        (
+            LatencySummary::of(&self.latency),
+            LatencySummary::of(&self.service),
+            LatencySummary::of(&self.send_lag),
+        )
+    }
+}
+
 pub fn merge_totals(shards: &mut [Shard]) -> Totals {
-    let mut latency = histogram(3);
-    let mut service = histogram(3);
-    let mut send_lag = histogram(3);
+    merge_totals_with_histograms(shards).0
+}
+
+/// The totals, and the histograms they were summarized from.
+pub fn merge_totals_with_histograms(shards: &mut [Shard]) -> (Totals, Histograms) {
+    let mut histograms = Histograms::default();
     let mut counts = Counts::default();
     for shard in shards {
-        let _ = latency.add(&shard.latency);
-        let _ = service.add(&shard.service);
-        let _ = send_lag.add(&shard.send_lag);
+        let _ = histograms.latency.add(&shard.latency);
+        let _ = histograms.service.add(&shard.service);
+        let _ = histograms.send_lag.add(&shard.send_lag);
         merge_counts(&mut counts, std::mem::take(&mut shard.counts));
     }
-    Totals {
+    let (latency, service_time, send_lag) = histograms.summaries();
+    let totals = Totals {
         responses: counts.responses,
         errors: counts.errors,
         connects: counts.connects,
         late_sends: counts.late_sends,
         max_send_lag_ms: counts.max_send_lag.as_secs_f64() * 1000.0,
-        latency: LatencySummary::of(&latency),
-        service_time: LatencySummary::of(&service),
-        send_lag: LatencySummary::of(&send_lag),
+        latency,
+        service_time,
+        send_lag,
         pods: counts.pods.into_iter().collect(),
-    }
+    };
+    (totals, histograms)
 }
 
 #[cfg(test)]

@@ -16,8 +16,11 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use super::schedule::Schedule;
-use super::stats::{ErrorClass, Shard, Totals, WindowCollector, WindowSummary, merge_totals};
+use crate::schedule::Schedule;
+use crate::stats::{
+    ErrorClass, Histograms, Shard, Totals, WindowCollector, WindowSummary,
+    merge_totals_with_histograms,
+};
 
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -119,10 +122,22 @@ pub async fn run(
     mut on_window: impl FnMut(&WindowSummary) + Send,
     interrupt: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<Outcome> {
+    run_with_histograms(config, |w, _| on_window(w), interrupt)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// `run`, also handing out the latency histograms: each second's beside its summary, the whole
+/// run's beside the outcome (what a load runner sends, so that runs merge exactly).
+pub async fn run_with_histograms(
+    config: Config,
+    mut on_window: impl FnMut(&WindowSummary, &hdrhistogram::Histogram<u64>) + Send,
+    interrupt: impl Future<Output = ()> + Send,
+) -> anyhow::Result<(Outcome, Histograms)> {
     ensure!(config.connections > 0, "--connections must be at least 1");
     ensure!(!config.bodies.is_empty(), "no request body to send");
     // Past the limit every further connect fails at once: refuse rather than measure that.
-    super::nofile::check(super::nofile::Limit::current(), config.connections)?;
+    crate::nofile::check(crate::nofile::Limit::current(), config.connections)?;
     let target = resolve(&config.url).await?;
     let duration = match &config.mode {
         Mode::Closed { duration } => *duration,
@@ -171,7 +186,11 @@ pub async fn run(
             }
             Mode::Closed { .. } => None,
         };
-        collector.finish(second, (to - from).as_secs_f64(), offered)
+        let latency = collector.latency().clone();
+        (
+            collector.finish(second, (to - from).as_secs_f64(), offered),
+            latency,
+        )
     };
     let mut all_done = std::pin::pin!(futures::future::join_all(workers));
     loop {
@@ -179,16 +198,16 @@ pub async fn run(
         let tick = start + Duration::from_secs(u64::from(second));
         tokio::select! {
             () = tokio::time::sleep_until(tick.into()) => {
-                let w = collect(&mut collector, second, last, tick);
-                on_window(&w);
+                let (w, h) = collect(&mut collector, second, last, tick);
+                on_window(&w, &h);
                 windows.push(w);
                 last = tick;
             }
             _ = &mut all_done => {
                 let now = Instant::now();
                 if now > last + Duration::from_millis(50) {
-                    let w = collect(&mut collector, second, last, now);
-                    on_window(&w);
+                    let (w, h) = collect(&mut collector, second, last, now);
+                    on_window(&w, &h);
                     windows.push(w);
                 }
                 break;
@@ -209,8 +228,8 @@ pub async fn run(
                 // the windows add up to the totals.
                 let end = Instant::now();
                 if end > last {
-                    let w = collect(&mut collector, second, last, end);
-                    on_window(&w);
+                    let (w, h) = collect(&mut collector, second, last, end);
+                    on_window(&w, &h);
                     windows.push(w);
                 }
                 break;
@@ -228,14 +247,16 @@ pub async fn run(
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .collect();
-    Ok(Outcome {
+    let (totals, histograms) = merge_totals_with_histograms(&mut shards);
+    let outcome = Outcome {
         started_at_unix_ms,
         elapsed_s,
-        totals: merge_totals(&mut shards),
+        totals,
         windows,
         scheduled,
         interrupted_after_s,
-    })
+    };
+    Ok((outcome, histograms))
 }
 
 /// Closed loop: the pause after an attempt that got no response (a failed connect, a reset, a
@@ -479,7 +500,7 @@ mod tests {
         Config {
             url: url.parse().expect("url"),
             method: Method::POST,
-            bodies: vec![Bytes::from_static(crate::load::DEFAULT_BODY.as_bytes())],
+            bodies: vec![Bytes::from_static(crate::DEFAULT_BODY.as_bytes())],
             headers: vec![(
                 hyper::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -722,7 +743,7 @@ mod tests {
         let service = t.service_time.clone().expect("service");
         let lag = t.send_lag.clone().expect("send lag");
         eprintln!("latency {latency:?}\nservice {service:?}\nsend lag {lag:?}");
-        let q = |l: &crate::load::stats::LatencySummary| {
+        let q = |l: &crate::stats::LatencySummary| {
             [l.p50_ms, l.p75_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms]
         };
         // Each request's latency is its send lag plus its service time, so every percentile of
@@ -739,7 +760,7 @@ mod tests {
         assert!(latency.p50_ms >= 150.0 + service.p50_ms, "{latency:?}");
         assert!(service.p50_ms < 100.0, "{service:?}");
         assert!(t.late_sends >= 90, "{t:?}");
-        assert!(crate::load::printer::behind_schedule(&outcome));
+        assert!(crate::printer::behind_schedule(&outcome));
     }
 
     /// Sleeps on the open loop's cadence (`every`, `n` times, from `start`) on the same runtime

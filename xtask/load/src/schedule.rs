@@ -7,17 +7,36 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     pub duration: Duration,
     pub start_rate: f64,
     pub end_rate: f64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub stages: Vec<Stage>,
+    /// The part of the stages' requests this schedule sends (all of them unless split).
+    #[serde(default)]
+    pub share: Share,
+}
+
+/// Of the stages' requests, numbered 0, 1, 2, ..., those whose number is `index` modulo `of`:
+/// `of` runners each taking one share send exactly the whole schedule's requests, at the whole
+/// schedule's times, between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    pub index: u64,
+    pub of: u64,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { index: 0, of: 1 }
+    }
 }
 
 impl Schedule {
@@ -32,6 +51,7 @@ impl Schedule {
                 start_rate: rate,
                 end_rate: rate,
             }],
+            share: Share::default(),
         })
     }
 
@@ -62,20 +82,60 @@ impl Schedule {
             !stages.is_empty(),
             "--stages needs at least one DURATION:RATE"
         );
-        Ok(Schedule { stages })
+        Ok(Schedule {
+            stages,
+            share: Share::default(),
+        })
     }
 
     pub fn duration(&self) -> Duration {
         self.stages.iter().map(|s| s.duration).sum()
     }
 
+    /// This schedule's part `index` of `of` (see `Share`).
+    pub fn split(&self, index: u64, of: u64) -> anyhow::Result<Self> {
+        ensure!(
+            of >= 1 && index < of,
+            "share {index} of {of} does not exist"
+        );
+        ensure!(
+            self.share == Share::default(),
+            "a schedule that is already a share cannot be split again"
+        );
+        Ok(Schedule {
+            stages: self.stages.clone(),
+            share: Share { index, of },
+        })
+    }
+
+    /// The requests of all the stages, every share together.
+    fn stage_requests(&self) -> u64 {
+        self.stages.iter().map(|s| s.count()).sum::<f64>().floor() as u64
+    }
+
     /// The total number of requests the schedule sends.
     pub fn total_requests(&self) -> u64 {
-        self.stages.iter().map(|s| s.count()).sum::<f64>().floor() as u64
+        let (all, Share { index, of }) = (self.stage_requests(), self.share);
+        if all > index {
+            (all - index).div_ceil(of)
+        } else {
+            0
+        }
     }
 
     /// The intended offset from the start of the i-th request (0-based), or None past the end.
     pub fn time_of(&self, i: u64) -> Option<Duration> {
+        let global = i
+            .checked_mul(self.share.of)?
+            .checked_add(self.share.index)?;
+        if global >= self.stage_requests() {
+            return None;
+        }
+        self.stage_time_of(global)
+    }
+
+    /// When request `i` of all the stages goes out.
+    fn stage_time_of(&self, i: u64) -> Option<Duration> {
         // Request i goes out when the cumulative count reaches i (so request 0 at t=0).
         let mut remaining = i as f64;
         let mut offset = Duration::ZERO;
@@ -96,7 +156,8 @@ impl Schedule {
         for stage in &self.stages {
             if t < offset + stage.duration {
                 let frac = (t - offset).as_secs_f64() / stage.duration.as_secs_f64();
-                return stage.start_rate + (stage.end_rate - stage.start_rate) * frac;
+                let rate = stage.start_rate + (stage.end_rate - stage.start_rate) * frac;
+                return rate / self.share.of as f64;
             }
             offset += stage.duration;
         }
@@ -179,6 +240,35 @@ mod tests {
             assert!(t >= last);
             last = t;
         }
+    }
+
+    #[test]
+    fn shares_send_exactly_the_whole_schedule_between_them() {
+        let whole = Schedule::parse_stages("3s:97, 2s:13.5, 1s:0").expect("stages");
+        for of in [1u64, 2, 3, 7] {
+            let mut times: Vec<Duration> = Vec::new();
+            let mut rate = 0.0;
+            for index in 0..of {
+                let share = whole.split(index, of).expect("share");
+                let n = share.total_requests();
+                times.extend((0..n).map(|i| share.time_of(i).expect("in share")));
+                assert_eq!(share.time_of(n), None, "share {index} of {of}");
+                rate += share.rate_at(Duration::from_millis(1500));
+            }
+            assert_eq!(times.len() as u64, whole.total_requests(), "{of} shares");
+            times.sort();
+            let all: Vec<Duration> = (0..whole.total_requests())
+                .map(|i| whole.time_of(i).expect("in schedule"))
+                .collect();
+            assert_eq!(times, all, "{of} shares");
+            assert!((rate - whole.rate_at(Duration::from_millis(1500))).abs() < 1e-9);
+        }
+        // Fewer requests than shares: the last shares send nothing.
+        let tiny = Schedule::constant(2.0, Duration::from_secs(1)).expect("schedule");
+        assert_eq!(tiny.split(1, 3).expect("share").total_requests(), 1);
+        assert_eq!(tiny.split(2, 3).expect("share").total_requests(), 0);
+        assert!(tiny.split(3, 3).is_err());
+        assert!(tiny.split(0, 2).expect("share").split(0, 2).is_err());
     }
 
     #[test]
