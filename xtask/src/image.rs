@@ -20,15 +20,46 @@ use crate::cmd::cmd;
 use crate::docker::{self, ImageFile, Node};
 use crate::project_root;
 
-/// Repository of the image the harness builds.
+/// Repository of the server image the harness builds.
 pub const REPOSITORY: &str = "iris-serve";
-/// Size the image should stay under.
+/// Size the server image should stay under.
 pub const SIZE_TARGET_BYTES: i64 = 15 * 1000 * 1000;
+/// Repository of the load runner's image.
+pub const RUNNER_REPOSITORY: &str = "iris-load-runner";
+
+/// An image the harness builds: one static binary of the workspace in `FROM scratch`.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifact {
+    pub package: &'static str,
+    pub binary: &'static str,
+    pub repository: &'static str,
+    /// The Dockerfile after `FROM scratch` and the binary's `COPY`.
+    pub tail: &'static str,
+    pub size_target_bytes: i64,
+}
+
+// Numeric users: there is no /etc/passwd in a scratch image, and "restricted" wants non-root.
+pub const SERVER: Artifact = Artifact {
+    package: "iris-serve",
+    binary: "iris-serve",
+    repository: REPOSITORY,
+    tail: "USER 65532:65532\nEXPOSE 8080\nENTRYPOINT [\"/iris-serve\"]\n",
+    size_target_bytes: SIZE_TARGET_BYTES,
+};
+
+pub const RUNNER: Artifact = Artifact {
+    package: "iris-load",
+    binary: "iris-load-runner",
+    repository: RUNNER_REPOSITORY,
+    tail: "USER 65532:65532\nENTRYPOINT [\"/iris-load-runner\"]\n",
+    size_target_bytes: 10 * 1000 * 1000,
+};
 const SAVE_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Build the static server binary and the FROM scratch image (offline; no-op when unchanged).
+    /// Build the server's and the load runner's static binaries and FROM scratch images (offline;
+    /// no-op when unchanged).
     Build,
     /// Load the image into every node of a kind cluster (skips nodes that have it; verifies).
     Load(LoadArgs),
@@ -50,14 +81,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         let docker = docker::connect().await?;
         match command {
             Command::Build => {
-                let image = build(&docker).await?;
-                println!(
-                    "{} (id {}, {:.1} MB, {})",
-                    image.reference,
-                    image.id,
-                    image.size as f64 / 1e6,
-                    if image.built { "built" } else { "unchanged" }
-                );
+                for artifact in [SERVER, RUNNER] {
+                    let image = build_artifact(&docker, &artifact).await?;
+                    println!(
+                        "{} (id {}, {:.1} MB, {})",
+                        image.reference,
+                        image.id,
+                        image.size as f64 / 1e6,
+                        if image.built { "built" } else { "unchanged" }
+                    );
+                }
             }
             Command::Load(args) => {
                 let reference = match args.image {
@@ -87,29 +120,56 @@ pub fn static_target() -> String {
 
 /// Compiles the static server binary and returns its bytes.
 pub async fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
+    compile_static(&SERVER).await
+}
+
+/// Compiles an artifact's static binary and returns its bytes.
+pub async fn compile_static(artifact: &Artifact) -> anyhow::Result<Vec<u8>> {
     let root = project_root();
     let target = static_target();
     cmd("cargo")
-        .args(["build", "--release", "--locked", "-p", "iris-serve", "--target", &target, "--manifest-path"])
+        .args(["build", "--release", "--locked", "-p", artifact.package, "--bin", artifact.binary, "--target", &target, "--manifest-path"])
         .arg(root.join("Cargo.toml"))
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .hint(format!("a static build needs the {target} target (`rustup target add {target}`) and glibc's static libraries (libc6-dev)"))
         .run_async()
         .await?;
-    let path = root.join("target").join(&target).join("release/iris-serve");
+    let path = root
+        .join("target")
+        .join(&target)
+        .join("release")
+        .join(artifact.binary);
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Builds (or finds) the image of the current server code.
 pub async fn build(docker: &Docker) -> anyhow::Result<Image> {
-    let binary = compile_static_binary().await?;
-    package(docker, &binary).await
+    build_artifact(docker, &SERVER).await
 }
 
-/// `FROM scratch` + the binary, tagged with the binary's content hash.
+/// Builds (or finds) the load runner's image of the current engine code.
+pub async fn build_runner(docker: &Docker) -> anyhow::Result<Image> {
+    build_artifact(docker, &RUNNER).await
+}
+
+pub async fn build_artifact(docker: &Docker, artifact: &Artifact) -> anyhow::Result<Image> {
+    let binary = compile_static(artifact).await?;
+    package_artifact(docker, artifact, &binary).await
+}
+
+/// `FROM scratch` + the server binary, tagged with the binary's content hash.
 pub async fn package(docker: &Docker, binary: &[u8]) -> anyhow::Result<Image> {
+    package_artifact(docker, &SERVER, binary).await
+}
+
+/// `FROM scratch` + an artifact's binary, tagged with the binary's content hash.
+pub async fn package_artifact(
+    docker: &Docker,
+    artifact: &Artifact,
+    binary: &[u8],
+) -> anyhow::Result<Image> {
     let hash = iris_serve::model::sha256_hex(binary);
-    let reference = format!("{REPOSITORY}:{}", &hash[..16]);
+    let reference = format!("{}:{}", artifact.repository, &hash[..16]);
     if let Ok(existing) = docker.inspect_image(&reference).await {
         eprintln!("  image {reference} is up to date");
         return Ok(Image {
@@ -122,27 +182,29 @@ pub async fn package(docker: &Docker, binary: &[u8]) -> anyhow::Result<Image> {
     let labels = HashMap::from([
         (
             "org.opencontainers.image.title".to_owned(),
-            "iris-serve".to_owned(),
+            artifact.repository.to_owned(),
         ),
         ("io.iris-serve.binary-sha256".to_owned(), hash.clone()),
     ]);
     let files = [ImageFile {
-        path: "/iris-serve".to_owned(),
+        path: format!("/{}", artifact.binary),
         bytes: binary.to_vec(),
         mode: 0o755,
     }];
-    // Numeric user: there is no /etc/passwd in a scratch image, and "restricted" wants non-root.
-    let tail = "USER 65532:65532\nEXPOSE 8080\nENTRYPOINT [\"/iris-serve\"]\n";
-    let built = docker::build_scratch_image(docker, &reference, &files, tail, &labels).await?;
+    let built =
+        docker::build_scratch_image(docker, &reference, &files, artifact.tail, &labels).await?;
     let id = built.id.context("built image has no id")?;
     let size = built.size.unwrap_or(0);
     eprintln!(
         "  built {reference} ({:.1} MB{})",
         size as f64 / 1e6,
-        if size > SIZE_TARGET_BYTES {
-            ", over the 15 MB target"
+        if size > artifact.size_target_bytes {
+            format!(
+                ", over the {} MB target",
+                artifact.size_target_bytes / 1_000_000
+            )
         } else {
-            ""
+            String::new()
         }
     );
     Ok(Image {

@@ -9,12 +9,20 @@ use tower_test::mock::{self, Handle};
 
 pub struct MockApi {
     handle: Handle<Request<Body>, Response<Body>>,
+    /// Requests left unanswered on purpose (a call that hangs).
+    held: Vec<tower_test::mock::SendResponse<Response<Body>>>,
 }
 
 impl MockApi {
     pub fn new() -> (Client, MockApi) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        (Client::new(service, "default"), MockApi { handle })
+        (
+            Client::new(service, "default"),
+            MockApi {
+                handle,
+                held: Vec::new(),
+            },
+        )
     }
 
     /// Answers the next request, which must have this method and path; returns its URI query and body.
@@ -41,6 +49,24 @@ impl MockApi {
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         send.send_response(response);
         (query, body)
+    }
+
+    /// Answers the next request, whatever it is, with `answer(method, path, query)`; `None`
+    /// leaves it unanswered for good. Returns the request's method, path and query, or None once
+    /// the client is gone.
+    pub async fn next_request(
+        &mut self,
+        answer: impl FnOnce(&str, &str, &str) -> Option<Response<Body>>,
+    ) -> Option<(String, String, String)> {
+        let (request, send) = self.handle.next_request().await?;
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        match answer(&method, &path, &query) {
+            Some(response) => send.send_response(response),
+            None => self.held.push(send),
+        }
+        Some((method, path, query))
     }
 
     /// Like `expect`, but returns false once the client is gone.

@@ -21,6 +21,7 @@ mod monitoring;
 mod observe;
 mod oci;
 mod report;
+mod runners;
 mod scenario;
 mod signals;
 mod steps;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -305,6 +305,109 @@ pub fn validate(objects: &[Object]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks a pod against Pod Security Standard "restricted" (upstream's pod-security-admission
+/// checks: host namespaces, privileged, host paths and ports, volume types, privilege escalation,
+/// running as non-root, seccomp, capabilities) plus the house rule of a read-only root filesystem.
+pub fn restricted(pod: &PodSpec, what: &str) -> anyhow::Result<()> {
+    let fail = |rule: &str| anyhow::anyhow!("{what}: not Pod Security \"restricted\": {rule}");
+    if pod.host_network == Some(true) || pod.host_pid == Some(true) || pod.host_ipc == Some(true) {
+        return Err(fail(
+            "it uses a host namespace (hostNetwork, hostPID or hostIPC)",
+        ));
+    }
+    const VOLUMES: [&str; 8] = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for v in pod.volumes.iter().flatten() {
+        let value = serde_json::to_value(v)?;
+        let kinds: Vec<&String> = value
+            .as_object()
+            .map(|o| o.keys().filter(|k| *k != "name").collect())
+            .unwrap_or_default();
+        if let Some(kind) = kinds.iter().find(|k| !VOLUMES.contains(&k.as_str())) {
+            return Err(fail(&format!("volume {} is of type {kind}", v.name)));
+        }
+    }
+    let pod_sc = pod.security_context.as_ref();
+    let pod_non_root = pod_sc.and_then(|s| s.run_as_non_root) == Some(true);
+    let seccomp_ok = |t: Option<&str>| matches!(t, Some("RuntimeDefault" | "Localhost"));
+    let pod_seccomp = seccomp_ok(
+        pod_sc
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str()),
+    );
+    if pod_sc.and_then(|s| s.run_as_user) == Some(0) {
+        return Err(fail("the pod runs as user 0"));
+    }
+    let containers = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten());
+    for c in containers {
+        let sc = c.security_context.as_ref();
+        let name = &c.name;
+        if sc.and_then(|s| s.privileged) == Some(true) {
+            return Err(fail(&format!("container {name} is privileged")));
+        }
+        if sc.and_then(|s| s.allow_privilege_escalation) != Some(false) {
+            return Err(fail(&format!(
+                "container {name} must set allowPrivilegeEscalation: false"
+            )));
+        }
+        if !(pod_non_root || sc.and_then(|s| s.run_as_non_root) == Some(true)) {
+            return Err(fail(&format!(
+                "container {name} must run as non-root (runAsNonRoot: true)"
+            )));
+        }
+        if sc.and_then(|s| s.run_as_user) == Some(0) {
+            return Err(fail(&format!("container {name} runs as user 0")));
+        }
+        let own_seccomp = sc
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str());
+        if !(seccomp_ok(own_seccomp) || (own_seccomp.is_none() && pod_seccomp)) {
+            return Err(fail(&format!(
+                "container {name} needs seccompProfile RuntimeDefault or Localhost"
+            )));
+        }
+        let caps = sc.and_then(|s| s.capabilities.as_ref());
+        if !caps
+            .and_then(|c| c.drop.as_ref())
+            .is_some_and(|d| d.iter().any(|x| x == "ALL"))
+        {
+            return Err(fail(&format!(
+                "container {name} must drop ALL capabilities"
+            )));
+        }
+        if let Some(added) = caps
+            .and_then(|c| c.add.as_ref())
+            .and_then(|a| a.iter().find(|x| *x != "NET_BIND_SERVICE"))
+        {
+            return Err(fail(&format!("container {name} adds capability {added}")));
+        }
+        if c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.host_port.unwrap_or(0) != 0)
+        {
+            return Err(fail(&format!("container {name} uses a hostPort")));
+        }
+        if sc.and_then(|s| s.read_only_root_filesystem) != Some(true) {
+            bail!(
+                "{what}: container {name} must have a read-only root filesystem (readOnlyRootFilesystem: true)"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn load_file(path: &Path) -> anyhow::Result<Vec<Object>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -477,6 +580,7 @@ mod tests {
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, None, "the HPA owns the replica count");
         let pod = spec.template.spec.expect("pod spec");
+        restricted(&pod, "the app").expect("Pod Security restricted");
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = &pod.containers[0];
         let ready = c.readiness_probe.as_ref().expect("readinessProbe");

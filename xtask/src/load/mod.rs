@@ -2,7 +2,8 @@
 //! The engine is the `iris-load` library crate (`xtask/load/`); this module is its command line.
 
 pub use iris_load::{
-    DEFAULT_BODY, client, describe, drive, nofile, parse_url, printer, schedule, stats, verdict,
+    DEFAULT_BODY, client, describe, drive, nofile, parse_url, printer, runner, schedule, stats,
+    verdict,
 };
 
 use std::path::PathBuf;

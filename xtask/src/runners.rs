@@ -1,0 +1,949 @@
+//! `--load-from cluster`: a scenario's load sent by load runner pods inside the cluster (an
+//! Indexed Job from `manifests/load/job.yaml`), to the Service's cluster DNS name, through
+//! kube-proxy's per-connection balancing, as clients inside a cluster would.
+//!
+//! The Job is created, its pods must all be Ready (each has its spec and listens for the start),
+//! then every runner is told one common start instant a few seconds ahead through the API server's
+//! pod proxy (so their per-second windows line up with each other and with the observer's clock);
+//! the runners' JSON lines are followed through kube's log stream for the progress line and merged
+//! exactly (`iris_load::runner::Merger`). A runner that fails or never starts is an error naming
+//! the pod, its reason and its last log lines; nothing waits past the load's duration plus a
+//! bounded grace. The Job is deleted (by its UID) on every path; it also carries a deadline and a
+//! TTL so it goes away if the harness is killed, and goes with the run's namespace.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
+use kube::{Client, ResourceExt};
+
+use crate::load::client::{Config, Outcome};
+use crate::load::runner::{Merger, Spec, Start};
+use crate::manifests;
+use crate::observe::unix_now_s;
+
+pub const JOB_MANIFEST: &str = "manifests/load/job.yaml";
+/// The runners' start-signal port (the manifest's `control` port).
+pub const CONTROL_PORT: u16 = 9100;
+/// The label that ties the pods to their Job (set on the template by the harness).
+pub const JOB_LABEL: &str = "iris-serve.io/load-job";
+
+/// Where a scenario's load comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadFrom {
+    /// This machine's generator, through the NodePort (on kind: Docker's port mapping).
+    Host,
+    /// `pods` runner pods of `image` inside the cluster.
+    Cluster { image: String, pods: u32 },
+}
+
+impl LoadFrom {
+    pub fn describe(&self) -> String {
+        match self {
+            LoadFrom::Host => "this machine (through the NodePort)".to_owned(),
+            LoadFrom::Cluster { pods, .. } => format!(
+                "{pods} load runner pod{} inside the cluster (to the Service's cluster DNS name)",
+                if *pods == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// The Service's address for clients inside the cluster.
+pub fn service_url(name: &str, namespace: &str, port: u16, path: &str) -> String {
+    format!("http://{name}.{namespace}.svc:{port}{path}")
+}
+
+/// How long each phase may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// For every runner pod to be Ready (scheduling, an image pull on an existing cluster).
+    pub startup: Duration,
+    /// From every runner Ready to the common start.
+    pub start_after: Duration,
+    /// After the load's duration and request timeout, for the last results.
+    pub grace: Duration,
+    /// Between looks at the pods.
+    pub poll: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            startup: Duration::from_secs(180),
+            start_after: Duration::from_secs(3),
+            grace: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the runners ran.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// Runner index -> (pod, node).
+    pub runners: BTreeMap<u32, (String, Option<String>)>,
+    /// How late the latest runner began against the common start.
+    pub max_start_lateness_ms: Option<u64>,
+}
+
+impl Placement {
+    /// "2 pods on 2 nodes (kind-worker: 1, kind-worker2: 1)".
+    pub fn describe(&self) -> String {
+        let mut nodes: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, node) in self.runners.values() {
+            *nodes.entry(node.as_deref().unwrap_or("?")).or_default() += 1;
+        }
+        let list: Vec<String> = nodes.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+        format!(
+            "{} pods on {} nodes ({})",
+            self.runners.len(),
+            nodes.len(),
+            list.join(", ")
+        )
+    }
+}
+
+/// The Job of the runners: the manifest, read strictly, with the harness's fields filled in, and
+/// checked against Pod Security "restricted".
+pub fn job(
+    name: &str,
+    namespace: &str,
+    image: &str,
+    spec: &Spec,
+    timing: &Timing,
+) -> anyhow::Result<Job> {
+    let path = crate::project_root().join(JOB_MANIFEST);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {JOB_MANIFEST}"))?;
+    let value: serde_json::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("{JOB_MANIFEST} is not YAML"))?;
+    let mut job: Job = manifests::strict(&value, JOB_MANIFEST)?;
+    job.metadata.name = Some(name.to_owned());
+    job.metadata.namespace = Some(namespace.to_owned());
+    let js = job.spec.as_mut().context("the Job has no spec")?;
+    let n = i32::try_from(spec.runners).context("too many runners")?;
+    js.completions = Some(n);
+    js.parallelism = Some(n);
+    // Startup, the load, and the grace: past that the Job's pods are stopped by Kubernetes itself.
+    let deadline = timing.startup + timing.start_after + spec.duration() + timing.grace;
+    js.active_deadline_seconds = Some(deadline.as_secs() as i64 + 60);
+    let template_meta = js.template.metadata.get_or_insert_with(Default::default);
+    template_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(JOB_LABEL.to_owned(), name.to_owned());
+    let pod = js
+        .template
+        .spec
+        .as_mut()
+        .context("the Job has no pod spec")?;
+    if let Some(spread) = pod.topology_spread_constraints.as_mut() {
+        for c in spread {
+            c.label_selector
+                .get_or_insert_with(Default::default)
+                .match_labels
+                .get_or_insert_with(Default::default)
+                .insert(JOB_LABEL.to_owned(), name.to_owned());
+        }
+    }
+    let container = pod
+        .containers
+        .first_mut()
+        .context("the Job has no container")?;
+    container.image = Some(image.to_owned());
+    container
+        .env
+        .get_or_insert_with(Default::default)
+        .push(EnvVar {
+            name: iris_load::runner::SPEC_ENV.to_owned(),
+            value: Some(serde_json::to_string(spec)?),
+            value_from: None,
+        });
+    manifests::restricted(pod, &format!("Job {namespace}/{name}"))?;
+    Ok(job)
+}
+
+/// Why a runner pod will not deliver, if it will not: it failed, or its container cannot start.
+pub fn pod_failure(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    for cs in status.container_statuses.iter().flatten() {
+        let state = cs.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or_default();
+            if matches!(
+                reason,
+                "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "ErrImageNeverPull"
+                    | "CrashLoopBackOff"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+            ) {
+                return Some(match &w.message {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason.to_owned(),
+                });
+            }
+        }
+        if let Some(t) = state.and_then(|s| s.terminated.as_ref())
+            && t.exit_code != 0
+        {
+            return Some(format!(
+                "{} (exit code {})",
+                t.reason.as_deref().unwrap_or("terminated"),
+                t.exit_code
+            ));
+        }
+    }
+    (status.phase.as_deref() == Some("Failed")).then(|| {
+        status
+            .reason
+            .clone()
+            .unwrap_or_else(|| "the pod failed".to_owned())
+    })
+}
+
+fn runner_index(pod: &Pod) -> Option<u32> {
+    pod.annotations()
+        .get("batch.kubernetes.io/job-completion-index")
+        .and_then(|i| i.parse().ok())
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn last_lines(pods: &Api<Pod>, pod: &str) -> String {
+    let params = LogParams {
+        tail_lines: Some(15),
+        ..Default::default()
+    };
+    match pods.logs(pod, &params).await {
+        Ok(text) if text.trim().is_empty() => "(no log lines)".to_owned(),
+        Ok(text) => text
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("(its logs cannot be read: {e})"),
+    }
+}
+
+async fn failed(pods: &Api<Pod>, pod: &str, why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "load runner pod {pod}: {why}; its last log lines:\n{}",
+        last_lines(pods, pod).await
+    )
+}
+
+/// Sends `config` from `runners` pods of `image` in `namespace`, calling `on_start` with the
+/// common start (Unix seconds) just before the runners begin. The Job is deleted on every path.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: &Client,
+    namespace: &str,
+    job_name: &str,
+    image: &str,
+    runners: u32,
+    config: &Config,
+    timing: Timing,
+    quiet: bool,
+    on_start: impl FnOnce(f64),
+) -> anyhow::Result<(Outcome, Placement)> {
+    let within = timing.startup + timing.start_after + Duration::from_secs(30);
+    let spec = Spec::new(
+        config,
+        runners,
+        Start::Told {
+            port: CONTROL_PORT,
+            within_ms: within.as_millis() as u64,
+        },
+    )?;
+    let job = job(job_name, namespace, image, &spec, &timing)?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let created = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .with_context(|| format!("creating the load runners' Job {namespace}/{job_name}"))?;
+    let uid = created.uid();
+    let result = drive(client, namespace, job_name, &spec, timing, quiet, on_start).await;
+    // Only the Job this run created: by its UID, its pods with it.
+    let delete = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..Default::default()
+    };
+    if let Err(e) = jobs.delete(job_name, &delete).await {
+        let gone = matches!(&e, kube::Error::Api(s) if s.code == 404);
+        if !gone {
+            eprintln!("  warning: deleting the load runners' Job {namespace}/{job_name}: {e}");
+        }
+    }
+    result
+}
+
+async fn drive(
+    client: &Client,
+    namespace: &str,
+    job_name: &str,
+    spec: &Spec,
+    timing: Timing,
+    quiet: bool,
+    on_start: impl FnOnce(f64),
+) -> anyhow::Result<(Outcome, Placement)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = ListParams::default().labels(&format!("{JOB_LABEL}={job_name}"));
+    let runners = spec.runners;
+
+    // 1. Every runner Ready, or a named failure, or the startup budget runs out.
+    let ready_by = tokio::time::Instant::now() + timing.startup;
+    let mut placement = Placement::default();
+    loop {
+        let list = pods
+            .list(&selector)
+            .await
+            .context("listing the load runner pods")?;
+        for pod in &list.items {
+            if let Some(why) = pod_failure(pod) {
+                return Err(failed(&pods, &pod.name_any(), &why).await);
+            }
+        }
+        let ready: Vec<&Pod> = list.items.iter().filter(|p| is_ready(p)).collect();
+        if ready.len() >= runners as usize {
+            for pod in ready {
+                let index = runner_index(pod)
+                    .with_context(|| format!("pod {} has no completion index", pod.name_any()))?;
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+                placement.runners.insert(index, (pod.name_any(), node));
+            }
+            break;
+        }
+        if tokio::time::Instant::now() >= ready_by {
+            let states: Vec<String> = list
+                .items
+                .iter()
+                .map(|p| {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                    format!(
+                        "{} {}",
+                        p.name_any(),
+                        phase.as_deref().unwrap_or("(no phase)")
+                    )
+                })
+                .collect();
+            bail!(
+                "only {} of {runners} load runner pods were Ready after {}s (pods: {}); \
+                 on an existing cluster the runner image may still be pulling",
+                list.items.iter().filter(|p| is_ready(p)).count(),
+                timing.startup.as_secs(),
+                if states.is_empty() {
+                    "none".to_owned()
+                } else {
+                    states.join(", ")
+                }
+            );
+        }
+        tokio::time::sleep(timing.poll).await;
+    }
+
+    // 2. One start instant for all, a few seconds ahead, told through the pod proxy.
+    let start_unix_s = (unix_now_s() + timing.start_after.as_secs_f64()).ceil();
+    let start_ms = (start_unix_s * 1000.0) as u64;
+    for (pod, _) in placement.runners.values() {
+        let path = format!(
+            "/api/v1/namespaces/{namespace}/pods/{pod}:{CONTROL_PORT}/proxy/start?at={start_ms}"
+        );
+        let request = http::Request::post(path).body(Vec::new())?;
+        if let Err(e) = client.request_text(request).await {
+            return Err(failed(
+                &pods,
+                pod,
+                &format!("it did not take the start signal ({e})"),
+            )
+            .await);
+        }
+    }
+    on_start(start_unix_s);
+
+    // 3. Follow every runner's log until each has reported its end, or the deadline.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Option<String>)>();
+    for (&index, (pod, _)) in &placement.runners {
+        let (pods, pod, tx) = (pods.clone(), pod.clone(), tx.clone());
+        tokio::spawn(async move {
+            let params = LogParams {
+                follow: true,
+                ..Default::default()
+            };
+            if let Ok(stream) = pods.log_stream(&pod, &params).await {
+                let mut lines = stream.lines();
+                while let Some(Ok(line)) = lines.next().await {
+                    if tx.send((index, Some(line))).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send((index, None));
+        });
+    }
+    drop(tx);
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    let deadline =
+        tokio::time::Instant::now() + timing.start_after + spec.duration() + timeout + timing.grace;
+    let progress = crate::load::printer::Progress::new(spec.duration().as_secs(), quiet);
+    let mut live = Merger::new(runners);
+    let mut texts: BTreeMap<u32, String> = BTreeMap::new();
+    let mut open = placement.runners.len();
+    let mut next_second = 1u32;
+    let mut last_look = tokio::time::Instant::now();
+    while open > 0 && !live.unfinished().is_empty() {
+        let got =
+            tokio::time::timeout_at(deadline.min(last_look + timing.poll * 2), rx.recv()).await;
+        match got {
+            Ok(Some((index, Some(line)))) => {
+                if let Some(event) = iris_load::runner::Event::parse(&line) {
+                    live.push(event.with_context(|| format!("load runner {index}"))?)?;
+                }
+                let text = texts.entry(index).or_default();
+                text.push_str(&line);
+                text.push('\n');
+                while let Some(w) = live.window(next_second) {
+                    progress.window(&w);
+                    next_second += 1;
+                }
+            }
+            Ok(Some((_, None))) => open -= 1,
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        if let Some((index, _)) = live.failures().first() {
+            let pod = &placement.runners[index].0;
+            let why = live.failures()[0].1.clone();
+            progress.finish();
+            return Err(failed(&pods, pod, &why).await);
+        }
+        if tokio::time::Instant::now() >= last_look + timing.poll * 2 {
+            last_look = tokio::time::Instant::now();
+            let list = pods
+                .list(&selector)
+                .await
+                .context("listing the load runner pods")?;
+            for pod in &list.items {
+                if let Some(why) = pod_failure(pod) {
+                    progress.finish();
+                    return Err(failed(&pods, &pod.name_any(), &why).await);
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            progress.finish();
+            let late: Vec<String> = live
+                .unfinished()
+                .iter()
+                .filter_map(|i| placement.runners.get(i).map(|(p, _)| p.clone()))
+                .collect();
+            bail!(
+                "load runner pods {} had not reported their results {}s after the load's end",
+                late.join(", "),
+                (timeout + timing.grace).as_secs()
+            );
+        }
+    }
+    progress.finish();
+    // A log stream can end early (an API server restart): read those runners' whole logs again.
+    for index in live.unfinished() {
+        let (pod, _) = &placement.runners[&index];
+        let whole = pods
+            .logs(pod, &LogParams::default())
+            .await
+            .with_context(|| format!("reading the log of load runner pod {pod}"))?;
+        texts.insert(index, whole);
+    }
+    let mut merger = Merger::new(runners);
+    for text in texts.values() {
+        merger.push_text(text)?;
+    }
+    placement.max_start_lateness_ms = merger.max_start_lateness_ms();
+    if let Some(&index) = merger.unfinished().first() {
+        let pod = &placement.runners[&index].0;
+        return Err(failed(&pods, pod, "it ended without reporting its results").await);
+    }
+    let outcome = merger.finish()?;
+    Ok((outcome, placement))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubemock::{MockApi, json_response};
+    use crate::load::client::Mode;
+    use crate::load::runner::{Event, done_event, encode};
+
+    fn config(connections: usize) -> Config {
+        Config {
+            url: service_url("iris-serve", "iris-serve", 80, "/predict")
+                .parse()
+                .expect("url"),
+            method: http::Method::POST,
+            bodies: vec![bytes::Bytes::from_static(
+                crate::load::DEFAULT_BODY.as_bytes(),
+            )],
+            headers: Vec::new(),
+            connections,
+            mode: Mode::Closed {
+                duration: Duration::from_secs(2),
+            },
+            max_requests_per_conn: None,
+            conn_max_age: None,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_job_is_typed_spread_and_restricted() {
+        let spec = Spec::new(
+            &config(4),
+            2,
+            Start::Told {
+                port: CONTROL_PORT,
+                within_ms: 1000,
+            },
+        )
+        .expect("spec");
+        let job = job(
+            "iris-load-s1",
+            "iris-serve",
+            "iris-load-runner:abc",
+            &spec,
+            &Timing::default(),
+        )
+        .expect("job");
+        let js = job.spec.as_ref().expect("spec");
+        assert_eq!(js.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!((js.completions, js.parallelism), (Some(2), Some(2)));
+        assert_eq!(
+            js.backoff_limit,
+            Some(0),
+            "a failed runner is never retried"
+        );
+        assert!(js.active_deadline_seconds.expect("deadline") > 180);
+        let pod = js.template.spec.as_ref().expect("pod");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("iris-load-runner:abc"));
+        let env = c.env.as_ref().expect("env");
+        let back: Spec =
+            serde_json::from_str(env[0].value.as_deref().expect("value")).expect("spec");
+        assert_eq!(back, spec);
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some_and(|l| l.contains_key("memory"))
+        );
+        let spread = &pod.topology_spread_constraints.as_ref().expect("spread")[0];
+        assert_eq!(spread.topology_key, "kubernetes.io/hostname");
+        let labels = spread
+            .label_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .expect("labels");
+        assert_eq!(labels[JOB_LABEL], "iris-load-s1");
+        let ports = c.ports.as_ref().expect("ports");
+        assert_eq!(ports[0].container_port, i32::from(CONTROL_PORT));
+        manifests::restricted(pod, "job").expect("restricted");
+        // And a template that loosens it is refused.
+        let mut loose = pod.clone();
+        loose.containers[0]
+            .security_context
+            .as_mut()
+            .expect("sc")
+            .read_only_root_filesystem = Some(false);
+        assert!(manifests::restricted(&loose, "job").is_err());
+    }
+
+    fn pod(
+        name: &str,
+        index: u32,
+        node: &str,
+        ready: bool,
+        failure: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut status = serde_json::json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "containerStatuses": [{"name": "runner", "ready": ready, "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {}}}]
+        });
+        if let Some(state) = failure {
+            status["containerStatuses"][0]["state"] = state;
+            status["phase"] = serde_json::json!("Failed");
+        }
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "iris-serve",
+                "annotations": {"batch.kubernetes.io/job-completion-index": index.to_string()},
+                "labels": {JOB_LABEL: "iris-load-s1"}},
+            "spec": {"nodeName": node, "containers": [{"name": "runner"}]},
+            "status": status
+        })
+    }
+
+    fn pod_list(items: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+    }
+
+    /// A runner's whole output for a 2-second share: ready, started, two windows, done.
+    fn runner_log(runner: u32, per_second: u64) -> String {
+        let mut shard_latency = crate::load::stats::run_histogram();
+        let mut lines = vec![
+            Event::Ready {
+                runner,
+                at_unix_ms: 1,
+            }
+            .line(),
+            Event::Started {
+                runner,
+                at_unix_ms: 2,
+                late_ms: 3 + u64::from(runner),
+            }
+            .line(),
+        ];
+        for second in 1..=2u32 {
+            let mut h = crate::load::stats::window_histogram();
+            for i in 0..per_second {
+                h.record(1000 + i * 10 + u64::from(runner) * 500)
+                    .expect("record");
+                shard_latency
+                    .record(1000 + i * 10 + u64::from(runner) * 500)
+                    .expect("record");
+            }
+            let window = crate::load::stats::WindowSummary {
+                second,
+                offered_rps: None,
+                achieved_rps: per_second as f64,
+                responses: per_second,
+                errors: Default::default(),
+                connects: 1,
+                late_sends: 0,
+                p50_ms: None,
+                p90_ms: None,
+                p99_ms: None,
+                max_ms: None,
+                pods: [("iris-serve-a".to_owned(), per_second)].into(),
+            };
+            lines.push(
+                Event::Window {
+                    runner,
+                    window,
+                    latency: encode(&h).expect("encode"),
+                }
+                .line(),
+            );
+            lines.push("a line of the runner's stderr".to_owned());
+        }
+        let histograms = crate::load::stats::Histograms {
+            latency: shard_latency.clone(),
+            service: shard_latency,
+            send_lag: crate::load::stats::run_histogram(),
+        };
+        let outcome = Outcome {
+            started_at_unix_ms: 2,
+            elapsed_s: 2.0,
+            totals: crate::load::stats::Totals {
+                responses: 2 * per_second,
+                errors: Default::default(),
+                connects: 2,
+                late_sends: 0,
+                max_send_lag_ms: 0.0,
+                latency: None,
+                service_time: None,
+                send_lag: None,
+                pods: [("iris-serve-a".to_owned(), 2 * per_second)].into(),
+            },
+            windows: Vec::new(),
+            scheduled: None,
+            interrupted_after_s: None,
+        };
+        lines.push(
+            done_event(runner, outcome, &histograms)
+                .expect("done")
+                .line(),
+        );
+        lines.join("\n") + "\n"
+    }
+
+    fn text_response(text: String) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .body(kube::client::Body::from(text.into_bytes()))
+            .expect("response")
+    }
+
+    const JOBS: &str = "/apis/batch/v1/namespaces/iris-serve/jobs";
+    const PODS: &str = "/api/v1/namespaces/iris-serve/pods";
+
+    fn quick() -> Timing {
+        Timing {
+            startup: Duration::from_secs(5),
+            start_after: Duration::from_millis(10),
+            grace: Duration::from_secs(2),
+            poll: Duration::from_millis(20),
+        }
+    }
+
+    /// Answers the harness's requests by path (log streams run concurrently, so their order is
+    /// not fixed); returns the requests seen as "METHOD path?query".
+    async fn serve(
+        mut api: MockApi,
+        pods: Vec<serde_json::Value>,
+        logs: BTreeMap<String, String>,
+        hold: Option<&'static str>,
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some((method, path, query)) = api.next_request(|method, path, _| {
+            if hold.is_some_and(|h| path.ends_with(h)) && !path.is_empty() {
+                return None;
+            }
+            Some(if method == "POST" && path == JOBS {
+                json_response(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": "iris-load-s1", "namespace": "iris-serve", "uid": "job-uid-1"}}))
+            } else if method == "DELETE" {
+                json_response(serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "iris-load-s1"}}))
+            } else if path == PODS {
+                json_response(pod_list(pods.clone()))
+            } else if path.ends_with("/log") {
+                let pod = path.trim_end_matches("/log").rsplit('/').next().unwrap_or_default();
+                text_response(logs.get(pod).cloned().unwrap_or_default())
+            } else if path.contains("/proxy/start") {
+                json_response(serde_json::json!({"start_at_unix_ms": 1}))
+            } else {
+                crate::kubemock::status_response(404, "NotFound")
+            })
+        }).await {
+            seen.push(format!("{method} {path}?{query}"));
+            if method == "DELETE" {
+                break;
+            }
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn two_runners_are_started_together_followed_and_merged_then_the_job_is_deleted() {
+        let (client, api) = MockApi::new();
+        let pods = vec![
+            pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
+            pod("iris-load-s1-1-b", 1, "kind-worker2", true, None),
+        ];
+        let logs = BTreeMap::from([
+            ("iris-load-s1-0-a".to_owned(), runner_log(0, 100)),
+            ("iris-load-s1-1-b".to_owned(), runner_log(1, 50)),
+        ]);
+        let server = tokio::spawn(serve(api, pods, logs, None));
+        let mut started = None;
+        let (outcome, placement) = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            2,
+            &config(4),
+            quick(),
+            true,
+            |t| started = Some(t),
+        )
+        .await
+        .expect("the load ran");
+        drop(client);
+        let seen = server.await.expect("mock");
+        assert_eq!(outcome.totals.responses, 300);
+        assert_eq!(outcome.windows.len(), 2);
+        assert_eq!(outcome.windows[0].responses, 150);
+        assert_eq!(outcome.totals.pods["iris-serve-a"], 300);
+        assert!(outcome.totals.latency.is_some());
+        assert_eq!(
+            placement.describe(),
+            "2 pods on 2 nodes (kind-worker: 1, kind-worker2: 1)"
+        );
+        assert_eq!(placement.max_start_lateness_ms, Some(4));
+        let t = started.expect("on_start called");
+        assert_eq!(t.fract(), 0.0, "the common start is on a whole second");
+        let starts: Vec<&String> = seen.iter().filter(|r| r.contains("/proxy/start")).collect();
+        assert_eq!(starts.len(), 2, "{seen:?}");
+        let at = format!("at={}", (t * 1000.0) as u64);
+        assert!(
+            starts
+                .iter()
+                .all(|r| r.contains(":9100/proxy/start") && r.ends_with(&at)),
+            "{starts:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|r| r.contains("/log?") && r.contains("follow=true")),
+            "{seen:?}"
+        );
+        let delete = seen.last().expect("requests");
+        assert_eq!(delete, &format!("DELETE {JOBS}/iris-load-s1?"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_runner_that_cannot_start_is_named_with_its_reason_and_log_and_the_job_goes() {
+        let (client, api) = MockApi::new();
+        let oom = serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let pods = vec![
+            pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
+            pod("iris-load-s1-1-b", 1, "kind-worker2", false, Some(oom)),
+        ];
+        let logs = BTreeMap::from([("iris-load-s1-1-b".to_owned(), "allocating\n".to_owned())]);
+        let server = tokio::spawn(serve(api, pods, logs, None));
+        let err = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            2,
+            &config(4),
+            quick(),
+            true,
+            |_| {},
+        )
+        .await
+        .expect_err("a runner was OOM-killed");
+        drop(client);
+        let seen = server.await.expect("mock");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("iris-load-s1-1-b")
+                && text.contains("OOMKilled (exit code 137)")
+                && text.contains("allocating"),
+            "{text}"
+        );
+        assert!(
+            !seen.iter().any(|r| r.contains("/proxy/start")),
+            "nobody was started: {seen:?}"
+        );
+        assert!(
+            seen.last().is_some_and(|r| r.starts_with("DELETE")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runners_that_never_get_ready_end_the_wait_at_the_startup_budget() {
+        let (client, api) = MockApi::new();
+        let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", false, None)];
+        let server = tokio::spawn(serve(api, pods, BTreeMap::new(), None));
+        let err = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            2,
+            &config(4),
+            quick(),
+            true,
+            |_| {},
+        )
+        .await
+        .expect_err("never ready");
+        drop(client);
+        let seen = server.await.expect("mock");
+        assert!(
+            err.to_string()
+                .contains("only 0 of 2 load runner pods were Ready after 5s"),
+            "{err}"
+        );
+        assert!(
+            seen.last().is_some_and(|r| r.starts_with("DELETE")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_that_never_reports_ends_the_wait_at_the_deadline() {
+        let (client, api) = MockApi::new();
+        let pods = vec![
+            pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
+            pod("iris-load-s1-1-b", 1, "kind-worker2", true, None),
+        ];
+        // Runner 1's log stream never answers (a hung node, a runner stuck before its first line).
+        let logs = BTreeMap::from([("iris-load-s1-0-a".to_owned(), runner_log(0, 10))]);
+        let server = tokio::spawn(serve(api, pods, logs, Some("iris-load-s1-1-b/log")));
+        let err = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            2,
+            &config(4),
+            quick(),
+            true,
+            |_| {},
+        )
+        .await
+        .expect_err("runner 1 never reported");
+        drop(client);
+        let seen = server.await.expect("mock");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("pods iris-load-s1-1-b had not reported their results 3s after"),
+            "{text}"
+        );
+        assert!(
+            seen.last().is_some_and(|r| r.starts_with("DELETE")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_runner_whose_log_ends_without_results_is_named() {
+        let (client, api) = MockApi::new();
+        let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", true, None)];
+        let logs = BTreeMap::from([(
+            "iris-load-s1-0-a".to_owned(),
+            Event::Ready {
+                runner: 0,
+                at_unix_ms: 1,
+            }
+            .line()
+                + "\nsegfault\n",
+        )]);
+        let server = tokio::spawn(serve(api, pods, logs, None));
+        let err = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            1,
+            &config(4),
+            quick(),
+            true,
+            |_| {},
+        )
+        .await
+        .expect_err("no results");
+        drop(client);
+        let seen = server.await.expect("mock");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("iris-load-s1-0-a: it ended without reporting its results")
+                && text.contains("segfault"),
+            "{text}"
+        );
+        assert!(
+            seen.last().is_some_and(|r| r.starts_with("DELETE")),
+            "{seen:?}"
+        );
+    }
+}
