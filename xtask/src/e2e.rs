@@ -22,6 +22,7 @@ use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
 use crate::deploy::{self, AppSettings, NAMESPACE};
 use crate::doctor::{self, Needs};
 use crate::report::{self, Report, Settings, Versions};
+use crate::runners::{self, LoadFrom};
 use crate::scenario::{self, Gates, ScenarioFile};
 use crate::steps::Steps;
 use crate::{bundle, docker, image, manifests, monitoring, project_root, tools};
@@ -87,6 +88,20 @@ pub struct Args {
     /// the Prometheus Operator's PodMonitor CRD (else say so and go on); deleted with the namespace.
     #[arg(long)]
     pub monitoring: bool,
+    /// Where the load comes from: `host` (this machine's generator, through the NodePort; on
+    /// kind through Docker's port mapping) or `cluster` (load runner pods, an Indexed Job spread
+    /// over the nodes, sending to the Service's cluster DNS name through kube-proxy).
+    /// Default: `host` on kind and with --url; `cluster` on an existing cluster without --url.
+    #[arg(long, value_enum)]
+    pub load_from: Option<LoadSource>,
+    /// With --load-from cluster: how many runner pods share the load (connections split for a
+    /// closed loop, the schedule's requests dealt out in turn for an open loop).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub load_pods: u32,
+    /// Existing cluster, --load-from cluster: a load runner image the cluster can pull (default:
+    /// with --push, built and pushed to <REPO>-load-runner).
+    #[arg(long)]
+    pub load_image: Option<String>,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -98,7 +113,22 @@ pub struct Args {
     pub expect_scale_up_within_s: Option<f64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadSource {
+    Host,
+    Cluster,
+}
+
 impl Args {
+    /// Where the load comes from, the default applied.
+    fn load_source(&self) -> LoadSource {
+        match self.load_from {
+            Some(source) => source,
+            None if self.existing_cluster() && self.url.is_none() => LoadSource::Cluster,
+            None => LoadSource::Host,
+        }
+    }
+
     fn existing_cluster(&self) -> bool {
         self.context.is_some() || self.kubeconfig.is_some()
     }
@@ -245,6 +275,20 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         }
         steps.start("image load");
         image::load(&docker, &built.reference, &cluster.name).await?;
+        let load_from = match args.load_source() {
+            LoadSource::Host => LoadFrom::Host,
+            LoadSource::Cluster => {
+                let runner = image::build_runner(&docker).await?;
+                if runner.built && !keep_cluster {
+                    guard.images.push(runner.reference.clone());
+                }
+                image::load(&docker, &runner.reference, &cluster.name).await?;
+                LoadFrom::Cluster {
+                    image: runner.reference,
+                    pods: args.load_pods,
+                }
+            }
+        };
         steps.start("deploy");
         let settings = AppSettings {
             image: built.reference.clone(),
@@ -257,10 +301,23 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             monitoring::apply_and_report(&cluster.client, NAMESPACE).await?;
         }
         steps.start("scenarios");
-        let url = format!("http://127.0.0.1:{}/predict", args.host_port);
+        let url = match load_from {
+            LoadFrom::Host => format!("http://127.0.0.1:{}/predict", args.host_port),
+            LoadFrom::Cluster { .. } => in_cluster_url(&settings)?,
+        };
         let mut results = Vec::new();
         for s in &scenarios {
-            results.push(scenario::run(&cluster.client, s, &settings, &url, &args.gates()).await?);
+            results.push(
+                scenario::run(
+                    &cluster.client,
+                    s,
+                    &settings,
+                    &url,
+                    &load_from,
+                    &args.gates(),
+                )
+                .await?,
+            );
         }
         steps.start("report");
         let metrics = cluster::metrics_server(&cluster.client).await;
@@ -458,10 +515,32 @@ async fn existing(
         }
         (None, None) => unreachable!("checked above"),
     };
+    let load_from = match args.load_source() {
+        LoadSource::Host => LoadFrom::Host,
+        LoadSource::Cluster => {
+            let image = match (&args.load_image, &args.push) {
+                (Some(image), _) => image.clone(),
+                (None, Some(repo)) => {
+                    let docker = docker::connect().await?;
+                    let built = image::build_runner(&docker).await?;
+                    push(&docker, &built.reference, &format!("{repo}-load-runner")).await?
+                }
+                (None, None) => anyhow::bail!(
+                    "--load-from cluster on an existing cluster needs the load runner's image: \
+                     --load-image REF (one the cluster can pull) or --push REPO (pushed to \
+                     REPO-load-runner); or send the load from here with --load-from host"
+                ),
+            };
+            LoadFrom::Cluster {
+                image,
+                pods: args.load_pods,
+            }
+        }
+    };
     // The NodePort is allocated by the API server at the deploy; the node's address is known now.
-    let node_address = match &args.url {
-        Some(_) => None,
-        None => Some(
+    let node_address = match (&args.url, &load_from) {
+        (Some(_), _) | (None, LoadFrom::Cluster { .. }) => None,
+        (None, LoadFrom::Host) => Some(
             node_address(&nodes).context("no node address to reach the NodePort; pass --url")?,
         ),
     };
@@ -486,6 +565,9 @@ async fn existing(
         deploy::deploy(&client, &settings).await?;
         let url = match (&args.url, &node_address) {
             (Some(u), _) => u.clone(),
+            (None, None) if matches!(load_from, LoadFrom::Cluster { .. }) => {
+                in_cluster_url(&settings)?
+            }
             (None, Some(ip)) => {
                 let port = deploy::node_port(&client).await?;
                 eprintln!("  the API server gave the Service nodePort {port}");
@@ -499,7 +581,8 @@ async fn existing(
         steps.start("scenarios");
         let mut results = Vec::new();
         for s in scenarios {
-            results.push(scenario::run(&client, s, &settings, &url, &args.gates()).await?);
+            results
+                .push(scenario::run(&client, s, &settings, &url, &load_from, &args.gates()).await?);
         }
         steps.start("report");
         // The cluster's own metrics-server: its version and resolution, or "unknown".
@@ -551,6 +634,29 @@ async fn existing(
 }
 
 /// `http://<address>:<nodePort>/predict`.
+/// The app's Service as clients inside the cluster reach it (its port from the manifest).
+fn in_cluster_url(settings: &AppSettings) -> anyhow::Result<String> {
+    let objects = deploy::app_objects(settings)?;
+    let port = objects
+        .iter()
+        .find_map(|o| match o {
+            manifests::Object::Service(s) => s
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|p| p.first())
+                .map(|p| p.port),
+            _ => None,
+        })
+        .context("the app's manifests have no Service port")?;
+    Ok(runners::service_url(
+        deploy::NAME,
+        NAMESPACE,
+        u16::try_from(port)?,
+        "/predict",
+    ))
+}
+
 pub fn node_url(address: &str, node_port: u16) -> String {
     format!("http://{address}:{node_port}/predict")
 }

@@ -119,6 +119,7 @@ pub fn static_target() -> String {
 }
 
 /// Compiles the static server binary and returns its bytes.
+#[cfg(test)]
 pub async fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
     compile_static(&SERVER).await
 }
@@ -158,6 +159,7 @@ pub async fn build_artifact(docker: &Docker, artifact: &Artifact) -> anyhow::Res
 }
 
 /// `FROM scratch` + the server binary, tagged with the binary's content hash.
+#[cfg(test)]
 pub async fn package(docker: &Docker, binary: &[u8]) -> anyhow::Result<Image> {
     package_artifact(docker, &SERVER, binary).await
 }

@@ -772,6 +772,7 @@ mod tests {
             observation: run.observation,
             derived,
             load_end_s: run.load_end_s,
+            load_from: None,
             autoscaling: Some(hpa.clone()),
         };
 
@@ -853,6 +854,7 @@ mod tests {
             observation,
             derived,
             load_end_s: 60.01,
+            load_from: None,
             autoscaling: Some(bottleneck_hpa),
         };
 

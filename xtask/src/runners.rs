@@ -41,16 +41,17 @@ pub enum LoadFrom {
     Cluster { image: String, pods: u32 },
 }
 
-impl LoadFrom {
-    pub fn describe(&self) -> String {
-        match self {
-            LoadFrom::Host => "this machine (through the NodePort)".to_owned(),
-            LoadFrom::Cluster { pods, .. } => format!(
-                "{pods} load runner pod{} inside the cluster (to the Service's cluster DNS name)",
-                if *pods == 1 { "" } else { "s" }
-            ),
-        }
-    }
+/// The Job of a scenario's runners: `iris-load-<scenario>`, as a DNS label.
+pub fn job_name(scenario: &str) -> String {
+    let cleaned: String = scenario
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut name = format!("iris-load-{}", cleaned.trim_matches('-'));
+    // Pod names add "-<index>-<5 random>" to the Job's name; keep the whole under 63.
+    name.truncate(48);
+    name.trim_end_matches('-').to_owned()
 }
 
 /// The Service's address for clients inside the cluster.
@@ -483,6 +484,194 @@ async fn drive(
     Ok((outcome, placement))
 }
 
+/// Runs `runners` load runner containers of `image`, each in the network namespace of container
+/// `server` (so they send to 127.0.0.1 inside it, never to a bridge address), all starting at one
+/// instant `start_after` ahead, and merges their output: the container counterpart of `run`.
+/// Every container is removed on every path.
+pub async fn run_in_containers(
+    docker: &bollard::Docker,
+    image: &str,
+    server: &str,
+    config: &Config,
+    runners: u32,
+    start_after: Duration,
+) -> anyhow::Result<Outcome> {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{
+        CreateContainerOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    };
+    let start_ms = ((unix_now_s() + start_after.as_secs_f64()) * 1000.0) as u64;
+    let spec = Spec::new(config, runners, Start::At { unix_ms: start_ms })?;
+    let spec_json = serde_json::to_string(&spec)?;
+    let mut ids = Vec::new();
+    let result = async {
+        for index in 0..runners {
+            let created = docker
+                .create_container(
+                    None::<CreateContainerOptions>,
+                    ContainerCreateBody {
+                        image: Some(image.to_owned()),
+                        env: Some(vec![
+                            format!("{}={spec_json}", iris_load::runner::SPEC_ENV),
+                            format!("{}={index}", iris_load::runner::INDEX_ENV),
+                        ]),
+                        labels: Some(
+                            [("io.iris-serve.load-runner".to_owned(), index.to_string())].into(),
+                        ),
+                        host_config: Some(HostConfig {
+                            network_mode: Some(format!("container:{server}")),
+                            readonly_rootfs: Some(true),
+                            cap_drop: Some(vec!["ALL".to_owned()]),
+                            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .context("creating a load runner container")?;
+            ids.push(created.id);
+        }
+        for id in &ids {
+            docker
+                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+                .context("starting a load runner container")?;
+        }
+        let mut merger = Merger::new(runners);
+        for (index, id) in ids.iter().enumerate() {
+            let mut wait = docker.wait_container(id, None::<WaitContainerOptions>);
+            let code = match wait.next().await {
+                Some(Ok(r)) => r.status_code,
+                // bollard reports a non-zero exit as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(e).context("waiting for a load runner container"),
+                None => -1,
+            };
+            let mut logs = docker.logs(
+                id,
+                Some(LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    ..Default::default()
+                }),
+            );
+            let mut text = String::new();
+            while let Some(chunk) = logs.next().await {
+                text.push_str(&chunk.context("reading a load runner's log")?.to_string());
+            }
+            if code != 0 {
+                bail!("load runner container {index} exited with code {code}; its output:\n{text}");
+            }
+            merger.push_text(&text)?;
+        }
+        merger.finish()
+    }
+    .await;
+    for id in &ids {
+        let _ = docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+    result
+}
+
+/// The server image running in a container (read-only, no capabilities, its own user), its port
+/// published on 127.0.0.1 only; removed when dropped.
+pub struct ServerContainer {
+    docker: bollard::Docker,
+    pub id: String,
+    /// 127.0.0.1:<ephemeral port> mapped to the server's 8080 (through Docker's port proxy).
+    pub published: std::net::SocketAddr,
+}
+
+impl ServerContainer {
+    pub async fn start(docker: &bollard::Docker, image: &str) -> anyhow::Result<Self> {
+        use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+        use bollard::query_parameters::CreateContainerOptions;
+        let bindings = [(
+            "8080/tcp".to_owned(),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".to_owned()),
+                host_port: Some(String::new()),
+            }]),
+        )]
+        .into();
+        let created = docker
+            .create_container(
+                None::<CreateContainerOptions>,
+                ContainerCreateBody {
+                    image: Some(image.to_owned()),
+                    env: Some(vec!["POD_NAME=server-container".to_owned()]),
+                    host_config: Some(HostConfig {
+                        port_bindings: Some(bindings),
+                        readonly_rootfs: Some(true),
+                        cap_drop: Some(vec!["ALL".to_owned()]),
+                        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("creating the server container")?;
+        let mut server = ServerContainer {
+            docker: docker.clone(),
+            id: created.id,
+            published: ([127, 0, 0, 1], 0).into(),
+        };
+        docker
+            .start_container(
+                &server.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .context("starting the server container")?;
+        let inspect = docker
+            .inspect_container(
+                &server.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await?;
+        let port = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get("8080/tcp").cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok())
+            .context("the server container's port was not published")?;
+        server.published = ([127, 0, 0, 1], port).into();
+        // Ready when /ready answers through the published port.
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(server.published).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s
+                    .write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .await;
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer).await;
+                if answer.starts_with(b"HTTP/1.1 200") {
+                    return Ok(server);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the server container did not become ready within 10s")
+    }
+}
+
+impl Drop for ServerContainer {
+    fn drop(&mut self) {
+        crate::docker::remove_container_blocking(&self.docker, &self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,7 +688,10 @@ mod tests {
             bodies: vec![bytes::Bytes::from_static(
                 crate::load::DEFAULT_BODY.as_bytes(),
             )],
-            headers: Vec::new(),
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )],
             connections,
             mode: Mode::Closed {
                 duration: Duration::from_secs(2),
@@ -904,6 +1096,79 @@ mod tests {
             seen.last().is_some_and(|r| r.starts_with("DELETE")),
             "{seen:?}"
         );
+    }
+
+    /// The real runner image, twice, in the real server container's network namespace, sending to
+    /// 127.0.0.1 inside it from one common start: the merged result is the sum of both, its
+    /// percentiles those of all samples together, and the server counted every request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_runner_containers_share_a_load_and_merge_exactly() {
+        let Some(docker) = crate::testing::docker_or_skip("load runner containers").await else {
+            return;
+        };
+        let server_image = crate::image::build(&docker).await.expect("server image");
+        let runner_image = crate::image::build_runner(&docker)
+            .await
+            .expect("runner image");
+        assert!(
+            runner_image.size <= crate::image::RUNNER.size_target_bytes,
+            "the runner image is {} bytes",
+            runner_image.size
+        );
+        let server = ServerContainer::start(&docker, &server_image.reference)
+            .await
+            .expect("server container");
+        let mut config = config(6);
+        config.url = "http://127.0.0.1:8080/predict".parse().expect("url");
+        config.timeout = Duration::from_secs(5);
+        let schedule = crate::load::schedule::Schedule::constant(400.0, Duration::from_secs(2))
+            .expect("schedule");
+        let open = Config {
+            mode: Mode::Open { schedule },
+            ..config.clone()
+        };
+        for (what, config) in [("closed loop", config), ("open loop", open)] {
+            let start = unix_now_s();
+            let outcome = run_in_containers(
+                &docker,
+                &runner_image.reference,
+                &server.id,
+                &config,
+                2,
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("the runners ran");
+            eprintln!(
+                "{what}: {} responses from 2 runner containers, {} windows, p99 {:?} ms",
+                outcome.totals.responses,
+                outcome.windows.len(),
+                outcome.totals.latency.as_ref().map(|l| l.p99_ms)
+            );
+            let t = &outcome.totals;
+            assert!(t.responses > 100, "{what}: {t:?}");
+            assert_eq!(t.errors.total(), 0, "{what}: {t:?}");
+            assert_eq!(t.pods.get("server-container"), Some(&t.responses), "{what}");
+            let window_sum: u64 = outcome.windows.iter().map(|w| w.responses).sum();
+            assert_eq!(
+                window_sum, t.responses,
+                "{what}: the windows add up to the totals"
+            );
+            // Both started at the common instant, about 2 s after the call.
+            let began = outcome.started_at_unix_ms as f64 / 1000.0;
+            assert!(
+                began - start > 1.5 && began - start < 3.5,
+                "{what}: {began} vs {start}"
+            );
+            if what == "open loop" {
+                assert_eq!(
+                    outcome.scheduled,
+                    Some(800),
+                    "the shares add up to the schedule"
+                );
+                assert_eq!(t.responses, 800, "{t:?}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use crate::load::client::{Config, Mode, Outcome};
 use crate::load::schedule::{Schedule, parse_duration};
 use crate::observe::{self, Autoscaling, Derived, Observation};
 use crate::project_root;
+use crate::runners::{self, LoadFrom};
 
 pub const DEFAULT_FILE: &str = "xtask/scenarios.yaml";
 pub const SELECTOR: &str = "app.kubernetes.io/name=iris-serve";
@@ -295,6 +296,10 @@ pub struct ScenarioResult {
     /// What the derivations assumed about the autoscaler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// Where the load came from: this machine, or runner pods in the cluster (how many, on which
+    /// nodes). Absent in reports from before `--load-from`: the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_from: Option<String>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -398,12 +403,13 @@ pub fn autoscaling(
     })
 }
 
-/// Runs one scenario against the deployed app at `url`.
+/// Runs one scenario against the deployed app at `url`, its load sent from `load_from`.
 pub async fn run(
     client: &Client,
     scenario: &Scenario,
     base: &AppSettings,
     url: &str,
+    load_from: &LoadFrom,
     gate_flags: &Gates,
 ) -> anyhow::Result<ScenarioResult> {
     let settings = AppSettings {
@@ -425,25 +431,74 @@ pub async fn run(
         metrics.resolution,
         hpa.scale_down_within_s()
     );
-    let load_start = observe::unix_now_s();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let observer = tokio::spawn(observe::observe(
-        client.clone(),
-        NAMESPACE,
-        NAME,
-        SELECTOR,
-        load_start,
-        Duration::from_secs(1),
-        stop_rx,
-    ));
-    let outcome = crate::load::drive(config, false, std::future::pending()).await;
+    let observe_from = |load_start: f64| {
+        tokio::spawn(observe::observe(
+            client.clone(),
+            NAMESPACE,
+            NAME,
+            SELECTOR,
+            load_start,
+            Duration::from_secs(1),
+            stop_rx,
+        ))
+    };
+    let (load_start, observer, outcome, source) = match load_from {
+        LoadFrom::Host => {
+            let load_start = observe::unix_now_s();
+            let observer = observe_from(load_start);
+            let outcome = crate::load::drive(config, false, std::future::pending()).await;
+            let source = "this machine, through the NodePort".to_owned();
+            (load_start, Some(observer), outcome, source)
+        }
+        LoadFrom::Cluster { image, pods } => {
+            // The observer starts at the runners' common start, on the same clock.
+            let mut started = None;
+            let job = runners::job_name(&scenario.name);
+            let result = runners::run(
+                client,
+                NAMESPACE,
+                &job,
+                image,
+                *pods,
+                &config,
+                runners::Timing::default(),
+                false,
+                |at| started = Some((at, observe_from(at))),
+            )
+            .await;
+            let (load_start, observer) = match started {
+                Some((at, observer)) => (at, Some(observer)),
+                None => (observe::unix_now_s(), None),
+            };
+            let (outcome, source) = match result {
+                Ok((outcome, placement)) => {
+                    let late = placement
+                        .max_start_lateness_ms
+                        .map(|ms| format!(", the last began {ms} ms after the common start"))
+                        .unwrap_or_default();
+                    let source = format!(
+                        "load runners in the cluster: {}{late}",
+                        placement.describe()
+                    );
+                    (Ok(outcome), source)
+                }
+                Err(e) => (Err(e), String::new()),
+            };
+            (load_start, observer, outcome, source)
+        }
+    };
     let load_end_s = observe::unix_now_s() - load_start;
     if outcome.is_ok() {
         tokio::time::sleep(observe_after).await;
     }
     let _ = stop_tx.send(true);
-    let observation = observer.await.context("the observer task failed")?;
+    let observation = match observer {
+        Some(o) => o.await.context("the observer task failed")?,
+        None => observe::Observation::default(),
+    };
     let outcome = outcome?;
+    eprintln!("  load from {source}");
     eprint!(
         "{}",
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
@@ -462,6 +517,7 @@ pub async fn run(
         gates,
         load_end_s,
         autoscaling: Some(hpa),
+        load_from: Some(source),
     })
 }
 
