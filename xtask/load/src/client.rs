@@ -198,6 +198,19 @@ pub async fn run_with_histograms(
         let tick = start + Duration::from_secs(u64::from(second));
         tokio::select! {
             () = tokio::time::sleep_until(tick.into()) => {
+                // The second the load ends in: wait for the requests still in flight (bounded by
+                // the request timeout) so that their answers land in it and the windows add up to
+                // the totals. A stuck server is cut off by the guard below.
+                if tick >= shared.deadline {
+                    let bound = shared.config.timeout + Duration::from_secs(1);
+                    if tokio::time::timeout(bound, &mut all_done).await.is_ok() {
+                        let end = Instant::now().max(tick);
+                        let (w, h) = collect(&mut collector, second, last, end);
+                        on_window(&w, &h);
+                        windows.push(w);
+                        break;
+                    }
+                }
                 let (w, h) = collect(&mut collector, second, last, tick);
                 on_window(&w, &h);
                 windows.push(w);
@@ -541,6 +554,9 @@ mod tests {
         );
         assert_eq!(t.pods.get("pod-under-test"), Some(&t.responses));
         assert!(seen >= 1 && outcome.windows.len() == seen);
+        // The answers to requests in flight at the end land in the last window.
+        let in_windows: u64 = outcome.windows.iter().map(|w| w.responses).sum();
+        assert_eq!(in_windows, t.responses, "{:?}", outcome.windows);
         let in_windows: u64 = outcome.windows.iter().map(|w| w.responses).sum();
         assert_eq!(
             in_windows, t.responses,
