@@ -410,7 +410,100 @@ struct LoadReport {
     open_loop_achieved_rps: f64,
     open_loop_rate_error: f64,
     open_loop_behind_schedule: bool,
+    /// The server image in a container: this machine's generator through the published port
+    /// (Docker's port proxy) against the load runner image inside the server's network namespace.
+    containers: Option<ContainerRows>,
     targets: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+struct ContainerRows {
+    /// `cargo xtask load` on the host, to 127.0.0.1:<published port> (docker-proxy).
+    host_through_port_proxy: Vec<(f64, f64)>,
+    /// The runner container in the server container's network namespace, to 127.0.0.1:8080.
+    runner_in_netns: Vec<(f64, f64)>,
+    host_rps: Spread,
+    runner_rps: Spread,
+    /// runner / host, round by round.
+    runner_over_host: Spread,
+}
+
+/// Requests per second and p99 (ms) of an outcome.
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    Spread::of(values).median
+}
+
+fn rps_p99(o: &Outcome) -> (f64, f64) {
+    (
+        o.totals.responses as f64 / o.elapsed_s,
+        o.totals.latency.as_ref().map_or(0.0, |l| l.p99_ms),
+    )
+}
+
+/// The container rows: the same server container, loaded in turn from the host through the
+/// published port and from a runner container sharing its network namespace.
+fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let docker = crate::docker::connect().await?;
+        let server_image = crate::image::build(&docker).await?;
+        let runner_image = crate::image::build_runner(&docker).await?;
+        let server = crate::runners::ServerContainer::start(&docker, &server_image.reference).await?;
+        let config = |url: String| -> anyhow::Result<crate::load::client::Config> {
+            Ok(crate::load::client::Config {
+                url: crate::load::parse_url(&url)?,
+                method: hyper::Method::POST,
+                bodies: vec![bytes::Bytes::from_static(crate::load::DEFAULT_BODY.as_bytes())],
+                headers: vec![(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                )],
+                connections: rig.connections,
+                mode: crate::load::client::Mode::Closed {
+                    duration: rig.duration,
+                },
+                max_requests_per_conn: None,
+                conn_max_age: None,
+                timeout: Duration::from_secs(10),
+            })
+        };
+        let (mut host, mut runner) = (Vec::new(), Vec::new());
+        for round in 1..=rig.rounds {
+            eprintln!(
+                "round {round}/{}: server container; cargo xtask load -c{} -d{}s to {} (docker-proxy)",
+                rig.rounds,
+                rig.connections,
+                rig.duration.as_secs(),
+                server.published
+            );
+            let url = format!("http://{}/predict", server.published);
+            let o = crate::load::drive(config(url)?, true, std::future::pending()).await?;
+            host.push(rps_p99(&o));
+            eprintln!(
+                "round {round}/{}: server container; the runner image in its network namespace -c{} -d{}s to 127.0.0.1:8080",
+                rig.rounds,
+                rig.connections,
+                rig.duration.as_secs()
+            );
+            let o = crate::runners::run_in_containers(
+                &docker,
+                &runner_image.reference,
+                &server.id,
+                &config("http://127.0.0.1:8080/predict".to_owned())?,
+                1,
+                Duration::from_secs(1),
+            )
+            .await?;
+            runner.push(rps_p99(&o));
+        }
+        Ok(ContainerRows {
+            host_rps: Spread::of(host.iter().map(|h| h.0)),
+            runner_rps: Spread::of(runner.iter().map(|r| r.0)),
+            runner_over_host: Spread::of(runner.iter().zip(&host).map(|(r, h)| r.0 / h.0)),
+            host_through_port_proxy: host,
+            runner_in_netns: runner,
+        })
+    })
 }
 
 fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
@@ -511,11 +604,13 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
             open_loop_achieved_rps: achieved,
             open_loop_rate_error,
             open_loop_behind_schedule: crate::load::printer::behind_schedule(&open),
+            containers: None,
             targets,
         })
     })();
     drop(server);
-    let r = result?;
+    let mut r = result?;
+    let c = container_rows(rig)?;
     println!(
         "\n| generator (1 pinned core; -c{} -d{}s; server on another core; median of {} rounds) | req/s | p50 ms | p99 ms |",
         rig.connections,
@@ -531,6 +626,21 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
         "| cargo xtask load | {:.0} | {:.3} | {:.3} |",
         r.ours_rps.median, r.ours_p50_ms.median, r.ours_p99_ms.median
     );
+    println!(
+        "| server container, cargo xtask load through the published port (docker-proxy), not pinned | {:.0} | | {:.3} |",
+        c.host_rps.median,
+        median_of(c.host_through_port_proxy.iter().map(|h| h.1))
+    );
+    println!(
+        "| server container, iris-load-runner container in its network namespace, not pinned | {:.0} | | {:.3} |",
+        c.runner_rps.median,
+        median_of(c.runner_in_netns.iter().map(|h| h.1))
+    );
+    println!(
+        "\nrunner in the network namespace / host through docker-proxy: {}",
+        c.runner_over_host.show(3)
+    );
+    r.containers = Some(c);
     println!(
         "\nthroughput ratio load/wrk: {}; p50 ratio: {}",
         r.throughput_ratio.show(3),
