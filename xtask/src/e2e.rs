@@ -22,7 +22,7 @@ use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
 use crate::deploy::{self, AppSettings, NAMESPACE};
 use crate::doctor::{self, Needs};
 use crate::report::{self, Report, Settings, Versions};
-use crate::runners::{self, LoadFrom};
+use crate::runners::{self, LoadFrom, LoadSource};
 use crate::scenario::{self, Gates, ScenarioFile};
 use crate::steps::Steps;
 use crate::{bundle, docker, image, manifests, monitoring, project_root, tools};
@@ -111,12 +111,6 @@ pub struct Args {
     /// Gate: fail when the HPA has not decided to scale up within this many seconds of load start.
     #[arg(long)]
     pub expect_scale_up_within_s: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LoadSource {
-    Host,
-    Cluster,
 }
 
 impl Args {
@@ -450,11 +444,20 @@ pub(crate) fn report_settings(
 // Existing clusters.
 
 async fn existing_client(args: &Args) -> anyhow::Result<Client> {
+    client_for(args.context.clone(), args.kubeconfig.as_deref()).await
+}
+
+/// A client for an existing cluster: a context of `kubeconfig`, else of $KUBECONFIG or
+/// ~/.kube/config (read only), or their current context.
+pub async fn client_for(
+    context: Option<String>,
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<Client> {
     let options = KubeConfigOptions {
-        context: args.context.clone(),
+        context,
         ..Default::default()
     };
-    match &args.kubeconfig {
+    match kubeconfig {
         Some(path) => cluster::client_from(path, &options).await,
         None => {
             let config = kube::Config::from_kubeconfig(&options)

@@ -246,8 +246,16 @@ async fn failed(pods: &Api<Pod>, pod: &str, why: &str) -> anyhow::Error {
     )
 }
 
+/// Where the load is sent from, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadSource {
+    Host,
+    Cluster,
+}
+
 /// Sends `config` from `runners` pods of `image` in `namespace`, calling `on_start` with the
-/// common start (Unix seconds) just before the runners begin. The Job is deleted on every path.
+/// common start (Unix seconds) just before the runners begin. When `interrupt` resolves first the
+/// load is abandoned (an `Interrupted` error). The Job is deleted on every path.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: &Client,
@@ -259,6 +267,7 @@ pub async fn run(
     timing: Timing,
     quiet: bool,
     on_start: impl FnOnce(f64),
+    interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<(Outcome, Placement)> {
     let within = timing.startup + timing.start_after + Duration::from_secs(30);
     let spec = Spec::new(
@@ -276,7 +285,13 @@ pub async fn run(
         .await
         .with_context(|| format!("creating the load runners' Job {namespace}/{job_name}"))?;
     let uid = created.uid();
-    let result = drive(client, namespace, job_name, &spec, timing, quiet, on_start).await;
+    let result = tokio::select! {
+        result = drive(client, namespace, job_name, &spec, timing, quiet, on_start) => result,
+        () = interrupt => Err(crate::signals::Interrupted(format!(
+            "interrupted: the load runners' Job {namespace}/{job_name} was deleted, no results"
+        ))
+        .into()),
+    };
     // Only the Job this run created: by its UID, its pods with it.
     let delete = DeleteParams {
         preconditions: Some(Preconditions {

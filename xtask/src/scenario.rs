@@ -465,6 +465,8 @@ pub async fn run(
                 runners::Timing::default(),
                 false,
                 |at| started = Some((at, observe_from(at))),
+                // Ctrl-C ends the whole run; the Job goes with the namespace (or its deadline).
+                std::future::pending(),
             )
             .await;
             let (load_start, observer) = match started {

@@ -210,7 +210,7 @@ pub enum Event {
     /// Its whole share. `outcome.windows` is empty: the windows came as `window` lines.
     Done {
         runner: u32,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
         latency: String,
         service: String,
         send_lag: String,
@@ -284,7 +284,7 @@ pub fn done_event(
     outcome.windows.clear();
     Ok(Event::Done {
         runner,
-        outcome,
+        outcome: Box::new(outcome),
         latency: encode(&histograms.latency)?,
         service: encode(&histograms.service)?,
         send_lag: encode(&histograms.send_lag)?,
@@ -350,7 +350,7 @@ impl Merger {
                     service: decode(&service)?,
                     send_lag: decode(&send_lag)?,
                 };
-                report.done = Some((outcome, histograms));
+                report.done = Some((*outcome, histograms));
             }
             Event::Failed { error, .. } => report.failed = Some(error),
         }

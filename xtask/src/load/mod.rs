@@ -65,6 +65,28 @@ pub struct Args {
     /// No progress line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Where the load is sent from: `host` (this process) or `cluster` (load runner pods of
+    /// --load-image in --namespace of an existing cluster, an Indexed Job spread over the nodes;
+    /// the URL is then as seen from inside the cluster, e.g. http://iris-serve.iris-serve.svc/predict).
+    #[arg(long, value_enum, default_value = "host")]
+    pub load_from: crate::runners::LoadSource,
+    /// With --load-from cluster: runner pods sharing the load (at most --connections).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub load_pods: u32,
+    /// With --load-from cluster: a load runner image the cluster can pull (on kind: `cargo xtask
+    /// image build`, then `cargo xtask image load --image iris-load-runner:<hash>`).
+    #[arg(long, required_if_eq("load_from", "cluster"))]
+    pub load_image: Option<String>,
+    /// With --load-from cluster: the namespace the runners' Job is made in (it must exist; only
+    /// the Job this run creates is deleted, by its UID).
+    #[arg(long, default_value = "iris-serve")]
+    pub namespace: String,
+    /// With --load-from cluster: a context of the kubeconfig (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// With --load-from cluster: the kubeconfig (default: $KUBECONFIG or ~/.kube/config, read only).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Args {
@@ -185,8 +207,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     // The first Ctrl-C (or SIGTERM) ends the load and keeps its results, as wrk does; a second
     // one quits at once.
-    let outcome = runtime
-        .block_on(async { drive(config, args.quiet, crate::signals::first_signal()?).await })?;
+    let outcome = runtime.block_on(async {
+        let interrupt = crate::signals::first_signal()?;
+        match (args.load_from, &args.load_image) {
+            (crate::runners::LoadSource::Cluster, Some(image)) => {
+                let client =
+                    crate::e2e::client_for(args.context.clone(), args.kubeconfig.as_deref())
+                        .await?;
+                let (outcome, placement) = crate::runners::run(
+                    &client,
+                    &args.namespace,
+                    &crate::runners::job_name("load"),
+                    image,
+                    args.load_pods,
+                    &config,
+                    crate::runners::Timing::default(),
+                    args.quiet,
+                    |_| {},
+                    interrupt,
+                )
+                .await?;
+                eprintln!("load from {}", placement.describe());
+                Ok(outcome)
+            }
+            _ => drive(config, args.quiet, interrupt).await,
+        }
+    })?;
     print!("{}", printer::summary(&header, &outcome));
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&outcome)?)
