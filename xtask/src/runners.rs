@@ -969,6 +969,7 @@ mod tests {
             quick(),
             true,
             |t| started = Some(t),
+            std::future::pending(),
         )
         .await
         .expect("the load ran");
@@ -1024,6 +1025,7 @@ mod tests {
             quick(),
             true,
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect_err("a runner was OOM-killed");
@@ -1061,6 +1063,7 @@ mod tests {
             quick(),
             true,
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect_err("never ready");
@@ -1071,6 +1074,34 @@ mod tests {
                 .contains("only 0 of 2 load runner pods were Ready after 5s"),
             "{err}"
         );
+        assert!(
+            seen.last().is_some_and(|r| r.starts_with("DELETE")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ctrl_c_while_waiting_deletes_the_job() {
+        let (client, api) = MockApi::new();
+        let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", false, None)];
+        let server = tokio::spawn(serve(api, pods, BTreeMap::new(), None));
+        let err = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            1,
+            &config(4),
+            quick(),
+            true,
+            |_| {},
+            tokio::time::sleep(Duration::from_secs(1)),
+        )
+        .await
+        .expect_err("interrupted");
+        drop(client);
+        let seen = server.await.expect("mock");
+        assert!(err.is::<crate::signals::Interrupted>(), "{err:#}");
         assert!(
             seen.last().is_some_and(|r| r.starts_with("DELETE")),
             "{seen:?}"
@@ -1097,6 +1128,7 @@ mod tests {
             quick(),
             true,
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect_err("runner 1 never reported");
@@ -1210,6 +1242,7 @@ mod tests {
             quick(),
             true,
             |_| {},
+            std::future::pending(),
         )
         .await
         .expect_err("no results");
