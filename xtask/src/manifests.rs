@@ -315,12 +315,13 @@ pub fn restricted(pod: &PodSpec, what: &str) -> anyhow::Result<()> {
             "it uses a host namespace (hostNetwork, hostPID or hostIPC)",
         ));
     }
-    const VOLUMES: [&str; 8] = [
+    const VOLUMES: [&str; 9] = [
         "configMap",
         "csi",
         "downwardAPI",
         "emptyDir",
         "ephemeral",
+        "image",
         "persistentVolumeClaim",
         "projected",
         "secret",
@@ -336,15 +337,70 @@ pub fn restricted(pod: &PodSpec, what: &str) -> anyhow::Result<()> {
         }
     }
     let pod_sc = pod.security_context.as_ref();
-    let pod_non_root = pod_sc.and_then(|s| s.run_as_non_root) == Some(true);
+    let pod_non_root = pod_sc.and_then(|s| s.run_as_non_root);
+    if pod_non_root == Some(false) {
+        return Err(fail("the pod sets runAsNonRoot: false"));
+    }
     let seccomp_ok = |t: Option<&str>| matches!(t, Some("RuntimeDefault" | "Localhost"));
-    let pod_seccomp = seccomp_ok(
-        pod_sc
-            .and_then(|s| s.seccomp_profile.as_ref())
-            .map(|p| p.type_.as_str()),
-    );
+    let pod_seccomp_type = pod_sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str());
+    if pod_seccomp_type.is_some() && !seccomp_ok(pod_seccomp_type) {
+        return Err(fail(
+            "the pod's seccompProfile must be RuntimeDefault or Localhost",
+        ));
+    }
+    let pod_seccomp = seccomp_ok(pod_seccomp_type);
     if pod_sc.and_then(|s| s.run_as_user) == Some(0) {
         return Err(fail("the pod runs as user 0"));
+    }
+    // Baseline rules that apply at both levels: AppArmor, SELinux, sysctls, Windows host process.
+    let apparmor_ok =
+        |t: Option<&str>| t.is_none_or(|t| matches!(t, "RuntimeDefault" | "Localhost"));
+    let selinux_ok = |o: Option<&k8s_openapi::api::core::v1::SELinuxOptions>| {
+        o.is_none_or(|o| {
+            o.user.as_deref().unwrap_or_default().is_empty()
+                && o.role.as_deref().unwrap_or_default().is_empty()
+                && matches!(
+                    o.type_.as_deref().unwrap_or_default(),
+                    "" | "container_t"
+                        | "container_init_t"
+                        | "container_kvm_t"
+                        | "container_engine_t"
+                )
+        })
+    };
+    if let Some(sc) = pod_sc {
+        if !apparmor_ok(sc.app_armor_profile.as_ref().map(|p| p.type_.as_str())) {
+            return Err(fail(
+                "the pod's appArmorProfile must be RuntimeDefault or Localhost",
+            ));
+        }
+        if !selinux_ok(sc.se_linux_options.as_ref()) {
+            return Err(fail("the pod's seLinuxOptions are not allowed"));
+        }
+        const SAFE_SYSCTLS: [&str; 8] = [
+            "kernel.shm_rmid_forced",
+            "net.ipv4.ip_local_port_range",
+            "net.ipv4.ip_unprivileged_port_start",
+            "net.ipv4.tcp_syncookies",
+            "net.ipv4.ping_group_range",
+            "net.ipv4.ip_local_reserved_ports",
+            "net.ipv4.tcp_keepalive_time",
+            "net.ipv4.tcp_fin_timeout",
+        ];
+        let more_safe = [
+            "net.ipv4.tcp_keepalive_intvl",
+            "net.ipv4.tcp_keepalive_probes",
+        ];
+        if let Some(bad) = sc.sysctls.iter().flatten().find(|x| {
+            !SAFE_SYSCTLS.contains(&x.name.as_str()) && !more_safe.contains(&x.name.as_str())
+        }) {
+            return Err(fail(&format!("sysctl {} is not in the safe set", bad.name)));
+        }
+        if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
+            return Err(fail("the pod is a Windows host process"));
+        }
     }
     let containers = pod
         .containers
@@ -361,10 +417,38 @@ pub fn restricted(pod: &PodSpec, what: &str) -> anyhow::Result<()> {
                 "container {name} must set allowPrivilegeEscalation: false"
             )));
         }
-        if !(pod_non_root || sc.and_then(|s| s.run_as_non_root) == Some(true)) {
+        let own_non_root = sc.and_then(|s| s.run_as_non_root);
+        if own_non_root == Some(false)
+            || !(pod_non_root == Some(true) || own_non_root == Some(true))
+        {
             return Err(fail(&format!(
                 "container {name} must run as non-root (runAsNonRoot: true)"
             )));
+        }
+        if !apparmor_ok(
+            sc.and_then(|s| s.app_armor_profile.as_ref())
+                .map(|p| p.type_.as_str()),
+        ) || !selinux_ok(sc.and_then(|s| s.se_linux_options.as_ref()))
+            || sc
+                .and_then(|s| s.proc_mount.as_deref())
+                .is_some_and(|m| m != "Default")
+            || sc
+                .and_then(|s| s.windows_options.as_ref())
+                .and_then(|w| w.host_process)
+                == Some(true)
+        {
+            return Err(fail(&format!(
+                "container {name}: appArmorProfile, seLinuxOptions, procMount or hostProcess is not allowed"
+            )));
+        }
+        let probes = [&c.readiness_probe, &c.liveness_probe, &c.startup_probe];
+        let probe_host = probes.iter().filter_map(|p| p.as_ref()).any(|p| {
+            let http = p.http_get.as_ref().and_then(|h| h.host.as_deref());
+            let tcp = p.tcp_socket.as_ref().and_then(|t| t.host.as_deref());
+            http.is_some_and(|h| !h.is_empty()) || tcp.is_some_and(|h| !h.is_empty())
+        });
+        if probe_host {
+            return Err(fail(&format!("container {name}: a probe names a host")));
         }
         if sc.and_then(|s| s.run_as_user) == Some(0) {
             return Err(fail(&format!("container {name} runs as user 0")));

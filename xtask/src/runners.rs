@@ -41,17 +41,27 @@ pub enum LoadFrom {
     Cluster { image: String, pods: u32 },
 }
 
-/// The Job of a scenario's runners: `iris-load-<scenario>`, as a DNS label.
+/// The Job of a scenario's runners: `iris-load-<scenario>-<unique>`, as a DNS label. Unique per
+/// run, so a Job (and its terminating pods) left by an earlier run never collides with it nor is
+/// mistaken for its own.
 pub fn job_name(scenario: &str) -> String {
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        ^ u128::from(std::process::id());
+    job_name_with(scenario, &format!("{:06x}", unique & 0xff_ffff))
+}
+
+fn job_name_with(scenario: &str, unique: &str) -> String {
     let cleaned: String = scenario
         .to_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let mut name = format!("iris-load-{}", cleaned.trim_matches('-'));
     // Pod names add "-<index>-<5 random>" to the Job's name; keep the whole under 63.
-    name.truncate(48);
-    name.trim_end_matches('-').to_owned()
+    let mut base = format!("iris-load-{}", cleaned.trim_matches('-'));
+    base.truncate(40);
+    format!("{}-{unique}", base.trim_end_matches('-'))
 }
 
 /// The Service's address for clients inside the cluster.
@@ -130,7 +140,11 @@ pub fn job(
     js.completions = Some(n);
     js.parallelism = Some(n);
     // Startup, the load, and the grace: past that the Job's pods are stopped by Kubernetes itself.
-    let deadline = timing.startup + timing.start_after + spec.duration() + timing.grace;
+    let deadline = timing.startup
+        + timing.start_after
+        + spec.duration()
+        + Duration::from_millis(spec.timeout_ms)
+        + timing.grace;
     js.active_deadline_seconds = Some(deadline.as_secs() as i64 + 60);
     let template_meta = js.template.metadata.get_or_insert_with(Default::default);
     template_meta
@@ -208,6 +222,35 @@ pub fn pod_failure(pod: &Pod) -> Option<String> {
             .clone()
             .unwrap_or_else(|| "the pod failed".to_owned())
     })
+}
+
+/// The Job's warning events (e.g. `FailedCreate` when admission refuses its pods), as
+/// "; the Job's events: ..." or nothing.
+async fn job_events(client: &Client, namespace: &str, job: &str) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind=Job,involvedObject.name={job}"
+    ));
+    let Ok(list) = events.list(&params).await else {
+        return String::new();
+    };
+    let lines: Vec<String> = list
+        .items
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.as_deref().unwrap_or("?"),
+                e.message.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; the Job's events: {}", lines.join("; "))
+    }
 }
 
 fn runner_index(pod: &Pod) -> Option<u32> {
@@ -359,8 +402,9 @@ async fn drive(
                     )
                 })
                 .collect();
+            let events = job_events(client, namespace, job_name).await;
             bail!(
-                "only {} of {runners} load runner pods were Ready after {}s (pods: {}); \
+                "only {} of {runners} load runner pods were Ready after {}s (pods: {}{events}); \
                  on an existing cluster the runner image may still be pulling",
                 list.items.iter().filter(|p| is_ready(p)).count(),
                 timing.startup.as_secs(),
@@ -718,6 +762,21 @@ mod tests {
     }
 
     #[test]
+    fn job_names_are_dns_labels_unique_per_run() {
+        assert_eq!(
+            job_name_with("autoscale", "0a1b2c"),
+            "iris-load-autoscale-0a1b2c"
+        );
+        let long = job_name_with("A_very long/scenario name that goes on and on", "0a1b2c");
+        assert!(long.len() <= 47, "{long}");
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert!(!long.contains("--"), "{long}");
+    }
+
+    #[test]
     fn the_job_is_typed_spread_and_restricted() {
         let spec = Spec::new(
             &config(4),
@@ -769,14 +828,75 @@ mod tests {
         let ports = c.ports.as_ref().expect("ports");
         assert_eq!(ports[0].container_port, i32::from(CONTROL_PORT));
         manifests::restricted(pod, "job").expect("restricted");
-        // And a template that loosens it is refused.
-        let mut loose = pod.clone();
-        loose.containers[0]
-            .security_context
-            .as_mut()
-            .expect("sc")
-            .read_only_root_filesystem = Some(false);
-        assert!(manifests::restricted(&loose, "job").is_err());
+        // And every way of loosening it that upstream's "restricted" refuses is refused.
+        let loosen: [(&str, fn(&mut k8s_openapi::api::core::v1::PodSpec)); 8] = [
+            ("writable root", |p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .expect("sc")
+                    .read_only_root_filesystem = Some(false)
+            }),
+            ("container runAsNonRoot false", |p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .expect("sc")
+                    .run_as_non_root = Some(false)
+            }),
+            ("pod seccomp Unconfined", |p| {
+                p.security_context
+                    .as_mut()
+                    .expect("psc")
+                    .seccomp_profile
+                    .as_mut()
+                    .expect("seccomp")
+                    .type_ = "Unconfined".into()
+            }),
+            ("procMount", |p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .expect("sc")
+                    .proc_mount = Some("Unmasked".into())
+            }),
+            ("a capability", |p| {
+                p.containers[0]
+                    .security_context
+                    .as_mut()
+                    .expect("sc")
+                    .capabilities
+                    .as_mut()
+                    .expect("caps")
+                    .add = Some(vec!["NET_RAW".into()])
+            }),
+            ("host network", |p| p.host_network = Some(true)),
+            ("hostPath volume", |p| {
+                p.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+                    name: "h".into(),
+                    host_path: Some(Default::default()),
+                    ..Default::default()
+                }])
+            }),
+            ("probe host", |p| {
+                p.containers[0]
+                    .readiness_probe
+                    .as_mut()
+                    .expect("probe")
+                    .http_get
+                    .as_mut()
+                    .expect("http")
+                    .host = Some("10.0.0.1".into())
+            }),
+        ];
+        for (what, change) in loosen {
+            let mut loose = pod.clone();
+            change(&mut loose);
+            assert!(
+                manifests::restricted(&loose, "job").is_err(),
+                "{what} passed"
+            );
+        }
     }
 
     fn pod(
@@ -836,17 +956,11 @@ mod tests {
             }
             let window = crate::load::stats::WindowSummary {
                 second,
-                offered_rps: None,
                 achieved_rps: per_second as f64,
                 responses: per_second,
-                errors: Default::default(),
                 connects: 1,
-                late_sends: 0,
-                p50_ms: None,
-                p90_ms: None,
-                p99_ms: None,
-                max_ms: None,
                 pods: [("iris-serve-a".to_owned(), per_second)].into(),
+                ..Default::default()
             };
             lines.push(
                 Event::Window {
@@ -868,14 +982,9 @@ mod tests {
             elapsed_s: 2.0,
             totals: crate::load::stats::Totals {
                 responses: 2 * per_second,
-                errors: Default::default(),
                 connects: 2,
-                late_sends: 0,
-                max_send_lag_ms: 0.0,
-                latency: None,
-                service_time: None,
-                send_lag: None,
                 pods: [("iris-serve-a".to_owned(), 2 * per_second)].into(),
+                ..Default::default()
             },
             windows: Vec::new(),
             scheduled: None,
@@ -932,6 +1041,10 @@ mod tests {
             } else if path.ends_with("/log") {
                 let pod = path.trim_end_matches("/log").rsplit('/').next().unwrap_or_default();
                 text_response(logs.get(pod).cloned().unwrap_or_default())
+            } else if path.ends_with("/events") {
+                json_response(serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
+                    {"metadata": {"name": "e1"}, "involvedObject": {"kind": "Job", "name": "iris-load-s1"},
+                     "type": "Warning", "reason": "FailedCreate", "message": "pods \"iris-load-s1-1\" is forbidden: violates PodSecurity"}]}))
             } else if path.contains("/proxy/start") {
                 json_response(serde_json::json!({"start_at_unix_ms": 1}))
             } else {
@@ -1072,6 +1185,11 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("only 0 of 2 load runner pods were Ready after 5s"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("the Job's events: FailedCreate: pods \"iris-load-s1-1\" is forbidden"),
             "{err}"
         );
         assert!(

@@ -443,17 +443,7 @@ fn merge_windows(second: u32, parts: &[&(WindowSummary, Histogram<u64>)]) -> Win
     let mut latency = crate::stats::window_histogram();
     let mut w = WindowSummary {
         second,
-        offered_rps: None,
-        achieved_rps: 0.0,
-        responses: 0,
-        errors: Default::default(),
-        connects: 0,
-        late_sends: 0,
-        p50_ms: None,
-        p90_ms: None,
-        p99_ms: None,
-        max_ms: None,
-        pods: BTreeMap::new(),
+        ..Default::default()
     };
     for (part, h) in parts {
         // Histograms of one kind all share bounds, so adding cannot fail.
@@ -481,17 +471,7 @@ fn merge_windows(second: u32, parts: &[&(WindowSummary, Histogram<u64>)]) -> Win
 /// Several shares' outcomes as one (windows not included; see `Merger::finish`).
 pub fn merge_outcomes(parts: &[&(Outcome, Histograms)]) -> Outcome {
     let mut histograms = Histograms::default();
-    let mut totals = Totals {
-        responses: 0,
-        errors: Default::default(),
-        connects: 0,
-        late_sends: 0,
-        max_send_lag_ms: 0.0,
-        latency: None,
-        service_time: None,
-        send_lag: None,
-        pods: BTreeMap::new(),
-    };
+    let mut totals = Totals::default();
     let mut scheduled: Option<u64> = None;
     let mut interrupted_after_s: Option<f64> = None;
     for (outcome, h) in parts {
@@ -603,14 +583,8 @@ mod tests {
                         elapsed_s: 1.0,
                         totals: Totals {
                             responses: p.len() as u64,
-                            errors: Default::default(),
                             connects: 1,
-                            late_sends: 0,
-                            max_send_lag_ms: 0.0,
-                            latency: None,
-                            service_time: None,
-                            send_lag: None,
-                            pods: BTreeMap::new(),
+                            ..Default::default()
                         },
                         windows: Vec::new(),
                         scheduled: None,
@@ -707,14 +681,9 @@ mod tests {
             offered_rps: Some(10.0),
             achieved_rps: responses as f64,
             responses,
-            errors: Default::default(),
             connects: 1,
-            late_sends: 0,
-            p50_ms: None,
-            p90_ms: None,
-            p99_ms: None,
-            max_ms: None,
             pods: pods.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect(),
+            ..Default::default()
         }
     }
 

@@ -263,7 +263,7 @@ pub(crate) fn max_ms(h: &Histogram<u64>) -> Option<f64> {
 }
 
 /// One second of the run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WindowSummary {
     /// Seconds since the load started, at the end of this window.
     pub second: u32,
@@ -311,7 +311,7 @@ impl LatencySummary {
 }
 
 /// Whole-run totals.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub responses: u64,
     pub errors: ErrorCounts,

@@ -103,8 +103,14 @@ async fn run(index: u32) -> anyhow::Result<bool> {
             tokio::select! {
                 changed = rx.wait_for(Option::is_some) => {
                     let at = changed.ok().and_then(|v| *v);
-                    drop(server);
-                    at.context("the start signal's listener stopped")?
+                    match at {
+                        Some(at) => at,
+                        // The listener ended (it could not bind): say why.
+                        None => match server.await {
+                            Ok(Err(e)) => return Err(e),
+                            _ => bail!("the start signal's listener stopped"),
+                        },
+                    }
                 }
                 () = tokio::time::sleep(Duration::from_millis(within_ms)) => {
                     bail!("no start signal within {:.0}s (POST /start?at=UNIX_MS on port {port})",
@@ -173,6 +179,21 @@ async fn control(
     }
 }
 
+/// An error answer, shaped as a Kubernetes `Status` so that it reads the same through the API
+/// server's pod proxy (kube parses an error body as a `Status`).
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "code": status.as_u16(),
+            "message": message,
+        }),
+    )
+}
+
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
@@ -203,19 +224,16 @@ fn answer<B>(
                 .find_map(|kv| kv.strip_prefix("at="))
                 .and_then(|v| v.parse::<u64>().ok());
             let Some(at) = at else {
-                return json(
+                return error(
                     StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": "give the start as ?at=UNIX_MILLISECONDS" }),
+                    "give the start as ?at=UNIX_MILLISECONDS",
                 );
             };
             let mut told = told.lock().unwrap_or_else(|e| e.into_inner());
             match *told {
-                Some(earlier) if earlier != at => json(
+                Some(earlier) if earlier != at => error(
                     StatusCode::CONFLICT,
-                    serde_json::json!({
-                        "error": "this runner was already told another start",
-                        "start_at_unix_ms": earlier,
-                    }),
+                    &format!("this runner was already told another start ({earlier})"),
                 ),
                 _ => {
                     *told = Some(at);
@@ -227,9 +245,9 @@ fn answer<B>(
                 }
             }
         }
-        _ => json(
+        _ => error(
             StatusCode::NOT_FOUND,
-            serde_json::json!({ "error": "GET /ready or POST /start?at=UNIX_MS" }),
+            "GET /ready or POST /start?at=UNIX_MS",
         ),
     }
 }
