@@ -1018,6 +1018,45 @@ mod tests {
         }
     }
 
+    /// `run` against the mock API with these pods and logs (`hold`: a path left unanswered),
+    /// 2-second closed loop over 4 connections; checks the Job was deleted last, whatever happened.
+    async fn run_mocked(
+        pods: Vec<serde_json::Value>,
+        logs: BTreeMap<String, String>,
+        hold: Option<&'static str>,
+        runners: u32,
+        interrupt: impl Future<Output = ()>,
+    ) -> (
+        anyhow::Result<(Outcome, Placement)>,
+        Option<f64>,
+        Vec<String>,
+    ) {
+        let (client, api) = MockApi::new();
+        let server = tokio::spawn(serve(api, pods, logs, hold));
+        let mut started = None;
+        let result = run(
+            &client,
+            "iris-serve",
+            "iris-load-s1",
+            "iris-load-runner:abc",
+            runners,
+            &config(4),
+            quick(),
+            true,
+            |t| started = Some(t),
+            interrupt,
+        )
+        .await;
+        drop(client);
+        let seen = server.await.expect("mock");
+        assert!(
+            seen.last()
+                .is_some_and(|r| r == &format!("DELETE {JOBS}/iris-load-s1?")),
+            "the Job is deleted on every path: {seen:?}"
+        );
+        (result, started, seen)
+    }
+
     /// Answers the harness's requests by path (log streams run concurrently, so their order is
     /// not fixed); returns the requests seen as "METHOD path?query".
     async fn serve(
@@ -1061,7 +1100,6 @@ mod tests {
 
     #[tokio::test]
     async fn two_runners_are_started_together_followed_and_merged_then_the_job_is_deleted() {
-        let (client, api) = MockApi::new();
         let pods = vec![
             pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
             pod("iris-load-s1-1-b", 1, "kind-worker2", true, None),
@@ -1070,24 +1108,8 @@ mod tests {
             ("iris-load-s1-0-a".to_owned(), runner_log(0, 100)),
             ("iris-load-s1-1-b".to_owned(), runner_log(1, 50)),
         ]);
-        let server = tokio::spawn(serve(api, pods, logs, None));
-        let mut started = None;
-        let (outcome, placement) = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
-            2,
-            &config(4),
-            quick(),
-            true,
-            |t| started = Some(t),
-            std::future::pending(),
-        )
-        .await
-        .expect("the load ran");
-        drop(client);
-        let seen = server.await.expect("mock");
+        let (result, started, seen) = run_mocked(pods, logs, None, 2, std::future::pending()).await;
+        let (outcome, placement) = result.expect("the load ran");
         assert_eq!(outcome.totals.responses, 300);
         assert_eq!(outcome.windows.len(), 2);
         assert_eq!(outcome.windows[0].responses, 150);
@@ -1114,36 +1136,18 @@ mod tests {
                 .any(|r| r.contains("/log?") && r.contains("follow=true")),
             "{seen:?}"
         );
-        let delete = seen.last().expect("requests");
-        assert_eq!(delete, &format!("DELETE {JOBS}/iris-load-s1?"), "{seen:?}");
     }
 
     #[tokio::test]
     async fn a_runner_that_cannot_start_is_named_with_its_reason_and_log_and_the_job_goes() {
-        let (client, api) = MockApi::new();
         let oom = serde_json::json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
         let pods = vec![
             pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
             pod("iris-load-s1-1-b", 1, "kind-worker2", false, Some(oom)),
         ];
         let logs = BTreeMap::from([("iris-load-s1-1-b".to_owned(), "allocating\n".to_owned())]);
-        let server = tokio::spawn(serve(api, pods, logs, None));
-        let err = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
-            2,
-            &config(4),
-            quick(),
-            true,
-            |_| {},
-            std::future::pending(),
-        )
-        .await
-        .expect_err("a runner was OOM-killed");
-        drop(client);
-        let seen = server.await.expect("mock");
+        let (result, _, seen) = run_mocked(pods, logs, None, 2, std::future::pending()).await;
+        let err = result.expect_err("a runner was OOM-killed");
         let text = format!("{err:#}");
         assert!(
             text.contains("iris-load-s1-1-b")
@@ -1155,33 +1159,14 @@ mod tests {
             !seen.iter().any(|r| r.contains("/proxy/start")),
             "nobody was started: {seen:?}"
         );
-        assert!(
-            seen.last().is_some_and(|r| r.starts_with("DELETE")),
-            "{seen:?}"
-        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn runners_that_never_get_ready_end_the_wait_at_the_startup_budget() {
-        let (client, api) = MockApi::new();
         let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", false, None)];
-        let server = tokio::spawn(serve(api, pods, BTreeMap::new(), None));
-        let err = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
-            2,
-            &config(4),
-            quick(),
-            true,
-            |_| {},
-            std::future::pending(),
-        )
-        .await
-        .expect_err("never ready");
-        drop(client);
-        let seen = server.await.expect("mock");
+        let (result, _, _) =
+            run_mocked(pods, BTreeMap::new(), None, 2, std::future::pending()).await;
+        let err = result.expect_err("never ready");
         assert!(
             err.to_string()
                 .contains("only 0 of 2 load runner pods were Ready after 5s"),
@@ -1192,74 +1177,44 @@ mod tests {
                 .contains("the Job's events: FailedCreate: pods \"iris-load-s1-1\" is forbidden"),
             "{err}"
         );
-        assert!(
-            seen.last().is_some_and(|r| r.starts_with("DELETE")),
-            "{seen:?}"
-        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn ctrl_c_while_waiting_deletes_the_job() {
-        let (client, api) = MockApi::new();
         let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", false, None)];
-        let server = tokio::spawn(serve(api, pods, BTreeMap::new(), None));
-        let err = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
+        let (result, _, _) = run_mocked(
+            pods,
+            BTreeMap::new(),
+            None,
             1,
-            &config(4),
-            quick(),
-            true,
-            |_| {},
             tokio::time::sleep(Duration::from_secs(1)),
         )
-        .await
-        .expect_err("interrupted");
-        drop(client);
-        let seen = server.await.expect("mock");
+        .await;
+        let err = result.expect_err("interrupted");
         assert!(err.is::<crate::signals::Interrupted>(), "{err:#}");
-        assert!(
-            seen.last().is_some_and(|r| r.starts_with("DELETE")),
-            "{seen:?}"
-        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_runner_that_never_reports_ends_the_wait_at_the_deadline() {
-        let (client, api) = MockApi::new();
         let pods = vec![
             pod("iris-load-s1-0-a", 0, "kind-worker", true, None),
             pod("iris-load-s1-1-b", 1, "kind-worker2", true, None),
         ];
         // Runner 1's log stream never answers (a hung node, a runner stuck before its first line).
         let logs = BTreeMap::from([("iris-load-s1-0-a".to_owned(), runner_log(0, 10))]);
-        let server = tokio::spawn(serve(api, pods, logs, Some("iris-load-s1-1-b/log")));
-        let err = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
+        let (result, _, _) = run_mocked(
+            pods,
+            logs,
+            Some("iris-load-s1-1-b/log"),
             2,
-            &config(4),
-            quick(),
-            true,
-            |_| {},
             std::future::pending(),
         )
-        .await
-        .expect_err("runner 1 never reported");
-        drop(client);
-        let seen = server.await.expect("mock");
+        .await;
+        let err = result.expect_err("runner 1 never reported");
         let text = format!("{err:#}");
         assert!(
             text.contains("pods iris-load-s1-1-b had not reported their results 3s after"),
             "{text}"
-        );
-        assert!(
-            seen.last().is_some_and(|r| r.starts_with("DELETE")),
-            "{seen:?}"
         );
     }
 
@@ -1338,7 +1293,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_runner_whose_log_ends_without_results_is_named() {
-        let (client, api) = MockApi::new();
         let pods = vec![pod("iris-load-s1-0-a", 0, "kind-worker", true, None)];
         let logs = BTreeMap::from([(
             "iris-load-s1-0-a".to_owned(),
@@ -1349,32 +1303,13 @@ mod tests {
             .line()
                 + "\nsegfault\n",
         )]);
-        let server = tokio::spawn(serve(api, pods, logs, None));
-        let err = run(
-            &client,
-            "iris-serve",
-            "iris-load-s1",
-            "iris-load-runner:abc",
-            1,
-            &config(4),
-            quick(),
-            true,
-            |_| {},
-            std::future::pending(),
-        )
-        .await
-        .expect_err("no results");
-        drop(client);
-        let seen = server.await.expect("mock");
+        let (result, _, _) = run_mocked(pods, logs, None, 1, std::future::pending()).await;
+        let err = result.expect_err("no results");
         let text = format!("{err:#}");
         assert!(
             text.contains("iris-load-s1-0-a: it ended without reporting its results")
                 && text.contains("segfault"),
             "{text}"
-        );
-        assert!(
-            seen.last().is_some_and(|r| r.starts_with("DELETE")),
-            "{seen:?}"
         );
     }
 }
