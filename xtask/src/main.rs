@@ -64,7 +64,7 @@ enum Command {
     /// Deploy the app (Namespace, Deployment, Service, HPA) and wait until it autoscales.
     Deploy(deploy::Args),
     /// Drive HTTP load at a URL: closed loop (like wrk) or open loop (--rate/--stages, like wrk2).
-    Load(load::Args),
+    Load(Box<load::Args>),
     /// Render a saved report.json again (terminal, report.md, timeline.svg).
     Report(report::Args),
     /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.

@@ -829,7 +829,8 @@ mod tests {
         assert_eq!(ports[0].container_port, i32::from(CONTROL_PORT));
         manifests::restricted(pod, "job").expect("restricted");
         // And every way of loosening it that upstream's "restricted" refuses is refused.
-        let loosen: [(&str, fn(&mut k8s_openapi::api::core::v1::PodSpec)); 8] = [
+        type Loosen = fn(&mut k8s_openapi::api::core::v1::PodSpec);
+        let loosen: [(&str, Loosen); 8] = [
             ("writable root", |p| {
                 p.containers[0]
                     .security_context
