@@ -114,6 +114,10 @@ pub struct Observation {
     pub samples: Vec<Sample>,
     pub pods: Vec<PodTimeline>,
     pub events: Vec<ScaleEvent>,
+    /// Every app pod's `/metrics`, scraped with each sample: the observer's raw material, not the
+    /// report's (the report keeps what `podmetrics::derive` makes of it).
+    #[serde(skip)]
+    pub scrapes: Vec<crate::podmetrics::Scrape>,
 }
 
 fn unix_s(t: &Time) -> f64 {
@@ -264,12 +268,23 @@ pub fn pod_timeline(pod: &Pod, load_start_unix_s: f64) -> PodTimeline {
     }
 }
 
-/// Watches the app until `stop` fires, sampling every `every`.
+/// The pods that have an address, so a server that can be scraped.
+pub fn addressed(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Watches the app until `stop` fires, sampling every `every`; with `metrics_port`, each sample
+/// also scrapes every pod's `/metrics` on that port through the API server.
+#[allow(clippy::too_many_arguments)]
 pub async fn observe(
     client: Client,
     namespace: &str,
     name: &str,
     selector: &str,
+    metrics_port: Option<u16>,
     load_start_unix_s: f64,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -326,6 +341,17 @@ pub async fn observe(
                 if !pod_states.contains_key(pod) && timeline.gone_s.is_none() {
                     timeline.gone_s = Some(t_s);
                 }
+            }
+            if let Some(port) = metrics_port {
+                let scrapes = crate::podmetrics::scrape_all(
+                    &client,
+                    namespace,
+                    &addressed(&list.items),
+                    port,
+                    load_start_unix_s,
+                )
+                .await;
+                observation.scrapes.extend(scrapes);
             }
         }
         let pod_cpu_m = match http::Request::get(&metrics_path).body(Vec::new()) {
@@ -896,6 +922,7 @@ mod tests {
             "iris-serve",
             "iris-serve",
             "app.kubernetes.io/name=iris-serve",
+            Some(8080),
             start,
             Duration::from_secs(1),
             stop,
@@ -1148,6 +1175,7 @@ mod tests {
                 ..PodTimeline::default()
             }],
             events: vec![],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[window(21, &[("p", 5)])], 60.0, &manifests_hpa());
         assert_eq!(d.new_pods_ready_s["p"], 20.0);
@@ -1218,6 +1246,7 @@ mod tests {
             ],
             pods: vec![],
             events: vec![event(0.8, DOWN), event(16.0, UP), event(140.0, DOWN)],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[], 120.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(16.0));
@@ -1242,6 +1271,7 @@ mod tests {
                 event(5.0, "New size: 2; reason: All metrics below target"),
                 event(20.0, UP),
             ],
+            scrapes: vec![],
         };
         let d = derive(&from_two, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(20.0));
@@ -1260,6 +1290,7 @@ mod tests {
             ],
             pods: vec![],
             events: vec![event(15.0, UP)],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(15.0));

@@ -749,7 +749,9 @@ mod tests {
         };
         let hpa = fixture::manifests_hpa();
 
-        let run = fixture::autoscale_run();
+        let mut run = fixture::autoscale_run();
+        let scrapes = std::mem::take(&mut run.observation.scrapes);
+        let server = crate::podmetrics::derive(&scrapes, &run.observation.pods, run.load_end_s);
         let autoscale_load = outcome(
             run.windows.clone(),
             150.02,
@@ -773,6 +775,7 @@ mod tests {
             derived,
             load_end_s: run.load_end_s,
             autoscaling: Some(hpa.clone()),
+            server: Some(server),
         };
 
         // bottleneck: one pod throttled at its limit under 2,000 connections for 60 s; the HPA
@@ -814,6 +817,7 @@ mod tests {
                 ..PodTimeline::default()
             }],
             events: vec![],
+            scrapes: vec![],
         };
         let windows: Vec<WindowSummary> = (1..=60u32)
             .map(|second| WindowSummary {
@@ -846,6 +850,18 @@ mod tests {
             },
         );
         let derived = crate::observe::derive(&observation, &windows, 60.01, &bottleneck_hpa);
+        // The same pod served the autoscale scenario before: its counters start from there.
+        let before = autoscale.server.as_ref().map_or(0, |s| s.pods[pod].counted) as f64;
+        let mut counter = fixture::ServerCounter::new(pod, before, -0.05, &windows);
+        let scrapes: Vec<crate::podmetrics::Scrape> = std::iter::once(-0.05)
+            .chain((0..70).map(|i| f64::from(i) + 0.325))
+            .map(|t| crate::podmetrics::Scrape {
+                pod: pod.to_owned(),
+                t_s: t,
+                counts: Ok(counter.scrape(t, &windows)),
+            })
+            .collect();
+        let server = crate::podmetrics::derive(&scrapes, &observation.pods, 60.01);
         let bottleneck = ScenarioResult {
             gates: crate::scenario::judge(&scenarios[1].gates, &load, &derived),
             scenario: scenarios[1].clone(),
@@ -854,6 +870,7 @@ mod tests {
             derived,
             load_end_s: 60.01,
             autoscaling: Some(bottleneck_hpa),
+            server: Some(server),
         };
 
         let phases: Vec<(String, f64)> = [

@@ -295,6 +295,10 @@ pub struct ScenarioResult {
     /// What the derivations assumed about the autoscaler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// What each pod's server counted (its `/metrics`, scraped through the API server); none in
+    /// reports from before the scrapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::podmetrics::ServerMetrics>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -398,6 +402,51 @@ pub fn autoscaling(
     })
 }
 
+/// The port the server container listens on: the app Deployment's container port named `http`.
+pub fn metrics_port(settings: &AppSettings) -> anyhow::Result<u16> {
+    deploy::app_objects(settings)?
+        .iter()
+        .find_map(|o| match o {
+            crate::manifests::Object::Deployment(d) => d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| {
+                    p.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .find(|p| p.name.as_deref() == Some("http"))
+                })
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+            _ => None,
+        })
+        .context("the app Deployment in manifests/app has no container port named `http`")
+}
+
+/// Scrapes every addressed app pod once: the baseline the scenario's counts start from.
+async fn scrape_app(client: &Client, port: u16) -> Vec<crate::podmetrics::Scrape> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    match pods
+        .list(&kube::api::ListParams::default().labels(SELECTOR))
+        .await
+    {
+        Ok(list) => {
+            crate::podmetrics::scrape_all(
+                client,
+                NAMESPACE,
+                &observe::addressed(&list.items),
+                port,
+                0.0,
+            )
+            .await
+        }
+        Err(e) => {
+            eprintln!("  could not list the app's pods before the load ({e}): the servers' counts will be lower bounds");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs one scenario against the deployed app at `url`.
 pub async fn run(
     client: &Client,
@@ -425,13 +474,20 @@ pub async fn run(
         metrics.resolution,
         hpa.scale_down_within_s()
     );
+    let port = metrics_port(&settings)?;
+    // Taken on the Unix clock, then put on the load's: the scrape before the load.
+    let mut baseline = scrape_app(client, port).await;
     let load_start = observe::unix_now_s();
+    for s in &mut baseline {
+        s.t_s -= load_start;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let observer = tokio::spawn(observe::observe(
         client.clone(),
         NAMESPACE,
         NAME,
         SELECTOR,
+        Some(port),
         load_start,
         Duration::from_secs(1),
         stop_rx,
@@ -442,13 +498,16 @@ pub async fn run(
         tokio::time::sleep(observe_after).await;
     }
     let _ = stop_tx.send(true);
-    let observation = observer.await.context("the observer task failed")?;
+    let mut observation = observer.await.context("the observer task failed")?;
+    observation.scrapes.splice(0..0, baseline);
     let outcome = outcome?;
     eprint!(
         "{}",
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
     let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
+    let server =
+        crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
@@ -462,6 +521,7 @@ pub async fn run(
         gates,
         load_end_s,
         autoscaling: Some(hpa),
+        server: Some(server),
     })
 }
 
