@@ -27,11 +27,11 @@
 use std::collections::BTreeMap;
 
 use crate::load::stats::{ErrorCounts, WindowSummary};
-use crate::podmetrics::{Counts, Scrape};
 use crate::observe::{
     Autoscaling, Observation, PodState, PodTimeline, PodView, Policy, Sample, ScaleEvent,
     hpa_formula,
 };
+use crate::podmetrics::{Counts, Scrape};
 
 /// The load's start, in Unix seconds (a fractional second, as any real start).
 pub const START_UNIX_S: f64 = 1_795_000_000.6;
@@ -187,8 +187,8 @@ fn latency_cdf(throttled: bool) -> Vec<(f64, f64)> {
         ]
     } else {
         [
-            0.05, 0.62, 0.93, 0.975, 0.988, 0.994, 0.997, 0.999, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
-            1.0, 1.0,
+            0.05, 0.62, 0.93, 0.975, 0.988, 0.994, 0.997, 0.999, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+            1.0,
         ]
     };
     let mut le = 0.0001;
@@ -217,7 +217,10 @@ impl ServerCounter {
             pod,
             before,
             counted_to: t,
-            buckets: latency_cdf(false).into_iter().map(|(le, _)| (le, 0.0)).collect(),
+            buckets: latency_cdf(false)
+                .into_iter()
+                .map(|(le, _)| (le, 0.0))
+                .collect(),
         };
         let n = c.cumulative(t, windows);
         c.add(n, latency_cdf(false));
@@ -457,7 +460,10 @@ pub fn autoscale_run() -> Run {
                 let counts = if exited {
                     Err("ServiceUnavailable: error trying to reach service: dial tcp 10.244.2.3:8080: connect: connection refused".to_owned())
                 } else if slow {
-                    Err(format!("no answer within {}s", crate::podmetrics::SCRAPE_TIMEOUT.as_secs()))
+                    Err(format!(
+                        "no answer within {}s",
+                        crate::podmetrics::SCRAPE_TIMEOUT.as_secs()
+                    ))
                 } else {
                     let c = counters
                         .entry(pod.name)

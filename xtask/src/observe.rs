@@ -1389,6 +1389,60 @@ mod tests {
         assert_eq!(obs.events[0].message, "New size: 3");
     }
 
+    /// With each sample, the pods that have an address get their /metrics read through the pod
+    /// proxy; a pending pod (no IP yet) is not scraped.
+    #[tokio::test(start_paused = true)]
+    async fn each_sample_scrapes_the_addressed_pods_through_the_proxy() {
+        let (client, mut api) = MockApi::new();
+        let start = unix_now_s();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let text = std::fs::read_to_string(
+            crate::project_root().join("xtask/testdata/metrics/after-43.txt"),
+        )
+        .expect("recorded text");
+        let server = tokio::spawn(async move {
+            api.expect(
+                "GET",
+                "/apis/autoscaling/v2/namespaces/iris-serve/horizontalpodautoscalers/iris-serve",
+                json_response(hpa_json(1, 2, 120)),
+            )
+            .await;
+            api.expect("GET", "/apis/apps/v1/namespaces/iris-serve/deployments/iris-serve", json_response(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "iris-serve"},
+                "spec": {"selector": {}, "template": {}}, "status": {"readyReplicas": 1, "replicas": 2}
+            }))).await;
+            api.expect("GET", "/api/v1/namespaces/iris-serve/pods", json_response(serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                {"metadata": {"name": "a"}, "spec": {"containers": []}, "status": {"phase": "Running", "podIP": "10.244.1.5",
+                    "conditions": [{"type": "Ready", "status": "True"}]}},
+                {"metadata": {"name": "b"}, "spec": {"containers": []}, "status": {"phase": "Pending"}}
+            ]}))).await;
+            api.expect(
+                "GET",
+                "/api/v1/namespaces/iris-serve/pods/a:8080/proxy/metrics",
+                crate::kubemock::text_response(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    &text,
+                ),
+            )
+            .await;
+            api.expect(
+                "GET",
+                "/apis/metrics.k8s.io/v1beta1/namespaces/iris-serve/pods",
+                json_response(serde_json::json!({"items": []})),
+            )
+            .await;
+            stop_tx.send(true).expect("stop");
+            api.expect("GET", "/api/v1/namespaces/iris-serve/events", json_response(serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}))).await;
+        });
+        let obs = observe_app(client, start, stop_rx).await;
+        server.await.expect("mock");
+        assert_eq!(obs.samples.len(), 1);
+        assert_eq!(obs.scrapes.len(), 1, "{:?}", obs.scrapes);
+        let counts = obs.scrapes[0].counts.as_ref().expect("answered");
+        assert_eq!((obs.scrapes[0].pod.as_str(), counts.total()), ("a", 43.0));
+        assert!(obs.scrapes[0].t_s >= 0.0);
+    }
+
     /// A pod leaving in a scale-down, as the API shows it sample by sample: deletion requested
     /// (deletionTimestamp = request + grace period) while still Ready (preStop sleep; the
     /// readiness probe keeps running), Ready=False once the server drains and exits, then gone.

@@ -93,10 +93,7 @@ fn parse_line(line: &str) -> Result<Line, String> {
         let end = closed.ok_or("unterminated label set")?;
         rest = &inner[end + 1..];
     }
-    let value = rest
-        .split_whitespace()
-        .next()
-        .ok_or("no value")?;
+    let value = rest.split_whitespace().next().ok_or("no value")?;
     let value = match value {
         "+Inf" | "Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
@@ -194,12 +191,13 @@ pub async fn scrape(
         )
         .body(Vec::new());
     let counts = match request {
-        Ok(request) => match tokio::time::timeout(SCRAPE_TIMEOUT, client.request_text(request)).await
-        {
-            Ok(Ok(text)) => parse(&text).and_then(|lines| Counts::of(&lines)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}s", SCRAPE_TIMEOUT.as_secs())),
-        },
+        Ok(request) => {
+            match tokio::time::timeout(SCRAPE_TIMEOUT, client.request_text(request)).await {
+                Ok(Ok(text)) => parse(&text).and_then(|lines| Counts::of(&lines)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", SCRAPE_TIMEOUT.as_secs())),
+            }
+        }
         Err(e) => Err(e.to_string()),
     };
     Scrape {
@@ -342,16 +340,16 @@ fn delta(prev: &Counts, cur: &Counts) -> (BTreeMap<u16, f64>, Vec<(f64, f64)>, b
         .buckets
         .iter()
         .map(|&(le, n)| {
-            let before = prev
-                .buckets
-                .iter()
-                .find(|b| b.0 == le)
-                .map_or(0.0, |b| b.1);
+            let before = prev.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
             (le, inc(before, n))
         })
         .collect();
     // A status seen before and gone now: the server restarted and has not answered it again.
-    if prev.by_status.keys().any(|s| !cur.by_status.contains_key(s)) {
+    if prev
+        .by_status
+        .keys()
+        .any(|s| !cur.by_status.contains_key(s))
+    {
         reset = true;
     }
     (by_status, buckets, reset)
@@ -365,6 +363,17 @@ fn add_buckets(into: &mut Vec<(f64, f64)>, more: &[(f64, f64)]) {
         }
     }
     into.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+/// Rounds to `places` decimals: the report keeps what its readers can use (ms times, 0.01
+/// requests/s, µs latencies), not float noise.
+fn round(v: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (v * scale).round() / scale
+}
+
+fn ms(seconds: Option<f64>) -> Option<f64> {
+    seconds.map(|s| round(s * 1000.0, 3))
 }
 
 fn class(status: u16) -> String {
@@ -402,9 +411,7 @@ pub fn derive(
             .iter()
             .filter_map(|s| s.counts.as_ref().ok().map(|c| (s.t_s, c)));
         let Some((first_t, first)) = ok.next() else {
-            server
-                .incomplete
-                .push("no scrape answered".to_owned());
+            server.incomplete.push("no scrape answered".to_owned());
             out.pods.insert(pod.to_owned(), server);
             continue;
         };
@@ -434,6 +441,9 @@ pub fn derive(
             for (s, n) in &by_status {
                 *rps.entry(class(*s)).or_default() += n / span;
             }
+            for v in rps.values_mut() {
+                *v = round(*v, 2);
+            }
             let n: f64 = by_status.values().sum();
             counted += n;
             add_buckets(&mut whole, &buckets);
@@ -442,12 +452,12 @@ pub fn derive(
                 .and_modify(|b| add_buckets(b, &buckets))
                 .or_insert_with(|| buckets.clone());
             server.points.push(PodPoint {
-                from_s: prev.0,
-                t_s: t,
+                from_s: round(prev.0, 3),
+                t_s: round(t, 3),
                 rps,
                 in_flight: cur.in_flight,
-                p50_ms: quantile(0.5, &buckets).map(|s| s * 1000.0),
-                p99_ms: quantile(0.99, &buckets).map(|s| s * 1000.0),
+                p50_ms: ms(quantile(0.5, &buckets)),
+                p99_ms: ms(quantile(0.99, &buckets)),
             });
             prev = (t, cur);
         }
@@ -461,11 +471,11 @@ pub fn derive(
         out.counted += server.counted;
         out.pods.insert(pod.to_owned(), server);
     }
-    out.p50_ms = quantile(0.5, &whole).map(|s| s * 1000.0);
-    out.p99_ms = quantile(0.99, &whole).map(|s| s * 1000.0);
+    out.p50_ms = ms(quantile(0.5, &whole));
+    out.p99_ms = ms(quantile(0.99, &whole));
     out.p99_by_second = per_second
         .into_iter()
-        .filter_map(|(s, b)| quantile(0.99, &b).map(|q| (s as f64, q * 1000.0)))
+        .filter_map(|(s, b)| ms(quantile(0.99, &b)).map(|q| (s as f64, q)))
         .collect();
     out
 }
@@ -496,7 +506,9 @@ pub fn count_check(server: &ServerMetrics, totals: &crate::load::stats::Totals) 
         finding = Some(format!(
             "the generator counted {missing} answers that no server counted ({generator} against {servers})"
         ));
-        format!("the servers counted {servers} responses, {missing} fewer than the generator's {generator}")
+        format!(
+            "the servers counted {servers} responses, {missing} fewer than the generator's {generator}"
+        )
     } else if servers < generator {
         format!(
             "the servers counted at least {servers} responses (a lower bound: some scrapes are missing), the generator {generator}"
@@ -519,5 +531,323 @@ pub fn count_check(server: &ServerMetrics, totals: &crate::load::stats::Totals) 
         unanswered,
         finding,
         summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubemock::{MockApi, status_with_message, text_response};
+    use crate::load::stats::{ErrorCounts, Totals};
+    use crate::observe::PodTimeline;
+
+    /// A /metrics text the real server printed (`xtask/testdata/metrics/`): `fresh` before any
+    /// request; `after-43` after 40 valid /predict (200), 3 invalid (422) and a /ready;
+    /// `after-68` after 25 more valid ones; `restarted-7` from a new process after 7.
+    fn recorded(name: &str) -> String {
+        let path = crate::project_root().join(format!("xtask/testdata/metrics/{name}.txt"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn counts(name: &str) -> Counts {
+        Counts::of(&parse(&recorded(name)).expect("parses")).expect("the server's series")
+    }
+
+    fn scrape_at(pod: &str, t: f64, name: &str) -> Scrape {
+        Scrape {
+            pod: pod.into(),
+            t_s: t,
+            counts: Ok(counts(name)),
+        }
+    }
+
+    fn failed(pod: &str, t: f64) -> Scrape {
+        Scrape {
+            pod: pod.into(),
+            t_s: t,
+            counts: Err("no answer within 2s".into()),
+        }
+    }
+
+    fn created(pod: &str, t: f64) -> PodTimeline {
+        PodTimeline {
+            name: pod.into(),
+            created_s: Some(t),
+            ..PodTimeline::default()
+        }
+    }
+
+    #[test]
+    fn the_servers_text_parses_into_the_load_routes_series() {
+        let fresh = counts("fresh");
+        // No /predict yet: the series do not exist, which is zero. The gauge counts the scrape.
+        assert_eq!((fresh.total(), fresh.buckets.len()), (0.0, 0));
+        assert_eq!(fresh.in_flight, 0.0);
+        let c = counts("after-43");
+        assert_eq!(c.by_status, [(200, 40.0), (422, 3.0)].into());
+        // exponential_buckets(0.0001, 2.0, 16) and +Inf, in order; the probes' and the
+        // scrapes' own histograms left out.
+        assert_eq!(c.buckets.len(), 17);
+        assert_eq!(c.buckets[0], (0.0001, 6.0));
+        assert_eq!(c.buckets[16], (f64::INFINITY, 43.0));
+        assert!(
+            c.buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+        );
+        assert_eq!(c.in_flight, 0.0);
+        let lines = parse(&recorded("after-43")).expect("parses");
+        let build = lines
+            .iter()
+            .find(|l| l.name == "iris_serve_build_info")
+            .expect("build info");
+        assert_eq!(build.labels["version"], "0.1.0");
+    }
+
+    #[test]
+    fn label_values_escapes_and_bad_lines() {
+        let lines = parse(
+            "# TYPE x counter\nx_total{a=\"q\\\"uo,te}\",b=\"back\\\\slash\\n\"} 1.5e3 1700000000\ny 2 # {trace_id=\"z\"} 1\nz{} +Inf\n# EOF\n",
+        )
+        .expect("parses");
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].labels["a"], "q\"uo,te}");
+        assert_eq!(lines[0].labels["b"], "back\\slash\n");
+        assert_eq!(lines[0].value, 1500.0);
+        assert_eq!((lines[1].name.as_str(), lines[1].value), ("y", 2.0));
+        assert!(lines[2].value.is_infinite());
+        for (bad, why) in [
+            ("x{a=\"1\" 2", "unterminated"),
+            ("x{a=1} 2", "not quoted"),
+            ("x abc", "bad value"),
+            ("x", "no value"),
+        ] {
+            let err = parse(&format!("# ok\n{bad}\n")).expect_err(bad);
+            assert!(err.contains("line 2") && err.contains(why), "{bad}: {err}");
+        }
+        // Not the server's text at all: said so, not zero.
+        let err = Counts::of(&parse("up 1\n").expect("parses")).expect_err("no gauge");
+        assert!(err.contains("iris_serve_http_requests_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_histogram_quantile() {
+        let b = counts("after-43").buckets;
+        // Rank 21.5 of 43 in (0.1, 0.2] ms holding 36: 0.1 + 0.1 × 15.5 / 36.
+        let p50 = quantile(0.5, &b).expect("p50");
+        assert!(
+            (p50 - (0.0001 + 0.0001 * 15.5 / 36.0)).abs() < 1e-12,
+            "{p50}"
+        );
+        // Rank 42.57 in (0.2, 0.4] ms holding 1.
+        let p99 = quantile(0.99, &b).expect("p99");
+        assert!((p99 - (0.0002 + 0.0002 * 0.57)).abs() < 1e-9, "{p99}");
+        // A rank in +Inf: the highest finite bound; nothing counted: no quantile.
+        assert_eq!(
+            quantile(0.99, &[(1.0, 0.0), (f64::INFINITY, 10.0)]),
+            Some(1.0)
+        );
+        assert_eq!(quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]), None);
+    }
+
+    #[test]
+    fn rates_from_consecutive_scrapes_and_a_restart_is_a_reset() {
+        // The pod was there before the load (created long before): its scrape before the load is
+        // the baseline; then 43 requests in 1.1 s, 25 in 1 s, a restart and 7.
+        let scrapes = [
+            scrape_at("a", -0.1, "fresh"),
+            scrape_at("a", 1.0, "after-43"),
+            scrape_at("a", 2.0, "after-68"),
+            scrape_at("a", 3.0, "restarted-7"),
+        ];
+        let m = derive(&scrapes, &[created("a", -300.0)], 2.5);
+        let a = &m.pods["a"];
+        assert_eq!(a.points.len(), 3);
+        let p = &a.points[0];
+        assert_eq!((p.rps["2xx"], p.rps["4xx"]), (36.36, 2.73));
+        assert_eq!((p.from_s, p.t_s), (-0.1, 1.0));
+        assert!((a.points[1].total_rps() - 25.0).abs() < 1e-9);
+        // After the restart the counter went down: the new value counts from zero.
+        assert!(
+            (a.points[2].total_rps() - 7.0).abs() < 1e-9,
+            "{:?}",
+            a.points[2]
+        );
+        assert_eq!(a.resets, 1);
+        assert_eq!(a.counted, 43 + 25 + 7);
+        assert_eq!(m.counted, 75);
+        // What it served after 2 s and before the restart is unknown: a lower bound, said why.
+        assert!(!m.complete());
+        assert!(
+            a.incomplete[0].contains("restarted between 2s and 3s"),
+            "{a:?}"
+        );
+        // The latency of the first interval is the text's own (the baseline had none).
+        let p99 = p.p99_ms.expect("p99");
+        assert!((p99 - 0.314).abs() < 1e-6, "{p99}");
+        assert!(m.p99_ms.is_some() && !m.p99_by_second.is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_appears_mid_run_counts_from_zero_and_its_first_scrape_is_a_baseline() {
+        // "b" was created 10 s into the load; the observer first reached it at 12 s, when it had
+        // served 43 already: they count, but no rate before its second scrape.
+        let scrapes = [
+            scrape_at("a", -0.1, "fresh"),
+            scrape_at("a", 20.0, "fresh"),
+            scrape_at("b", 12.0, "after-43"),
+            scrape_at("b", 13.0, "after-68"),
+            scrape_at("b", 21.0, "after-68"),
+        ];
+        let m = derive(&scrapes, &[created("a", -300.0), created("b", 10.0)], 20.0);
+        let b = &m.pods["b"];
+        assert_eq!(b.points.len(), 2);
+        assert_eq!(b.points[0].from_s, 12.0);
+        assert_eq!(b.counted, 68);
+        assert!(m.complete(), "{m:?}");
+        assert_eq!(m.counted, 68);
+    }
+
+    #[test]
+    fn failed_scrapes_are_gaps_and_missing_ends_make_lower_bounds() {
+        let scrapes = [
+            // An old pod whose scrape before the load failed: its first answer is a baseline
+            // from inside the load, so what it served before is not counted.
+            failed("old", -0.1),
+            scrape_at("old", 1.0, "after-43"),
+            failed("old", 2.0),
+            failed("old", 3.0),
+            scrape_at("old", 4.0, "after-68"),
+            // A pod that vanished before the load ended.
+            scrape_at("gone", -0.1, "fresh"),
+            scrape_at("gone", 1.0, "after-43"),
+        ];
+        let m = derive(
+            &scrapes,
+            &[created("old", -300.0), created("gone", -300.0)],
+            5.0,
+        );
+        let old = &m.pods["old"];
+        assert_eq!((old.scrapes, old.failed_scrapes), (5, 3));
+        // One interval over the gap: 25 over 3 s, its average, never a zero for the failures.
+        assert_eq!(old.points.len(), 1);
+        assert_eq!((old.points[0].from_s, old.points[0].t_s), (1.0, 4.0));
+        assert_eq!(old.points[0].total_rps(), 8.33);
+        assert!(old.incomplete[0].contains("first answered scrape was 1s into the load"));
+        let gone = &m.pods["gone"];
+        assert!(
+            gone.incomplete[0].contains("before the load ended"),
+            "{gone:?}"
+        );
+        assert_eq!(m.scrapes(), (7, 3));
+        assert!(!m.complete());
+        // Nothing answered at all: no count, and said so.
+        let none = derive(&[failed("x", 1.0)], &[], 0.5);
+        assert_eq!(none.pods["x"].incomplete, ["no scrape answered"]);
+    }
+
+    fn totals(responses: u64, timeout: u64, reset: u64) -> Totals {
+        Totals {
+            responses,
+            errors: ErrorCounts {
+                timeout,
+                reset,
+                ..ErrorCounts::default()
+            },
+            connects: 0,
+            late_sends: 0,
+            max_send_lag_ms: 0.0,
+            latency: None,
+            service_time: None,
+            send_lag: None,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_servers_count_against_the_generators() {
+        let server = |counted: u64, incomplete: bool| ServerMetrics {
+            counted,
+            pods: [(
+                "a".to_owned(),
+                PodServer {
+                    counted,
+                    incomplete: if incomplete { vec!["x".into()] } else { vec![] },
+                    ..PodServer::default()
+                },
+            )]
+            .into(),
+            ..ServerMetrics::default()
+        };
+        let same = count_check(&server(100, false), &totals(100, 0, 0));
+        assert_eq!(same.finding, None);
+        assert!(
+            same.summary.contains("as many as the generator"),
+            "{}",
+            same.summary
+        );
+        // Answers no server counted.
+        let fewer = count_check(&server(97, false), &totals(100, 0, 0));
+        assert!(
+            fewer
+                .finding
+                .expect("finding")
+                .contains("3 answers that no server counted")
+        );
+        // ... unless the servers' count is a lower bound.
+        assert_eq!(
+            count_check(&server(97, true), &totals(100, 0, 0)).finding,
+            None
+        );
+        // Served, but the generator timed out or lost the connection first: explained.
+        let late = count_check(&server(104, false), &totals(100, 3, 1));
+        assert_eq!(late.finding, None);
+        assert!(late.summary.contains("4 more"), "{}", late.summary);
+        // More than that: a finding, a lower bound or not.
+        let extra = count_check(&server(110, true), &totals(100, 3, 1));
+        assert!(extra.finding.expect("finding").contains("6 responses more"));
+    }
+
+    #[tokio::test]
+    async fn scrapes_go_through_the_pod_proxy() {
+        let (client, mut api) = MockApi::new();
+        let text = recorded("after-43");
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                seen.push(
+                    api.answer("GET", |path| {
+                        if path.contains("/pods/a:8080/") {
+                            text_response(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                &text,
+                            )
+                        } else {
+                            // What the API server answers when the pod's port refuses.
+                            status_with_message(
+                                503,
+                                "ServiceUnavailable",
+                                "error trying to reach service: dial tcp 10.244.1.7:8080: connect: connection refused",
+                            )
+                        }
+                    })
+                    .await,
+                );
+            }
+            seen.sort();
+            seen
+        });
+        let scrapes = scrape_all(&client, "iris-serve", &["a".into(), "b".into()], 8080, 0.0).await;
+        let paths = server.await.expect("mock");
+        assert_eq!(
+            paths,
+            [
+                "/api/v1/namespaces/iris-serve/pods/a:8080/proxy/metrics",
+                "/api/v1/namespaces/iris-serve/pods/b:8080/proxy/metrics"
+            ]
+        );
+        assert_eq!(scrapes[0].counts, Ok(counts("after-43")));
+        let err = scrapes[1].counts.as_ref().expect_err("refused");
+        assert!(err.contains("error trying to reach service"), "{err}");
     }
 }

@@ -98,9 +98,11 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
     let header = vec![
         "scenario",
         "responses",
+        "server-counted",
         "req/s",
         "p50 ms",
         "p99 ms",
+        "server p99 ms",
         "errors",
         "max replicas",
         "first scale-up (±1s)",
@@ -131,13 +133,31 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
                         .join(", ")
                 )
             };
+            let server = s.server.as_ref();
+            let counted = server.map_or("-".into(), |m| {
+                let check = crate::podmetrics::count_check(m, t);
+                format!(
+                    "{}{}{}",
+                    if m.complete() { "" } else { ">=" },
+                    m.counted,
+                    if check.finding.is_some() {
+                        " FINDING"
+                    } else {
+                        ""
+                    }
+                )
+            });
             Row {
                 cells: vec![
                     s.scenario.name.clone(),
                     t.responses.to_string(),
+                    counted,
                     format!("{:.0}", t.responses as f64 / s.load.elapsed_s.max(1e-9)),
                     lat.map_or("-".into(), |l| format!("{:.1}", l.p50_ms)),
                     lat.map_or("-".into(), |l| format!("{:.1}", l.p99_ms)),
+                    server
+                        .and_then(|m| m.p99_ms)
+                        .map_or("-".into(), |p| format!("{p:.1}")),
                     format!(
                         "{} ({:.2}%)",
                         t.errors.total(),
@@ -196,7 +216,9 @@ pub fn render_markdown(report: &Report) -> String {
         out,
         "\nTimes are whole seconds since the load started, all rounded down alike (so their order holds); the API's timestamps are whole seconds, so pod and event times are ±1 s (the real time is within 2 s after the one shown). \
          First scale-up: the HPA's first decision above the count at the load's start. Scale-down: from the load's end to the HPA's decision to go back to its minimum. \
-         Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below)."
+         Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below). \
+         Server-counted and server p99: from each pod's own `/metrics`, scraped through the API server's pod proxy once a second and once before the load: the `/predict` responses the servers counted (`>=`: a lower bound, some pod's scrapes are missing; FINDING: a mismatch with the generator's count that no timeout or reset explains), \
+         and the p99 of the time in the handler, interpolated within the histogram's buckets as Prometheus's `histogram_quantile` does (the client's p99 minus it is queueing and network outside the handler)."
     );
     for s in &report.scenarios {
         let _ = writeln!(
@@ -224,6 +246,9 @@ pub fn render_markdown(report: &Report) -> String {
                     format!("; left out: {}", excluded.join(", "))
                 }
             );
+        }
+        if let Some(m) = &s.server {
+            server_lines(&mut out, s, m);
         }
         if let Some(i) = &s.derived.traffic_imbalance {
             let _ = writeln!(
@@ -256,9 +281,25 @@ pub fn render_markdown(report: &Report) -> String {
                     opt_s(p.gone_s)
                 );
             }
+            let own =
+                s.server
+                    .as_ref()
+                    .and_then(|m| m.pods.get(&p.name))
+                    .map_or(String::new(), |ps| {
+                        let peak = ps
+                            .points
+                            .iter()
+                            .map(crate::podmetrics::PodPoint::total_rps)
+                            .fold(0.0, f64::max);
+                        format!(
+                            " (its server counted {}{}, at most {peak:.0}/s)",
+                            if ps.incomplete.is_empty() { "" } else { ">=" },
+                            ps.counted
+                        )
+                    });
             let _ = writeln!(
                 out,
-                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests",
+                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests{own}",
                 p.name,
                 p.node.as_deref().unwrap_or("-"),
                 opt_s(p.created_s),
@@ -288,6 +329,43 @@ pub fn render_markdown(report: &Report) -> String {
         let _ = writeln!(out, "\nPhases: {} (total {total:.0}s).", phases.join(", "));
     }
     out
+}
+
+/// What the servers' own metrics say: their latency against the client's, their count against
+/// the generator's, and what was missing.
+fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::ServerMetrics) {
+    let (scrapes, failed) = m.scrapes();
+    let client = s.load.totals.latency.as_ref().map(|l| l.p99_ms);
+    let latency = match (m.p50_ms, m.p99_ms, client) {
+        (Some(p50), Some(p99), Some(c)) => format!(
+            "in the handler p50 {p50:.1} ms, p99 {p99:.1} ms against the client's p99 {c:.1} ms: {:.1} ms of the client's p99 is queueing and network outside the handler",
+            c - p99
+        ),
+        (Some(p50), Some(p99), None) => format!("in the handler p50 {p50:.1} ms, p99 {p99:.1} ms"),
+        _ => "no request reached a handler".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "- The servers' own metrics ({scrapes} scrapes of {} through the API server, {failed} failed: gaps, not zeros): {latency}.",
+        match m.pods.len() {
+            1 => "1 pod".to_owned(),
+            n => format!("{n} pods"),
+        }
+    );
+    let check = crate::podmetrics::count_check(m, &s.load.totals);
+    match &check.finding {
+        Some(f) => {
+            let _ = writeln!(out, "- **FINDING**: {f}.");
+        }
+        None => {
+            let _ = writeln!(out, "- Counts: {}.", check.summary);
+        }
+    }
+    for (pod, p) in &m.pods {
+        for why in &p.incomplete {
+            let _ = writeln!(out, "- pod `{pod}`'s count is a lower bound: {why}.");
+        }
+    }
 }
 
 /// The terminal table and verdict. `recorded`: the report is read back from a file (`report
@@ -323,6 +401,15 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     for g in report.failed_gates() {
         let _ = writeln!(out, "GATE FAILED: {g}");
     }
+    for s in &report.scenarios {
+        if let Some(f) = s
+            .server
+            .as_ref()
+            .and_then(|m| crate::podmetrics::count_check(m, &s.load.totals).finding)
+        {
+            let _ = writeln!(out, "FINDING: {}: {f}", s.scenario.name);
+        }
+    }
     let verdict = if report.passed() { "passed" } else { "FAILED" };
     let _ = if recorded {
         writeln!(
@@ -336,16 +423,16 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     out
 }
 
-/// Replicas, offered and achieved rps, p99 latency and CPU utilization over time, one column of
-/// panels per scenario, scale events marked.
+/// Replicas, offered and achieved rps, each pod's own count of requests/s, client and server p99
+/// latency and CPU utilization over time, one column of panels per scenario, scale events marked.
 pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     let mut svg = String::new();
     let panel_h = 170u32;
     let width = 900u32;
     let n = report.scenarios.len().max(1) as u32;
     {
-        let root =
-            SVGBackend::with_string(&mut svg, (width, panel_h * 4 * n + 10)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, panel_h * PANELS * n + 10))
+            .into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let blocks = root.split_evenly((n as usize, 1));
         for (s, block) in report.scenarios.iter().zip(blocks) {
@@ -356,6 +443,19 @@ pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     }
     Ok(svg)
 }
+
+/// Panels per scenario.
+const PANELS: u32 = 5;
+
+/// One colour per pod in the per-pod panel, in name order (repeats past six).
+const POD_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type Chart<'a, 'b> = ChartContext<
@@ -470,7 +570,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .max(1.0);
     let (plot_w, _) = area.dim_in_pixel();
     let rows: Vec<(Area<'_>, Area<'_>)> = area
-        .split_evenly((4, 1))
+        .split_evenly((PANELS as usize, 1))
         .into_iter()
         .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
         .collect();
@@ -570,6 +670,45 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
     mark_events(&mut chart, &mut legend, top)?;
     legend.draw(&rows[1].1)?;
 
+    // Each pod's own count: how evenly the Service spread the load.
+    let pods: Vec<(&String, Vec<(f64, f64)>)> = s
+        .server
+        .iter()
+        .flat_map(|m| &m.pods)
+        .map(|(pod, p)| {
+            let points = p.points.iter().map(|x| (x.t_s, x.total_rps())).collect();
+            (pod, points)
+        })
+        .collect();
+    let top = pods
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = panel(
+        &rows[2].0,
+        "requests/s per pod (each server's own count, from /metrics)",
+        end,
+        top,
+        None,
+        false,
+    )?;
+    let mut legend = Legend(Vec::new());
+    for (i, (pod, points)) in pods.into_iter().enumerate() {
+        // The pod's name after its ReplicaSet's hash: what tells pods apart.
+        let short = pod.rsplit('-').next().unwrap_or(pod);
+        line(
+            &mut chart,
+            &mut legend,
+            points,
+            POD_COLORS[i % POD_COLORS.len()],
+            2,
+            short,
+        )?;
+    }
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[2].1)?;
+
     // Latency.
     let p99: Vec<(f64, f64)> = s
         .load
@@ -577,8 +716,25 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .iter()
         .filter_map(|w| w.p99_ms.map(|p| (f64::from(w.second), p)))
         .collect();
-    let top = p99.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = panel(&rows[2].0, "p99 latency (ms)", end, top, None, false)?;
+    let server_p99: Vec<(f64, f64)> = s
+        .server
+        .as_ref()
+        .map(|m| m.p99_by_second.clone())
+        .unwrap_or_default();
+    let top = p99
+        .iter()
+        .chain(&server_p99)
+        .map(|p| p.1)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = panel(
+        &rows[3].0,
+        "p99 latency (ms): client, and in the server's handler",
+        end,
+        top,
+        None,
+        false,
+    )?;
     let mut legend = Legend(Vec::new());
     line(
         &mut chart,
@@ -586,10 +742,20 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         p99,
         RGBColor(230, 120, 0),
         2,
-        "p99",
+        "client p99",
     )?;
+    if !server_p99.is_empty() {
+        line(
+            &mut chart,
+            &mut legend,
+            server_p99,
+            RGBColor(90, 90, 90),
+            2,
+            "server p99",
+        )?;
+    }
     mark_events(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[2].1)?;
+    legend.draw(&rows[3].1)?;
 
     // CPU, with the HPA's target as a dashed line of its own colour (not a grid line).
     let cpu = series(&|x| x.cpu_utilization.map(f64::from));
@@ -603,7 +769,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         None => "CPU utilization (% of request)".to_owned(),
     };
     let mut chart = panel(
-        &rows[3].0,
+        &rows[4].0,
         caption,
         end,
         top,
@@ -630,7 +796,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed);
     }
     mark_events(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[3].1)?;
+    legend.draw(&rows[4].1)?;
     Ok(())
 }
 
@@ -1105,5 +1271,86 @@ mod tests {
         let back: Report =
             serde_json::from_slice(&std::fs::read(&files[0]).expect("json")).expect("parse");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn the_servers_side_is_reported_beside_the_clients() {
+        let report = fixture();
+        // The fixture's scrapes follow the generator's windows: every pod's own count is the
+        // generator's count of the responses it named itself in.
+        for s in &report.scenarios {
+            let m = s.server.as_ref().expect("server metrics");
+            assert!(m.complete(), "{}: {m:?}", s.scenario.name);
+            for (pod, p) in &m.pods {
+                assert_eq!(Some(&p.counted), s.load.totals.pods.get(pod), "{pod}");
+            }
+            // The handler's p99 is inside the client's, which adds the queueing before it.
+            let client = s.load.totals.latency.as_ref().expect("latency").p99_ms;
+            assert!(m.p99_ms.expect("server p99") < client);
+        }
+        let md = render_markdown(&report);
+        assert!(
+            md.contains("| server-counted |") && md.contains("| server p99 ms |"),
+            "{md}"
+        );
+        assert!(md.contains("| autoscale | 1235887 | 1235887 |"), "{md}");
+        assert!(md.contains("as many as the generator"), "{md}");
+        assert!(md.contains("3 failed: gaps, not zeros"), "{md}");
+        assert!(md.contains("of 1 pod through"), "{md}");
+        assert!(md.contains("its server counted 323553"), "{md}");
+        let svg = render_svg(&report).expect("svg");
+        for needle in [
+            "requests/s per pod (each server",
+            "client p99",
+            "server p99",
+            "h8rjd",
+            "m4wtn",
+            "q2xkz",
+        ] {
+            assert!(svg.contains(needle), "missing {needle}");
+        }
+
+        // A count no timing explains is a finding, in the table, the text and the terminal.
+        let mut off = report.clone();
+        let m = off.scenarios[0].server.as_mut().expect("server");
+        m.counted -= 5;
+        let md = render_markdown(&off);
+        assert!(md.contains("| 1235882 FINDING |"), "{md}");
+        assert!(
+            md.contains("**FINDING**: the generator counted 5 answers that no server counted"),
+            "{md}"
+        );
+        let text = render_terminal(&off, false);
+        assert!(
+            text.contains("FINDING: autoscale: the generator counted 5 answers"),
+            "{text}"
+        );
+        // A pod's count that is a lower bound says so, and why.
+        let mut lost = report.clone();
+        let m = lost.scenarios[1].server.as_mut().expect("server");
+        m.pods
+            .values_mut()
+            .for_each(|p| p.incomplete.push("it restarted between 20s and 21s".into()));
+        let md = render_markdown(&lost);
+        assert!(md.contains("| bottleneck | 355800 | >=355800 |"), "{md}");
+        assert!(
+            md.contains("count is a lower bound: it restarted between 20s and 21s"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_report_from_before_the_scrapes_still_reads_and_renders() {
+        let mut json: serde_json::Value = serde_json::to_value(fixture()).expect("json");
+        for s in json["scenarios"].as_array_mut().expect("scenarios") {
+            s.as_object_mut().expect("scenario").remove("server");
+        }
+        let old: Report = serde_json::from_value(json).expect("an older report reads");
+        assert!(old.scenarios.iter().all(|s| s.server.is_none()));
+        let md = render_markdown(&old);
+        assert!(md.contains("| autoscale | 1235887 | - |"), "{md}");
+        assert!(!md.contains("servers' own metrics"), "{md}");
+        let svg = render_svg(&old).expect("svg");
+        assert!(svg.contains("requests/s per pod") && !svg.contains("server p99"));
     }
 }

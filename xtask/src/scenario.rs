@@ -441,7 +441,9 @@ async fn scrape_app(client: &Client, port: u16) -> Vec<crate::podmetrics::Scrape
             .await
         }
         Err(e) => {
-            eprintln!("  could not list the app's pods before the load ({e}): the servers' counts will be lower bounds");
+            eprintln!(
+                "  could not list the app's pods before the load ({e}): the servers' counts will be lower bounds"
+            );
             Vec::new()
         }
     }
@@ -506,8 +508,7 @@ pub async fn run(
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
     let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
-    let server =
-        crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
+    let server = crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
