@@ -17,6 +17,23 @@ impl MockApi {
         (Client::new(service, "default"), MockApi { handle })
     }
 
+    /// The next request, which must have this method, and the handle to answer it.
+    async fn next(
+        &mut self,
+        method: &str,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, send) = self
+            .handle
+            .next_request()
+            .await
+            .expect("the code made no further request");
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        (request, send)
+    }
+
     /// Answers the next request, which must have this method and path; returns its URI query and body.
     pub async fn expect(
         &mut self,
@@ -24,12 +41,7 @@ impl MockApi {
         path: &str,
         response: Response<Body>,
     ) -> (String, serde_json::Value) {
-        let (request, send) = self
-            .handle
-            .next_request()
-            .await
-            .expect("the code made no further request");
-        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        let (request, send) = self.next(method).await;
         assert_eq!(request.uri().path(), path);
         let query = request.uri().query().unwrap_or_default().to_owned();
         let bytes = request
@@ -50,12 +62,7 @@ impl MockApi {
         method: &str,
         respond: impl FnOnce(&str) -> Response<Body>,
     ) -> String {
-        let (request, send) = self
-            .handle
-            .next_request()
-            .await
-            .expect("the code made no further request");
-        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        let (request, send) = self.next(method).await;
         let path = request.uri().path().to_owned();
         send.send_response(respond(&path));
         path

@@ -49,9 +49,7 @@ pub fn parse(text: &str) -> Result<Vec<Line>, String> {
 }
 
 fn parse_line(line: &str) -> Result<Line, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
     if name.is_empty() {
         return Err("no metric name".into());
@@ -279,9 +277,9 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// The total is exact: every pod was scraped before it served and after the load ended,
-    /// and none restarted.
+    /// and none restarted. No pod scraped at all (the pods could not be listed) is no count.
     pub fn complete(&self) -> bool {
-        self.pods.values().all(|p| p.incomplete.is_empty())
+        !self.pods.is_empty() && self.pods.values().all(|p| p.incomplete.is_empty())
     }
 
     pub fn scrapes(&self) -> (usize, usize) {
@@ -538,7 +536,7 @@ pub fn count_check(server: &ServerMetrics, totals: &crate::load::stats::Totals) 
 mod tests {
     use super::*;
     use crate::kubemock::{MockApi, status_with_message, text_response};
-    use crate::load::stats::{ErrorCounts, Totals};
+    use crate::load::stats::Totals;
     use crate::observe::PodTimeline;
 
     /// A /metrics text the real server printed (`xtask/testdata/metrics/`): `fresh` before any
@@ -559,6 +557,13 @@ mod tests {
             t_s: t,
             counts: Ok(counts(name)),
         }
+    }
+
+    /// One pod's scrapes: (time, recorded text).
+    fn scrapes_of(pod: &str, seen: &[(f64, &str)]) -> Vec<Scrape> {
+        seen.iter()
+            .map(|&(t, name)| scrape_at(pod, t, name))
+            .collect()
     }
 
     fn failed(pod: &str, t: f64) -> Scrape {
@@ -654,12 +659,15 @@ mod tests {
     fn rates_from_consecutive_scrapes_and_a_restart_is_a_reset() {
         // The pod was there before the load (created long before): its scrape before the load is
         // the baseline; then 43 requests in 1.1 s, 25 in 1 s, a restart and 7.
-        let scrapes = [
-            scrape_at("a", -0.1, "fresh"),
-            scrape_at("a", 1.0, "after-43"),
-            scrape_at("a", 2.0, "after-68"),
-            scrape_at("a", 3.0, "restarted-7"),
-        ];
+        let scrapes = scrapes_of(
+            "a",
+            &[
+                (-0.1, "fresh"),
+                (1.0, "after-43"),
+                (2.0, "after-68"),
+                (3.0, "restarted-7"),
+            ],
+        );
         let m = derive(&scrapes, &[created("a", -300.0)], 2.5);
         let a = &m.pods["a"];
         assert_eq!(a.points.len(), 3);
@@ -692,13 +700,11 @@ mod tests {
     fn a_pod_that_appears_mid_run_counts_from_zero_and_its_first_scrape_is_a_baseline() {
         // "b" was created 10 s into the load; the observer first reached it at 12 s, when it had
         // served 43 already: they count, but no rate before its second scrape.
-        let scrapes = [
-            scrape_at("a", -0.1, "fresh"),
-            scrape_at("a", 20.0, "fresh"),
-            scrape_at("b", 12.0, "after-43"),
-            scrape_at("b", 13.0, "after-68"),
-            scrape_at("b", 21.0, "after-68"),
-        ];
+        let mut scrapes = scrapes_of("a", &[(-0.1, "fresh"), (20.0, "fresh")]);
+        scrapes.extend(scrapes_of(
+            "b",
+            &[(12.0, "after-43"), (13.0, "after-68"), (21.0, "after-68")],
+        ));
         let m = derive(&scrapes, &[created("a", -300.0), created("b", 10.0)], 20.0);
         let b = &m.pods["b"];
         assert_eq!(b.points.len(), 2);
@@ -746,22 +752,14 @@ mod tests {
         assert_eq!(none.pods["x"].incomplete, ["no scrape answered"]);
     }
 
+    /// A generator's totals as a report.json records them.
     fn totals(responses: u64, timeout: u64, reset: u64) -> Totals {
-        Totals {
-            responses,
-            errors: ErrorCounts {
-                timeout,
-                reset,
-                ..ErrorCounts::default()
-            },
-            connects: 0,
-            late_sends: 0,
-            max_send_lag_ms: 0.0,
-            latency: None,
-            service_time: None,
-            send_lag: None,
-            pods: BTreeMap::new(),
-        }
+        serde_json::from_value(serde_json::json!({
+            "responses": responses, "connects": 1, "late_sends": 0, "max_send_lag_ms": 0.0,
+            "errors": {"connect": 0, "timeout": timeout, "reset": reset, "http_4xx": 0, "http_5xx": 0},
+            "latency": null, "service_time": null, "pods": {}
+        }))
+        .expect("totals")
     }
 
     #[test]
@@ -803,7 +801,15 @@ mod tests {
         let late = count_check(&server(104, false), &totals(100, 3, 1));
         assert_eq!(late.finding, None);
         assert!(late.summary.contains("4 more"), "{}", late.summary);
-        // More than that: a finding, a lower bound or not.
+        // No pod could be listed, so none scraped: nothing to compare, not a finding.
+        let nothing = count_check(&ServerMetrics::default(), &totals(100, 0, 0));
+        assert_eq!(nothing.finding, None);
+        assert!(
+            nothing.summary.contains("at least 0"),
+            "{}",
+            nothing.summary
+        );
+        // More than timeouts and resets explain: a finding, a lower bound or not.
         let extra = count_check(&server(110, true), &totals(100, 3, 1));
         assert!(extra.finding.expect("finding").contains("6 responses more"));
     }

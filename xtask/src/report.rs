@@ -560,6 +560,19 @@ fn panel<'a, 'b>(
     Ok(chart)
 }
 
+/// A panel without an x description whose y axis goes 10% above the highest of `values` (at
+/// least 1), its empty legend, and that top.
+fn fitted<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    end: f64,
+    values: impl Iterator<Item = f64>,
+) -> Result<(Chart<'a, 'b>, Legend, f64), Box<dyn std::error::Error>> {
+    let top = values.fold(1.0, f64::max) * 1.1;
+    let chart = panel(area, caption, end, top, None, false)?;
+    Ok((chart, Legend(Vec::new()), top))
+}
+
 fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
     let end = s
         .observation
@@ -653,16 +666,12 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .iter()
         .filter_map(|w| w.offered_rps.map(|o| (f64::from(w.second), o)))
         .collect();
-    let top = rps.iter().chain(&offered).map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = panel(
+    let (mut chart, mut legend, top) = fitted(
         &rows[1].0,
         "requests/s (achieved; offered in open loop)",
         end,
-        top,
-        None,
-        false,
+        rps.iter().chain(&offered).map(|p| p.1),
     )?;
-    let mut legend = Legend(Vec::new());
     line(&mut chart, &mut legend, rps, BLUE, 2, "achieved")?;
     if !offered.is_empty() {
         line(&mut chart, &mut legend, offered, BLACK, 1, "offered")?;
@@ -680,20 +689,12 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             (pod, points)
         })
         .collect();
-    let top = pods
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.1))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let mut chart = panel(
+    let (mut chart, mut legend, top) = fitted(
         &rows[2].0,
         "requests/s per pod (each server's own count, from /metrics)",
         end,
-        top,
-        None,
-        false,
+        pods.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)),
     )?;
-    let mut legend = Legend(Vec::new());
     for (i, (pod, points)) in pods.into_iter().enumerate() {
         // The pod's name after its ReplicaSet's hash: what tells pods apart.
         let short = pod.rsplit('-').next().unwrap_or(pod);
@@ -721,21 +722,12 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .as_ref()
         .map(|m| m.p99_by_second.clone())
         .unwrap_or_default();
-    let top = p99
-        .iter()
-        .chain(&server_p99)
-        .map(|p| p.1)
-        .fold(1.0, f64::max)
-        * 1.1;
-    let mut chart = panel(
+    let (mut chart, mut legend, top) = fitted(
         &rows[3].0,
         "p99 latency (ms): client, and in the server's handler",
         end,
-        top,
-        None,
-        false,
+        p99.iter().chain(&server_p99).map(|p| p.1),
     )?;
-    let mut legend = Legend(Vec::new());
     line(
         &mut chart,
         &mut legend,

@@ -625,6 +625,8 @@ mod tests {
         };
         let hpa = autoscaling(&settings, 15.0).expect("hpa");
         assert_eq!(hpa, crate::fixture::manifests_hpa());
+        // The servers' /metrics are read on the container port the manifest names `http`.
+        assert_eq!(metrics_port(&settings).expect("port"), 8080);
         let all = ScenarioFile::select(None).expect("default file");
         // autoscale names no time: the scale-down's 120 s.
         assert_eq!(all[0].observe_after(&hpa).expect("after").as_secs(), 120);
