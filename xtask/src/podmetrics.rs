@@ -777,41 +777,55 @@ mod tests {
             .into(),
             ..ServerMetrics::default()
         };
-        let same = count_check(&server(100, false), &totals(100, 0, 0));
-        assert_eq!(same.finding, None);
-        assert!(
-            same.summary.contains("as many as the generator"),
-            "{}",
-            same.summary
-        );
-        // Answers no server counted.
-        let fewer = count_check(&server(97, false), &totals(100, 0, 0));
-        assert!(
-            fewer
-                .finding
-                .expect("finding")
-                .contains("3 answers that no server counted")
-        );
-        // ... unless the servers' count is a lower bound.
-        assert_eq!(
-            count_check(&server(97, true), &totals(100, 0, 0)).finding,
-            None
-        );
-        // Served, but the generator timed out or lost the connection first: explained.
-        let late = count_check(&server(104, false), &totals(100, 3, 1));
-        assert_eq!(late.finding, None);
-        assert!(late.summary.contains("4 more"), "{}", late.summary);
-        // No pod could be listed, so none scraped: nothing to compare, not a finding.
-        let nothing = count_check(&ServerMetrics::default(), &totals(100, 0, 0));
-        assert_eq!(nothing.finding, None);
-        assert!(
-            nothing.summary.contains("at least 0"),
-            "{}",
-            nothing.summary
-        );
-        // More than timeouts and resets explain: a finding, a lower bound or not.
-        let extra = count_check(&server(110, true), &totals(100, 3, 1));
-        assert!(extra.finding.expect("finding").contains("6 responses more"));
+        // (servers, their count a lower bound, generator, timeouts, resets): the finding, or the
+        // words of the summary when there is none.
+        let cases: [(ServerMetrics, u64, u64, u64, Result<&str, &str>); 6] = [
+            (
+                server(100, false),
+                100,
+                0,
+                0,
+                Err("as many as the generator"),
+            ),
+            // Answers no server counted.
+            (
+                server(97, false),
+                100,
+                0,
+                0,
+                Ok("3 answers that no server counted"),
+            ),
+            // ... unless the servers' count is a lower bound.
+            (server(97, true), 100, 0, 0, Err("at least 97")),
+            // Served, but the generator timed out or lost the connection first: explained.
+            (
+                server(104, false),
+                100,
+                3,
+                1,
+                Err("4 more than the generator's 100"),
+            ),
+            // No pod could be listed, so none scraped: nothing to compare.
+            (ServerMetrics::default(), 100, 0, 0, Err("at least 0")),
+            // More than timeouts and resets explain: a finding, a lower bound or not.
+            (server(110, true), 100, 3, 1, Ok("6 responses more")),
+        ];
+        for (m, generator, timeout, reset, want) in cases {
+            let check = count_check(&m, &totals(generator, timeout, reset));
+            match want {
+                Ok(finding) => assert!(
+                    check
+                        .finding
+                        .as_deref()
+                        .is_some_and(|f| f.contains(finding)),
+                    "{check:?}"
+                ),
+                Err(words) => assert!(
+                    check.finding.is_none() && check.summary.contains(words),
+                    "{check:?}"
+                ),
+            }
+        }
     }
 
     #[tokio::test]

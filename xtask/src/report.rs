@@ -281,22 +281,11 @@ pub fn render_markdown(report: &Report) -> String {
                     opt_s(p.gone_s)
                 );
             }
-            let own =
-                s.server
-                    .as_ref()
-                    .and_then(|m| m.pods.get(&p.name))
-                    .map_or(String::new(), |ps| {
-                        let peak = ps
-                            .points
-                            .iter()
-                            .map(crate::podmetrics::PodPoint::total_rps)
-                            .fold(0.0, f64::max);
-                        format!(
-                            " (its server counted {}{}, at most {peak:.0}/s)",
-                            if ps.incomplete.is_empty() { "" } else { ">=" },
-                            ps.counted
-                        )
-                    });
+            let own = s
+                .server
+                .as_ref()
+                .and_then(|m| m.pods.get(&p.name))
+                .map_or(String::new(), own_count);
             let _ = writeln!(
                 out,
                 "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests{own}",
@@ -329,6 +318,19 @@ pub fn render_markdown(report: &Report) -> String {
         let _ = writeln!(out, "\nPhases: {} (total {total:.0}s).", phases.join(", "));
     }
     out
+}
+
+/// A pod's own count beside the generator's, with its busiest second and most in flight.
+fn own_count(p: &crate::podmetrics::PodServer) -> String {
+    let most =
+        |f: fn(&crate::podmetrics::PodPoint) -> f64| p.points.iter().map(f).fold(0.0, f64::max);
+    format!(
+        " (its server counted {}{}, at most {:.0}/s and {:.0} in flight)",
+        if p.incomplete.is_empty() { "" } else { ">=" },
+        p.counted,
+        most(crate::podmetrics::PodPoint::total_rps),
+        most(|x| x.in_flight)
+    )
 }
 
 /// What the servers' own metrics say: their latency against the client's, their count against
@@ -1289,7 +1291,10 @@ mod tests {
         assert!(md.contains("as many as the generator"), "{md}");
         assert!(md.contains("3 failed: gaps, not zeros"), "{md}");
         assert!(md.contains("of 1 pod through"), "{md}");
-        assert!(md.contains("its server counted 323553"), "{md}");
+        assert!(
+            md.contains("its server counted 323553, at most 2910/s and 1 in flight"),
+            "{md}"
+        );
         let svg = render_svg(&report).expect("svg");
         for needle in [
             "requests/s per pod (each server",
