@@ -779,7 +779,7 @@ mod tests {
         };
         // (servers, their count a lower bound, generator, timeouts, resets): the finding, or the
         // words of the summary when there is none.
-        let cases: [(ServerMetrics, u64, u64, u64, Result<&str, &str>); 6] = [
+        let cases = [
             (
                 server(100, false),
                 100,
