@@ -31,6 +31,7 @@ use crate::observe::{
     Autoscaling, Observation, PodState, PodTimeline, PodView, Policy, Sample, ScaleEvent,
     hpa_formula,
 };
+use crate::podmetrics::{Counts, Scrape};
 
 /// The load's start, in Unix seconds (a fractional second, as any real start).
 pub const START_UNIX_S: f64 = 1_795_000_000.6;
@@ -126,6 +127,151 @@ fn served(pod: &str, t: f64) -> f64 {
 /// CPU in millicores: 250m (the limit) serves 6,000 requests/s; 2m idle.
 fn cpu(pod: &str, t: f64) -> f64 {
     (2.0 + served(pod, t) * 248.0 / 6000.0).min(250.0)
+}
+
+/// The load's windows: what the generator counted per pod per second.
+fn load_windows() -> Vec<WindowSummary> {
+    (1..=150u32)
+        .map(|second| {
+            let mut pods = BTreeMap::new();
+            for name in [
+                "iris-serve-7c9d5b8f6-q2xkz",
+                "iris-serve-7c9d5b8f6-m4wtn",
+                "iris-serve-7c9d5b8f6-h8rjd",
+            ] {
+                let n: f64 = (0..10)
+                    .map(|i| served(name, f64::from(second) - 1.0 + f64::from(i) / 10.0 + 0.05))
+                    .sum::<f64>()
+                    / 10.0;
+                if n >= 1.0 {
+                    pods.insert(name.to_owned(), n.round() as u64);
+                }
+            }
+            let responses: u64 = pods.values().sum();
+            // Little's law: 1,000 connections over the throughput.
+            let mean_ms = 1000.0 * 1000.0 / responses.max(1) as f64;
+            WindowSummary {
+                second,
+                offered_rps: None,
+                achieved_rps: responses as f64,
+                responses,
+                errors: ErrorCounts::default(),
+                connects: if second == 1 {
+                    1000
+                } else if (31..=45).contains(&second) {
+                    70
+                } else if second > 45 {
+                    45
+                } else {
+                    0
+                },
+                late_sends: 0,
+                p50_ms: Some((mean_ms * 0.9).round()),
+                p90_ms: Some((mean_ms * 1.6).round()),
+                p99_ms: Some((mean_ms * 2.6).round()),
+                max_ms: Some((mean_ms * 4.1).round()),
+                pods,
+            }
+        })
+        .collect()
+}
+
+/// The server's latency histogram (`exponential_buckets(0.0001, 2.0, 16)`): the share of the
+/// requests at or below each bound. A pod at its CPU limit is throttled for 75 ms of every
+/// 100 ms CFS period: the requests caught in a throttled stretch wait in the handler.
+fn latency_cdf(throttled: bool) -> Vec<(f64, f64)> {
+    let shares: [f64; 16] = if throttled {
+        [
+            0.02, 0.30, 0.71, 0.86, 0.91, 0.93, 0.945, 0.955, 0.965, 0.975, 0.996, 1.0, 1.0, 1.0,
+            1.0, 1.0,
+        ]
+    } else {
+        [
+            0.05, 0.62, 0.93, 0.975, 0.988, 0.994, 0.997, 0.999, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+            1.0,
+        ]
+    };
+    let mut le = 0.0001;
+    let mut out = Vec::new();
+    for share in shares {
+        out.push((le, share));
+        le *= 2.0;
+    }
+    out.push((f64::INFINITY, 1.0));
+    out
+}
+
+/// What a pod's server counted by `t`, as the generator's windows say it served (the window
+/// ending at `s` covers the second before it, evenly), with `before` from earlier runs; its
+/// histogram grows by each interval's responses spread as that interval's latency was.
+pub struct ServerCounter {
+    pod: &'static str,
+    before: f64,
+    counted_to: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+impl ServerCounter {
+    pub fn new(pod: &'static str, before: f64, t: f64, windows: &[WindowSummary]) -> Self {
+        let mut c = ServerCounter {
+            pod,
+            before,
+            counted_to: t,
+            buckets: latency_cdf(false)
+                .into_iter()
+                .map(|(le, _)| (le, 0.0))
+                .collect(),
+        };
+        let n = c.cumulative(t, windows);
+        c.add(n, latency_cdf(false));
+        c
+    }
+
+    fn cumulative(&self, t: f64, windows: &[WindowSummary]) -> f64 {
+        let count = |w: &WindowSummary| w.pods.get(self.pod).copied().unwrap_or(0) as f64;
+        let whole: f64 = windows
+            .iter()
+            .filter(|w| f64::from(w.second) <= t.floor())
+            .map(count)
+            .sum();
+        let part = windows
+            .iter()
+            .find(|w| f64::from(w.second) == t.floor() + 1.0)
+            .map_or(0.0, |w| count(w) * (t - t.floor()));
+        whole + part
+    }
+
+    fn add(&mut self, n: f64, cdf: Vec<(f64, f64)>) {
+        for (b, (_, share)) in self.buckets.iter_mut().zip(cdf) {
+            b.1 += n * share;
+        }
+    }
+
+    /// The counts at `t`, as the server's /metrics would show them.
+    pub fn scrape(&mut self, t: f64, windows: &[WindowSummary]) -> Counts {
+        let n = self.cumulative(t, windows) - self.cumulative(self.counted_to, windows);
+        let rate = n / (t - self.counted_to).max(1e-3);
+        // 6,000 requests/s is what one pod at its 250m limit serves.
+        let throttled = rate >= 5000.0;
+        self.add(n, latency_cdf(throttled));
+        self.counted_to = t;
+        let total = (self.before + self.cumulative(t, windows)).round();
+        let mut buckets: Vec<(f64, f64)> = self
+            .buckets
+            .iter()
+            .map(|&(le, c)| (le, (self.before + c).round().min(total)))
+            .collect();
+        if let Some(last) = buckets.last_mut() {
+            last.1 = total;
+        }
+        // Little's law inside the handler.
+        let in_flight = (rate * if throttled { 0.003 } else { 0.0004 }).round();
+        Counts {
+            by_status: [(200, total)].into(),
+            buckets,
+            in_flight,
+        }
+    }
 }
 
 pub struct Run {
@@ -264,6 +410,21 @@ pub fn autoscale_run() -> Run {
         statuses.push((now + 0.05, current, desired, utilization, able, limited));
     }
 
+    let windows = load_windows();
+    // The scrape before the load, of the one pod: it has served nothing on /predict yet (the
+    // first scenario of the run; the probes count on their own routes).
+    let mut counters: BTreeMap<&str, ServerCounter> = BTreeMap::new();
+    let mut scrapes = Vec::new();
+    for pod in &pods {
+        let c = counters
+            .entry(pod.name)
+            .or_insert_with(|| ServerCounter::new(pod.name, 0.0, -0.06, &windows));
+        scrapes.push(Scrape {
+            pod: pod.name.to_owned(),
+            t_s: -0.06,
+            counts: Ok(c.scrape(-0.06, &windows)),
+        });
+    }
     let mut samples = Vec::new();
     let mut timelines: BTreeMap<&str, PodTimeline> = BTreeMap::new();
     let mut t = 0.21;
@@ -289,6 +450,32 @@ pub fn autoscale_run() -> Run {
                 continue;
             };
             states.insert(pod.name.to_owned(), state);
+            // The observer scrapes the pods with an address (from the sandbox's start) after
+            // listing them; a container that has exited refuses the connection.
+            let at = t + 0.015;
+            if pod.started <= t {
+                let exited = pod.deleted.is_some_and(|d| at >= d + DRAIN_S);
+                // Under the load's peak the API server once fails to reach a new pod in time.
+                let slow = pod.name == "iris-serve-7c9d5b8f6-m4wtn" && (71.0..72.0).contains(&t);
+                let counts = if exited {
+                    Err("ServiceUnavailable: error trying to reach service: dial tcp 10.244.2.3:8080: connect: connection refused".to_owned())
+                } else if slow {
+                    Err(format!(
+                        "no answer within {}s",
+                        crate::podmetrics::SCRAPE_TIMEOUT.as_secs()
+                    ))
+                } else {
+                    let c = counters
+                        .entry(pod.name)
+                        .or_insert_with(|| ServerCounter::new(pod.name, 0.0, at, &windows));
+                    Ok(c.scrape(at, &windows))
+                };
+                scrapes.push(Scrape {
+                    pod: pod.name.to_owned(),
+                    t_s: (at * 1000.0).round() / 1000.0,
+                    counts,
+                });
+            }
             if pod.started <= last_scrape - 1.0 {
                 let value = (0..15)
                     .map(|i| cpu(pod.name, last_scrape - f64::from(i) - 0.5))
@@ -341,54 +528,12 @@ pub fn autoscale_run() -> Run {
         t += 1.0 + if samples.len() % 7 == 0 { 0.004 } else { 0.0 };
     }
 
-    let windows = (1..=150u32)
-        .map(|second| {
-            let mut pods = BTreeMap::new();
-            for name in [
-                "iris-serve-7c9d5b8f6-q2xkz",
-                "iris-serve-7c9d5b8f6-m4wtn",
-                "iris-serve-7c9d5b8f6-h8rjd",
-            ] {
-                let n: f64 = (0..10)
-                    .map(|i| served(name, f64::from(second) - 1.0 + f64::from(i) / 10.0 + 0.05))
-                    .sum::<f64>()
-                    / 10.0;
-                if n >= 1.0 {
-                    pods.insert(name.to_owned(), n.round() as u64);
-                }
-            }
-            let responses: u64 = pods.values().sum();
-            // Little's law: 1,000 connections over the throughput.
-            let mean_ms = 1000.0 * 1000.0 / responses.max(1) as f64;
-            WindowSummary {
-                second,
-                offered_rps: None,
-                achieved_rps: responses as f64,
-                responses,
-                errors: ErrorCounts::default(),
-                connects: if second == 1 {
-                    1000
-                } else if (31..=45).contains(&second) {
-                    70
-                } else if second > 45 {
-                    45
-                } else {
-                    0
-                },
-                late_sends: 0,
-                p50_ms: Some((mean_ms * 0.9).round()),
-                p90_ms: Some((mean_ms * 1.6).round()),
-                p99_ms: Some((mean_ms * 2.6).round()),
-                max_ms: Some((mean_ms * 4.1).round()),
-                pods,
-            }
-        })
-        .collect();
     Run {
         observation: Observation {
             samples,
             pods: timelines.into_values().collect(),
             events,
+            scrapes,
         },
         windows,
         load_end_s: LOAD_END_S,

@@ -25,6 +25,23 @@ impl MockApi {
         )
     }
 
+    /// The next request, which must have this method, and the handle to answer it.
+    async fn next(
+        &mut self,
+        method: &str,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        let (request, send) = self
+            .handle
+            .next_request()
+            .await
+            .expect("the code made no further request");
+        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        (request, send)
+    }
+
     /// Answers the next request, which must have this method and path; returns its URI query and body.
     pub async fn expect(
         &mut self,
@@ -32,12 +49,7 @@ impl MockApi {
         path: &str,
         response: Response<Body>,
     ) -> (String, serde_json::Value) {
-        let (request, send) = self
-            .handle
-            .next_request()
-            .await
-            .expect("the code made no further request");
-        assert_eq!(request.method().as_str(), method, "{}", request.uri());
+        let (request, send) = self.next(method).await;
         assert_eq!(request.uri().path(), path);
         let query = request.uri().query().unwrap_or_default().to_owned();
         let bytes = request
@@ -69,6 +81,19 @@ impl MockApi {
         Some((method, path, query))
     }
 
+    /// Answers the next request, whatever its path, with what `respond` gives for that path: for
+    /// requests the code sends at once, in no promised order. Returns the path.
+    pub async fn answer(
+        &mut self,
+        method: &str,
+        respond: impl FnOnce(&str) -> Response<Body>,
+    ) -> String {
+        let (request, send) = self.next(method).await;
+        let path = request.uri().path().to_owned();
+        send.send_response(respond(&path));
+        path
+    }
+
     /// Like `expect`, but returns false once the client is gone.
     pub async fn try_expect(&mut self, method: &str, path: &str, response: Response<Body>) -> bool {
         let Some((request, send)) = self.handle.next_request().await else {
@@ -89,11 +114,25 @@ pub fn json_response(value: serde_json::Value) -> Response<Body> {
         .expect("response")
 }
 
+/// A body passed through from a pod, as the API server's pod proxy returns it.
+pub fn text_response(content_type: &str, text: &str) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .body(Body::from(text.as_bytes().to_vec()))
+        .expect("response")
+}
+
 /// An API error as the API server sends it: a `Status` object with the HTTP code.
 pub fn status_response(code: u16, reason: &str) -> Response<Body> {
+    status_with_message(code, reason, &format!("{reason} (test)"))
+}
+
+/// A `Status` with the API server's own message.
+pub fn status_with_message(code: u16, reason: &str, message: &str) -> Response<Body> {
     let status = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": format!("{reason} (test)"), "reason": reason, "code": code
+        "message": message, "reason": reason, "code": code
     });
     Response::builder()
         .status(code)

@@ -20,6 +20,7 @@ mod manifests;
 mod monitoring;
 mod observe;
 mod oci;
+mod podmetrics;
 mod report;
 mod runners;
 mod scenario;

@@ -114,6 +114,10 @@ pub struct Observation {
     pub samples: Vec<Sample>,
     pub pods: Vec<PodTimeline>,
     pub events: Vec<ScaleEvent>,
+    /// Every app pod's `/metrics`, scraped with each sample: the observer's raw material, not the
+    /// report's (the report keeps what `podmetrics::derive` makes of it).
+    #[serde(skip)]
+    pub scrapes: Vec<crate::podmetrics::Scrape>,
 }
 
 fn unix_s(t: &Time) -> f64 {
@@ -264,12 +268,23 @@ pub fn pod_timeline(pod: &Pod, load_start_unix_s: f64) -> PodTimeline {
     }
 }
 
-/// Watches the app until `stop` fires, sampling every `every`.
+/// The pods that have an address, so a server that can be scraped.
+pub fn addressed(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Watches the app until `stop` fires, sampling every `every`; with `metrics_port`, each sample
+/// also scrapes every pod's `/metrics` on that port through the API server.
+#[allow(clippy::too_many_arguments)]
 pub async fn observe(
     client: Client,
     namespace: &str,
     name: &str,
     selector: &str,
+    metrics_port: Option<u16>,
     load_start_unix_s: f64,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -326,6 +341,17 @@ pub async fn observe(
                 if !pod_states.contains_key(pod) && timeline.gone_s.is_none() {
                     timeline.gone_s = Some(t_s);
                 }
+            }
+            if let Some(port) = metrics_port {
+                let scrapes = crate::podmetrics::scrape_all(
+                    &client,
+                    namespace,
+                    &addressed(&list.items),
+                    port,
+                    load_start_unix_s,
+                )
+                .await;
+                observation.scrapes.extend(scrapes);
             }
         }
         let pod_cpu_m = match http::Request::get(&metrics_path).body(Vec::new()) {
@@ -896,6 +922,7 @@ mod tests {
             "iris-serve",
             "iris-serve",
             "app.kubernetes.io/name=iris-serve",
+            Some(8080),
             start,
             Duration::from_secs(1),
             stop,
@@ -1148,6 +1175,7 @@ mod tests {
                 ..PodTimeline::default()
             }],
             events: vec![],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[window(21, &[("p", 5)])], 60.0, &manifests_hpa());
         assert_eq!(d.new_pods_ready_s["p"], 20.0);
@@ -1218,6 +1246,7 @@ mod tests {
             ],
             pods: vec![],
             events: vec![event(0.8, DOWN), event(16.0, UP), event(140.0, DOWN)],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[], 120.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(16.0));
@@ -1242,6 +1271,7 @@ mod tests {
                 event(5.0, "New size: 2; reason: All metrics below target"),
                 event(20.0, UP),
             ],
+            scrapes: vec![],
         };
         let d = derive(&from_two, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(20.0));
@@ -1260,6 +1290,7 @@ mod tests {
             ],
             pods: vec![],
             events: vec![event(15.0, UP)],
+            scrapes: vec![],
         };
         let d = derive(&obs, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(15.0));
@@ -1356,6 +1387,60 @@ mod tests {
         );
         assert_eq!(obs.events.len(), 1, "{:?}", obs.events);
         assert_eq!(obs.events[0].message, "New size: 3");
+    }
+
+    /// With each sample, the pods that have an address get their /metrics read through the pod
+    /// proxy; a pending pod (no IP yet) is not scraped.
+    #[tokio::test(start_paused = true)]
+    async fn each_sample_scrapes_the_addressed_pods_through_the_proxy() {
+        let (client, mut api) = MockApi::new();
+        let start = unix_now_s();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let text = std::fs::read_to_string(
+            crate::project_root().join("xtask/testdata/metrics/after-43.txt"),
+        )
+        .expect("recorded text");
+        let server = tokio::spawn(async move {
+            api.expect(
+                "GET",
+                "/apis/autoscaling/v2/namespaces/iris-serve/horizontalpodautoscalers/iris-serve",
+                json_response(hpa_json(1, 2, 120)),
+            )
+            .await;
+            api.expect("GET", "/apis/apps/v1/namespaces/iris-serve/deployments/iris-serve", json_response(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "iris-serve"},
+                "spec": {"selector": {}, "template": {}}, "status": {"readyReplicas": 1, "replicas": 2}
+            }))).await;
+            api.expect("GET", "/api/v1/namespaces/iris-serve/pods", json_response(serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                {"metadata": {"name": "a"}, "spec": {"containers": []}, "status": {"phase": "Running", "podIP": "10.244.1.5",
+                    "conditions": [{"type": "Ready", "status": "True"}]}},
+                {"metadata": {"name": "b"}, "spec": {"containers": []}, "status": {"phase": "Pending"}}
+            ]}))).await;
+            api.expect(
+                "GET",
+                "/api/v1/namespaces/iris-serve/pods/a:8080/proxy/metrics",
+                crate::kubemock::text_response(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    &text,
+                ),
+            )
+            .await;
+            api.expect(
+                "GET",
+                "/apis/metrics.k8s.io/v1beta1/namespaces/iris-serve/pods",
+                json_response(serde_json::json!({"items": []})),
+            )
+            .await;
+            stop_tx.send(true).expect("stop");
+            api.expect("GET", "/api/v1/namespaces/iris-serve/events", json_response(serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": []}))).await;
+        });
+        let obs = observe_app(client, start, stop_rx).await;
+        server.await.expect("mock");
+        assert_eq!(obs.samples.len(), 1);
+        assert_eq!(obs.scrapes.len(), 1, "{:?}", obs.scrapes);
+        let counts = obs.scrapes[0].counts.as_ref().expect("answered");
+        assert_eq!((obs.scrapes[0].pod.as_str(), counts.total()), ("a", 43.0));
+        assert!(obs.scrapes[0].t_s >= 0.0);
     }
 
     /// A pod leaving in a scale-down, as the API shows it sample by sample: deletion requested

@@ -98,9 +98,11 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
     let header = vec![
         "scenario",
         "responses",
+        "server-counted",
         "req/s",
         "p50 ms",
         "p99 ms",
+        "server p99 ms",
         "errors",
         "max replicas",
         "first scale-up (±1s)",
@@ -131,13 +133,31 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
                         .join(", ")
                 )
             };
+            let server = s.server.as_ref();
+            let counted = server.map_or("-".into(), |m| {
+                let check = crate::podmetrics::count_check(m, t);
+                format!(
+                    "{}{}{}",
+                    if m.complete() { "" } else { ">=" },
+                    m.counted,
+                    if check.finding.is_some() {
+                        " FINDING"
+                    } else {
+                        ""
+                    }
+                )
+            });
             Row {
                 cells: vec![
                     s.scenario.name.clone(),
                     t.responses.to_string(),
+                    counted,
                     format!("{:.0}", t.responses as f64 / s.load.elapsed_s.max(1e-9)),
                     lat.map_or("-".into(), |l| format!("{:.1}", l.p50_ms)),
                     lat.map_or("-".into(), |l| format!("{:.1}", l.p99_ms)),
+                    server
+                        .and_then(|m| m.p99_ms)
+                        .map_or("-".into(), |p| format!("{p:.1}")),
                     format!(
                         "{} ({:.2}%)",
                         t.errors.total(),
@@ -196,7 +216,9 @@ pub fn render_markdown(report: &Report) -> String {
         out,
         "\nTimes are whole seconds since the load started, all rounded down alike (so their order holds); the API's timestamps are whole seconds, so pod and event times are ±1 s (the real time is within 2 s after the one shown). \
          First scale-up: the HPA's first decision above the count at the load's start. Scale-down: from the load's end to the HPA's decision to go back to its minimum. \
-         Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below)."
+         Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below). \
+         Server-counted and server p99: from each pod's own `/metrics`, scraped through the API server's pod proxy once a second and once before the load: the `/predict` responses the servers counted (`>=`: a lower bound, some pod's scrapes are missing; FINDING: a mismatch with the generator's count that no timeout or reset explains), \
+         and the p99 of the time in the handler, interpolated within the histogram's buckets as Prometheus's `histogram_quantile` does (the client's p99 minus it is queueing and network outside the handler)."
     );
     for s in &report.scenarios {
         let _ = writeln!(
@@ -224,6 +246,9 @@ pub fn render_markdown(report: &Report) -> String {
                     format!("; left out: {}", excluded.join(", "))
                 }
             );
+        }
+        if let Some(m) = &s.server {
+            server_lines(&mut out, s, m);
         }
         if let Some(i) = &s.derived.traffic_imbalance {
             let _ = writeln!(
@@ -256,9 +281,14 @@ pub fn render_markdown(report: &Report) -> String {
                     opt_s(p.gone_s)
                 );
             }
+            let own = s
+                .server
+                .as_ref()
+                .and_then(|m| m.pods.get(&p.name))
+                .map_or(String::new(), own_count);
             let _ = writeln!(
                 out,
-                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests",
+                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests{own}",
                 p.name,
                 p.node.as_deref().unwrap_or("-"),
                 opt_s(p.created_s),
@@ -288,6 +318,56 @@ pub fn render_markdown(report: &Report) -> String {
         let _ = writeln!(out, "\nPhases: {} (total {total:.0}s).", phases.join(", "));
     }
     out
+}
+
+/// A pod's own count beside the generator's, with its busiest second and most in flight.
+fn own_count(p: &crate::podmetrics::PodServer) -> String {
+    let most =
+        |f: fn(&crate::podmetrics::PodPoint) -> f64| p.points.iter().map(f).fold(0.0, f64::max);
+    format!(
+        " (its server counted {}{}, at most {:.0}/s and {:.0} in flight)",
+        if p.incomplete.is_empty() { "" } else { ">=" },
+        p.counted,
+        most(crate::podmetrics::PodPoint::total_rps),
+        most(|x| x.in_flight)
+    )
+}
+
+/// What the servers' own metrics say: their latency against the client's, their count against
+/// the generator's, and what was missing.
+fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::ServerMetrics) {
+    let (scrapes, failed) = m.scrapes();
+    let client = s.load.totals.latency.as_ref().map(|l| l.p99_ms);
+    let latency = match (m.p50_ms, m.p99_ms, client) {
+        (Some(p50), Some(p99), Some(c)) => format!(
+            "in the handler p50 {p50:.1} ms, p99 {p99:.1} ms against the client's p99 {c:.1} ms: {:.1} ms of the client's p99 is queueing and network outside the handler",
+            c - p99
+        ),
+        (Some(p50), Some(p99), None) => format!("in the handler p50 {p50:.1} ms, p99 {p99:.1} ms"),
+        _ => "no request reached a handler".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "- The servers' own metrics ({scrapes} scrapes of {} through the API server, {failed} failed: gaps, not zeros): {latency}.",
+        match m.pods.len() {
+            1 => "1 pod".to_owned(),
+            n => format!("{n} pods"),
+        }
+    );
+    let check = crate::podmetrics::count_check(m, &s.load.totals);
+    match &check.finding {
+        Some(f) => {
+            let _ = writeln!(out, "- **FINDING**: {f}.");
+        }
+        None => {
+            let _ = writeln!(out, "- Counts: {}.", check.summary);
+        }
+    }
+    for (pod, p) in &m.pods {
+        for why in &p.incomplete {
+            let _ = writeln!(out, "- pod `{pod}`'s count is a lower bound: {why}.");
+        }
+    }
 }
 
 /// The terminal table and verdict. `recorded`: the report is read back from a file (`report
@@ -323,6 +403,15 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     for g in report.failed_gates() {
         let _ = writeln!(out, "GATE FAILED: {g}");
     }
+    for s in &report.scenarios {
+        if let Some(f) = s
+            .server
+            .as_ref()
+            .and_then(|m| crate::podmetrics::count_check(m, &s.load.totals).finding)
+        {
+            let _ = writeln!(out, "FINDING: {}: {f}", s.scenario.name);
+        }
+    }
     let verdict = if report.passed() { "passed" } else { "FAILED" };
     let _ = if recorded {
         writeln!(
@@ -336,16 +425,16 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     out
 }
 
-/// Replicas, offered and achieved rps, p99 latency and CPU utilization over time, one column of
-/// panels per scenario, scale events marked.
+/// Replicas, offered and achieved rps, each pod's own count of requests/s, client and server p99
+/// latency and CPU utilization over time, one column of panels per scenario, scale events marked.
 pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     let mut svg = String::new();
     let panel_h = 170u32;
     let width = 900u32;
     let n = report.scenarios.len().max(1) as u32;
     {
-        let root =
-            SVGBackend::with_string(&mut svg, (width, panel_h * 4 * n + 10)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, panel_h * PANELS * n + 10))
+            .into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let blocks = root.split_evenly((n as usize, 1));
         for (s, block) in report.scenarios.iter().zip(blocks) {
@@ -356,6 +445,19 @@ pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     }
     Ok(svg)
 }
+
+/// Panels per scenario.
+const PANELS: u32 = 5;
+
+/// One colour per pod in the per-pod panel, in name order (repeats past six).
+const POD_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type Chart<'a, 'b> = ChartContext<
@@ -460,6 +562,19 @@ fn panel<'a, 'b>(
     Ok(chart)
 }
 
+/// A panel without an x description whose y axis goes 10% above the highest of `values` (at
+/// least 1), its empty legend, and that top.
+fn fitted<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    end: f64,
+    values: impl Iterator<Item = f64>,
+) -> Result<(Chart<'a, 'b>, Legend, f64), Box<dyn std::error::Error>> {
+    let top = values.fold(1.0, f64::max) * 1.1;
+    let chart = panel(area, caption, end, top, None, false)?;
+    Ok((chart, Legend(Vec::new()), top))
+}
+
 fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
     let end = s
         .observation
@@ -470,7 +585,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .max(1.0);
     let (plot_w, _) = area.dim_in_pixel();
     let rows: Vec<(Area<'_>, Area<'_>)> = area
-        .split_evenly((4, 1))
+        .split_evenly((PANELS as usize, 1))
         .into_iter()
         .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
         .collect();
@@ -553,22 +668,49 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .iter()
         .filter_map(|w| w.offered_rps.map(|o| (f64::from(w.second), o)))
         .collect();
-    let top = rps.iter().chain(&offered).map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = panel(
+    let (mut chart, mut legend, top) = fitted(
         &rows[1].0,
         "requests/s (achieved; offered in open loop)",
         end,
-        top,
-        None,
-        false,
+        rps.iter().chain(&offered).map(|p| p.1),
     )?;
-    let mut legend = Legend(Vec::new());
     line(&mut chart, &mut legend, rps, BLUE, 2, "achieved")?;
     if !offered.is_empty() {
         line(&mut chart, &mut legend, offered, BLACK, 1, "offered")?;
     }
     mark_events(&mut chart, &mut legend, top)?;
     legend.draw(&rows[1].1)?;
+
+    // Each pod's own count: how evenly the Service spread the load.
+    let pods: Vec<(&String, Vec<(f64, f64)>)> = s
+        .server
+        .iter()
+        .flat_map(|m| &m.pods)
+        .map(|(pod, p)| {
+            let points = p.points.iter().map(|x| (x.t_s, x.total_rps())).collect();
+            (pod, points)
+        })
+        .collect();
+    let (mut chart, mut legend, top) = fitted(
+        &rows[2].0,
+        "requests/s per pod (each server's own count, from /metrics)",
+        end,
+        pods.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)),
+    )?;
+    for (i, (pod, points)) in pods.into_iter().enumerate() {
+        // The pod's name after its ReplicaSet's hash: what tells pods apart.
+        let short = pod.rsplit('-').next().unwrap_or(pod);
+        line(
+            &mut chart,
+            &mut legend,
+            points,
+            POD_COLORS[i % POD_COLORS.len()],
+            2,
+            short,
+        )?;
+    }
+    mark_events(&mut chart, &mut legend, top)?;
+    legend.draw(&rows[2].1)?;
 
     // Latency.
     let p99: Vec<(f64, f64)> = s
@@ -577,19 +719,37 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         .iter()
         .filter_map(|w| w.p99_ms.map(|p| (f64::from(w.second), p)))
         .collect();
-    let top = p99.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let mut chart = panel(&rows[2].0, "p99 latency (ms)", end, top, None, false)?;
-    let mut legend = Legend(Vec::new());
+    let server_p99: Vec<(f64, f64)> = s
+        .server
+        .as_ref()
+        .map(|m| m.p99_by_second.clone())
+        .unwrap_or_default();
+    let (mut chart, mut legend, top) = fitted(
+        &rows[3].0,
+        "p99 latency (ms): client, and in the server's handler",
+        end,
+        p99.iter().chain(&server_p99).map(|p| p.1),
+    )?;
     line(
         &mut chart,
         &mut legend,
         p99,
         RGBColor(230, 120, 0),
         2,
-        "p99",
+        "client p99",
     )?;
+    if !server_p99.is_empty() {
+        line(
+            &mut chart,
+            &mut legend,
+            server_p99,
+            RGBColor(90, 90, 90),
+            2,
+            "server p99",
+        )?;
+    }
     mark_events(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[2].1)?;
+    legend.draw(&rows[3].1)?;
 
     // CPU, with the HPA's target as a dashed line of its own colour (not a grid line).
     let cpu = series(&|x| x.cpu_utilization.map(f64::from));
@@ -603,7 +763,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         None => "CPU utilization (% of request)".to_owned(),
     };
     let mut chart = panel(
-        &rows[3].0,
+        &rows[4].0,
         caption,
         end,
         top,
@@ -630,7 +790,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed);
     }
     mark_events(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[3].1)?;
+    legend.draw(&rows[4].1)?;
     Ok(())
 }
 
@@ -749,7 +909,9 @@ mod tests {
         };
         let hpa = fixture::manifests_hpa();
 
-        let run = fixture::autoscale_run();
+        let mut run = fixture::autoscale_run();
+        let scrapes = std::mem::take(&mut run.observation.scrapes);
+        let server = crate::podmetrics::derive(&scrapes, &run.observation.pods, run.load_end_s);
         let autoscale_load = outcome(
             run.windows.clone(),
             150.02,
@@ -774,6 +936,7 @@ mod tests {
             load_end_s: run.load_end_s,
             load_from: None,
             autoscaling: Some(hpa.clone()),
+            server: Some(server),
         };
 
         // bottleneck: one pod throttled at its limit under 2,000 connections for 60 s; the HPA
@@ -815,6 +978,7 @@ mod tests {
                 ..PodTimeline::default()
             }],
             events: vec![],
+            scrapes: vec![],
         };
         let windows: Vec<WindowSummary> = (1..=60u32)
             .map(|second| WindowSummary {
@@ -847,6 +1011,18 @@ mod tests {
             },
         );
         let derived = crate::observe::derive(&observation, &windows, 60.01, &bottleneck_hpa);
+        // The same pod served the autoscale scenario before: its counters start from there.
+        let before = autoscale.server.as_ref().map_or(0, |s| s.pods[pod].counted) as f64;
+        let mut counter = fixture::ServerCounter::new(pod, before, -0.05, &windows);
+        let scrapes: Vec<crate::podmetrics::Scrape> = std::iter::once(-0.05)
+            .chain((0..70).map(|i| f64::from(i) + 0.325))
+            .map(|t| crate::podmetrics::Scrape {
+                pod: pod.to_owned(),
+                t_s: t,
+                counts: Ok(counter.scrape(t, &windows)),
+            })
+            .collect();
+        let server = crate::podmetrics::derive(&scrapes, &observation.pods, 60.01);
         let bottleneck = ScenarioResult {
             gates: crate::scenario::judge(&scenarios[1].gates, &load, &derived),
             scenario: scenarios[1].clone(),
@@ -856,6 +1032,7 @@ mod tests {
             load_end_s: 60.01,
             load_from: None,
             autoscaling: Some(bottleneck_hpa),
+            server: Some(server),
         };
 
         let phases: Vec<(String, f64)> = [
@@ -1090,5 +1267,89 @@ mod tests {
         let back: Report =
             serde_json::from_slice(&std::fs::read(&files[0]).expect("json")).expect("parse");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn the_servers_side_is_reported_beside_the_clients() {
+        let report = fixture();
+        // The fixture's scrapes follow the generator's windows: every pod's own count is the
+        // generator's count of the responses it named itself in.
+        for s in &report.scenarios {
+            let m = s.server.as_ref().expect("server metrics");
+            assert!(m.complete(), "{}: {m:?}", s.scenario.name);
+            for (pod, p) in &m.pods {
+                assert_eq!(Some(&p.counted), s.load.totals.pods.get(pod), "{pod}");
+            }
+            // The handler's p99 is inside the client's, which adds the queueing before it.
+            let client = s.load.totals.latency.as_ref().expect("latency").p99_ms;
+            assert!(m.p99_ms.expect("server p99") < client);
+        }
+        let md = render_markdown(&report);
+        assert!(
+            md.contains("| server-counted |") && md.contains("| server p99 ms |"),
+            "{md}"
+        );
+        assert!(md.contains("| autoscale | 1235887 | 1235887 |"), "{md}");
+        assert!(md.contains("as many as the generator"), "{md}");
+        assert!(md.contains("3 failed: gaps, not zeros"), "{md}");
+        assert!(md.contains("of 1 pod through"), "{md}");
+        assert!(
+            md.contains("its server counted 323553, at most 2910/s and 1 in flight"),
+            "{md}"
+        );
+        let svg = render_svg(&report).expect("svg");
+        for needle in [
+            "requests/s per pod (each server",
+            "client p99",
+            "server p99",
+            "h8rjd",
+            "m4wtn",
+            "q2xkz",
+        ] {
+            assert!(svg.contains(needle), "missing {needle}");
+        }
+
+        // A count no timing explains is a finding, in the table, the text and the terminal.
+        let mut off = report.clone();
+        let m = off.scenarios[0].server.as_mut().expect("server");
+        m.counted -= 5;
+        let md = render_markdown(&off);
+        assert!(md.contains("| 1235882 FINDING |"), "{md}");
+        assert!(
+            md.contains("**FINDING**: the generator counted 5 answers that no server counted"),
+            "{md}"
+        );
+        let text = render_terminal(&off, false);
+        assert!(
+            text.contains("FINDING: autoscale: the generator counted 5 answers"),
+            "{text}"
+        );
+        // A pod's count that is a lower bound says so, and why.
+        let mut lost = report.clone();
+        let m = lost.scenarios[1].server.as_mut().expect("server");
+        m.pods
+            .values_mut()
+            .for_each(|p| p.incomplete.push("it restarted between 20s and 21s".into()));
+        let md = render_markdown(&lost);
+        assert!(md.contains("| bottleneck | 355800 | >=355800 |"), "{md}");
+        assert!(
+            md.contains("count is a lower bound: it restarted between 20s and 21s"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_report_from_before_the_scrapes_still_reads_and_renders() {
+        let mut json: serde_json::Value = serde_json::to_value(fixture()).expect("json");
+        for s in json["scenarios"].as_array_mut().expect("scenarios") {
+            s.as_object_mut().expect("scenario").remove("server");
+        }
+        let old: Report = serde_json::from_value(json).expect("an older report reads");
+        assert!(old.scenarios.iter().all(|s| s.server.is_none()));
+        let md = render_markdown(&old);
+        assert!(md.contains("| autoscale | 1235887 | - |"), "{md}");
+        assert!(!md.contains("servers' own metrics"), "{md}");
+        let svg = render_svg(&old).expect("svg");
+        assert!(svg.contains("requests/s per pod") && !svg.contains("server p99"));
     }
 }

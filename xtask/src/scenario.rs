@@ -300,6 +300,10 @@ pub struct ScenarioResult {
     /// nodes). Absent in reports from before `--load-from`: the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_from: Option<String>,
+    /// What each pod's server counted (its `/metrics`, scraped through the API server); none in
+    /// reports from before the scrapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<crate::podmetrics::ServerMetrics>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -403,6 +407,53 @@ pub fn autoscaling(
     })
 }
 
+/// The port the server container listens on: the app Deployment's container port named `http`.
+pub fn metrics_port(settings: &AppSettings) -> anyhow::Result<u16> {
+    deploy::app_objects(settings)?
+        .iter()
+        .find_map(|o| match o {
+            crate::manifests::Object::Deployment(d) => d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| {
+                    p.containers
+                        .iter()
+                        .flat_map(|c| c.ports.iter().flatten())
+                        .find(|p| p.name.as_deref() == Some("http"))
+                })
+                .and_then(|p| u16::try_from(p.container_port).ok()),
+            _ => None,
+        })
+        .context("the app Deployment in manifests/app has no container port named `http`")
+}
+
+/// Scrapes every addressed app pod once: the baseline the scenario's counts start from.
+async fn scrape_app(client: &Client, port: u16) -> Vec<crate::podmetrics::Scrape> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    match pods
+        .list(&kube::api::ListParams::default().labels(SELECTOR))
+        .await
+    {
+        Ok(list) => {
+            crate::podmetrics::scrape_all(
+                client,
+                NAMESPACE,
+                &observe::addressed(&list.items),
+                port,
+                0.0,
+            )
+            .await
+        }
+        Err(e) => {
+            eprintln!(
+                "  could not list the app's pods before the load ({e}): the servers' counts will be lower bounds"
+            );
+            Vec::new()
+        }
+    }
+}
+
 /// Runs one scenario against the deployed app at `url`, its load sent from `load_from`.
 pub async fn run(
     client: &Client,
@@ -431,6 +482,9 @@ pub async fn run(
         metrics.resolution,
         hpa.scale_down_within_s()
     );
+    let port = metrics_port(&settings)?;
+    // The scrape before the load, on the Unix clock until the load's start is known.
+    let mut baseline = scrape_app(client, port).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let observe_from = |load_start: f64| {
         tokio::spawn(observe::observe(
@@ -438,6 +492,7 @@ pub async fn run(
             NAMESPACE,
             NAME,
             SELECTOR,
+            Some(port),
             load_start,
             Duration::from_secs(1),
             stop_rx,
@@ -490,15 +545,19 @@ pub async fn run(
             (load_start, observer, outcome, source)
         }
     };
+    for s in &mut baseline {
+        s.t_s -= load_start;
+    }
     let load_end_s = observe::unix_now_s() - load_start;
     if outcome.is_ok() {
         tokio::time::sleep(observe_after).await;
     }
     let _ = stop_tx.send(true);
-    let observation = match observer {
+    let mut observation = match observer {
         Some(o) => o.await.context("the observer task failed")?,
         None => observe::Observation::default(),
     };
+    observation.scrapes.splice(0..0, baseline);
     let outcome = outcome?;
     eprintln!("  load from {source}");
     eprint!(
@@ -506,6 +565,7 @@ pub async fn run(
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
     let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
+    let server = crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
@@ -520,6 +580,7 @@ pub async fn run(
         load_end_s,
         autoscaling: Some(hpa),
         load_from: Some(source),
+        server: Some(server),
     })
 }
 
@@ -622,6 +683,8 @@ mod tests {
         };
         let hpa = autoscaling(&settings, 15.0).expect("hpa");
         assert_eq!(hpa, crate::fixture::manifests_hpa());
+        // The servers' /metrics are read on the container port the manifest names `http`.
+        assert_eq!(metrics_port(&settings).expect("port"), 8080);
         let all = ScenarioFile::select(None).expect("default file");
         // autoscale names no time: the scale-down's 120 s.
         assert_eq!(all[0].observe_after(&hpa).expect("after").as_secs(), 120);
