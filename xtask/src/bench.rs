@@ -793,7 +793,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// Polls `GET path` until it answers 200.
-fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
+pub fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(addr) {

@@ -392,6 +392,19 @@ where
     .flatten()
 }
 
+/// Removes a container (and its anonymous volumes) from a destructor or a panic path.
+pub fn remove_container_blocking(docker: &Docker, id: &str) {
+    let (docker, id) = (docker.clone(), id.to_owned());
+    block_on_thread(async move {
+        let options = bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let _ = docker.remove_container(&id, Some(options)).await;
+    });
+}
+
 /// Removes an image from a destructor or a panic path.
 pub fn remove_image_blocking(docker: &Docker, reference: &str) {
     let (docker, reference) = (docker.clone(), reference.to_owned());

@@ -394,3 +394,65 @@ pub fn autoscale_run() -> Run {
         load_end_s: LOAD_END_S,
     }
 }
+
+/// A calibration of the fixture's image as `cargo xtask calibrate` measured it on the 2-core
+/// development machine (0.25 CPU, 256 MiB; the stages and counters as it printed them).
+pub fn calibration() -> crate::calibrate::Calibration {
+    use crate::calibrate::{AtShare, Calibration, Limits, Objective, Stage, knee_of, limited_by};
+    let objective = Objective {
+        max_p99_ms: 100.0,
+        max_error_rate: 0.001,
+        max_shortfall: 0.05,
+    };
+    // offered, achieved, p50, p99, mean, CPU cores, throttled, late, kind
+    let measured: [(f64, f64, f64, f64, f64, f64, f64, f64, &str); 4] = [
+        (2000.0, 2000.0, 0.6, 2.0, 0.7, 0.03, 0.05, 0.0, "rise"),
+        (8000.0, 8000.0, 0.9, 5.0, 1.0, 0.125, 0.4, 0.0, "rise"),
+        (16000.0, 15900.0, 3.0, 60.0, 4.0, 0.248, 0.9, 0.0, "rise"),
+        (20000.0, 17000.0, 150.0, 800.0, 180.0, 0.25, 1.0, 0.2, "rise"),
+    ];
+    let stages: Vec<Stage> = measured
+        .iter()
+        .map(|&(offered, achieved, p50, p99, mean, cpu, throttled, late, kind)| Stage {
+            offered_rps: offered,
+            achieved_rps: achieved,
+            responses: (achieved * 4.0) as u64,
+            errors: 0,
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+            mean_ms: Some(mean),
+            cpu_cores: cpu,
+            throttled_share: Some(throttled),
+            late_share: late,
+            broke: crate::calibrate::judge(&objective, offered, achieved, 0.0, Some(p99)),
+            kind: kind.to_owned(),
+        })
+        .collect();
+    let knee = knee_of(&stages);
+    let at = |share: f64, i: usize| AtShare {
+        share,
+        rate: stages[i].offered_rps,
+        p50_ms: stages[i].p50_ms,
+        p99_ms: stages[i].p99_ms,
+    };
+    Calibration {
+        image: "iris-serve:4f1c9a27d0b3e685".into(),
+        container: "iris-serve-calibrate-41873-1f2e3d4c".into(),
+        limits: Limits {
+            cpus: 0.25,
+            memory_bytes: 256 << 20,
+            cpu_request: Some(0.1),
+        },
+        objective,
+        created_unix_s: START_UNIX_S - 900.0,
+        stage_s: 4.0,
+        connections: 256,
+        host_cpus: 2,
+        knee_rps: knee,
+        cpu_s_per_request: Some(stages[2].cpu_cores / stages[2].achieved_rps),
+        knee_cpu_share: Some(stages[2].cpu_cores / 0.25),
+        at_knee: vec![at(0.5, 1), at(1.0, 2)],
+        limited_by: limited_by(&stages, 0.25),
+        stages,
+    }
+}

@@ -20,6 +20,9 @@ pub struct Report {
     /// Each phase of the run and its seconds.
     pub phases: Vec<(String, f64)>,
     pub scenarios: Vec<ScenarioResult>,
+    /// The calibration the run used and its prediction per scenario (`cargo xtask calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibrate::predict::Section>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -277,6 +280,10 @@ pub fn render_markdown(report: &Report) -> String {
             );
         }
     }
+    out.push_str(&crate::calibrate::predict::render_section(
+        report.calibration.as_ref(),
+        &report.scenarios,
+    ));
     if !report.phases.is_empty() {
         let phases: Vec<String> = report
             .phases
@@ -690,7 +697,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::fixture;
     use crate::load::client::Outcome;
@@ -891,6 +898,7 @@ mod tests {
             )
             .expect("settings"),
             phases,
+            calibration: crate::calibrate::section(Some(fixture::calibration()), &scenarios),
             scenarios: vec![autoscale, bottleneck],
         }
     }

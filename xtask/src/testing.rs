@@ -11,7 +11,7 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
-pub use crate::docker::remove_image_blocking;
+pub use crate::docker::{remove_container_blocking, remove_image_blocking};
 use crate::docker::{self, ImageFile, KIND_CLUSTER_LABEL, KIND_ROLE_LABEL};
 
 /// The engine, or None on a developer's machine without one (loudly). In CI (`CI` set) a missing
@@ -300,19 +300,6 @@ pub async fn fixture_cluster(
     )
     .await;
     started.into_iter().collect()
-}
-
-/// Removes a container (and its anonymous volumes) from a destructor or a panic path.
-pub fn remove_container_blocking(docker: &Docker, id: &str) {
-    let (docker, id) = (docker.clone(), id.to_owned());
-    docker::block_on_thread(async move {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        let _ = docker.remove_container(&id, Some(options)).await;
-    });
 }
 
 /// A tiny static program's worth of bytes is not needed to test packaging: any file will do.
