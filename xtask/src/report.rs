@@ -1019,6 +1019,44 @@ pub mod tests {
     }
 
     #[test]
+    fn the_predicted_against_observed_section_is_rendered_from_the_calibration() {
+        let report = fixture();
+        let md = render_markdown(&report);
+        assert!(md.contains("### Predicted against observed"), "{md}");
+        assert!(
+            md.contains("knee 8968 req/s per pod, 23.4 µs of CPU per request"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| autoscale | closed loop, 1000 connections | replicas | 3 | 3 | +0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| total throughput (req/s) | 26904 | 8846 | -67% **flagged** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- bottleneck: likely cause: CPU throttling: the pods ran at 99% of their 250m limit"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- autoscale: likely cause: the host port proxy"),
+            "{md}"
+        );
+        // The section comes before the phases line, after the scenarios' own sections.
+        let section = md.find("### Predicted against observed").expect("section");
+        assert!(section > md.find("### bottleneck").expect("bottleneck"));
+        assert!(section < md.find("\nPhases:").expect("phases"));
+        // A report of a run without a calibration (and every report.json written before the
+        // field existed) reads back, and renders no such section.
+        let mut json: serde_json::Value = serde_json::to_value(&report).expect("json");
+        json.as_object_mut().expect("object").remove("calibration");
+        let old: Report = serde_json::from_value(json).expect("an older report.json");
+        assert_eq!(old.calibration, None);
+        assert!(!render_markdown(&old).contains("Predicted against observed"));
+    }
+
+    #[test]
     fn the_phase_total_is_counted_once() {
         let mut report = fixture();
         let md = render_markdown(&report);

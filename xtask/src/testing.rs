@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::query_parameters::CreateContainerOptions;
 
-pub use crate::docker::{remove_container_blocking, remove_image_blocking};
 use crate::docker::{self, ImageFile, KIND_CLUSTER_LABEL, KIND_ROLE_LABEL};
+pub use crate::docker::{remove_container_blocking, remove_image_blocking};
 
 /// The engine, or None on a developer's machine without one (loudly). In CI (`CI` set) a missing
 /// engine fails the test instead: those tests must run there.

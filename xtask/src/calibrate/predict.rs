@@ -112,7 +112,11 @@ enum Load {
 
 /// The replicas the HPA settles at for `scenario`'s load (its maxReplicas in place of the
 /// HPA's), and the throughput expected there.
-pub fn predict(c: &Calibration, hpa: &Autoscaling, scenario: &Scenario) -> anyhow::Result<Prediction> {
+pub fn predict(
+    c: &Calibration,
+    hpa: &Autoscaling,
+    scenario: &Scenario,
+) -> anyhow::Result<Prediction> {
     let knee = c
         .knee_rps
         .context("the calibration found no knee (its first stage broke the objective): nothing to predict from")?;
@@ -140,7 +144,10 @@ pub fn predict(c: &Calibration, hpa: &Autoscaling, scenario: &Scenario) -> anyho
             format!("closed loop, {} connections", config.connections),
         ),
     };
-    let (min, max) = (hpa.min_replicas, scenario.max_replicas.max(hpa.min_replicas));
+    let (min, max) = (
+        hpa.min_replicas,
+        scenario.max_replicas.max(hpa.min_replicas),
+    );
     let utilization = |n: i32| -> i32 {
         let per_pod = throughput(c, load, n) / f64::from(n);
         let cpu = (per_pod * cpu_per_request).min(c.limits.cpus);
@@ -303,24 +310,28 @@ pub fn compare(p: &Prediction, c: &Calibration, result: &ScenarioResult) -> Comp
             .flat_map(|s| s.pod_cpu_m.values().copied())
             .collect();
         let limit_m = c.limits.cpus * 1000.0;
-        let mean_cpu_share = (!cpu.is_empty())
-            .then(|| cpu.iter().sum::<f64>() / cpu.len() as f64 / limit_m);
+        // The median: metrics-server's values trail the load by up to a resolution.
+        let cpu_share = median(cpu).map(|m| m / limit_m);
         let t = &result.load.totals;
         let late = t.late_sends as f64 / t.attempts().max(1) as f64;
         if late > 0.01 {
             causes.push(format!(
-                "the load generator at its own limit: {:.1}% of its sends were late",
+                "the load generator at its own limit (or its connections all busy): {:.1}% of its sends were late",
                 late * 100.0
             ));
         }
-        if let Some(i) = result.derived.traffic_imbalance.as_ref().filter(|i| i.ratio > 1.0 + GAP)
+        if let Some(i) = result
+            .derived
+            .traffic_imbalance
+            .as_ref()
+            .filter(|i| i.ratio > 1.0 + GAP)
         {
             causes.push(format!(
                 "uneven spreading: the busiest pod served {:.2}x a fair share",
                 i.ratio
             ));
         }
-        match mean_cpu_share {
+        match cpu_share {
             Some(share) if share >= 0.9 && per_pod < p.per_pod_rps * (1.0 - GAP) => {
                 causes.push(format!(
                     "CPU throttling: the pods ran at {:.0}% of their {:.0}m limit yet served {per_pod:.0} req/s each, not the calibrated {:.0}: \
@@ -344,6 +355,11 @@ pub fn compare(p: &Prediction, c: &Calibration, result: &ScenarioResult) -> Comp
     Comparison { rows, causes }
 }
 
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    (!values.is_empty()).then(|| crate::bench::median_sorted(&values))
+}
+
 /// The report's "Predicted against observed" section (Markdown), or nothing without a calibration.
 pub fn render_section(section: Option<&Section>, scenarios: &[ScenarioResult]) -> String {
     let Some(section) = section else {
@@ -358,9 +374,9 @@ pub fn render_section(section: Option<&Section>, scenarios: &[ScenarioResult]) -
         c.image,
         c.limits.cpus,
         if c.limited_by == "the CPU limit" {
-            "held by its CPU limit"
+            "the rate held by the CPU limit"
         } else {
-            "see its limits"
+            "the rate held by the load generator, not the CPU limit: a low bound"
         },
         c.knee_rps.map_or("-".into(), |k| format!("{k:.0}")),
         c.cpu_s_per_request
