@@ -457,6 +457,7 @@ pub fn calibration() -> crate::calibrate::Calibration {
                 late_share: late,
                 broke: crate::calibrate::judge(&objective, offered, achieved, 0.0, Some(p99)),
                 kind: kind.to_owned(),
+                retried: false,
             },
         )
         .collect();

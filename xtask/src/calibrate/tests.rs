@@ -92,6 +92,10 @@ fn the_search_rises_until_a_break_then_halves_the_gap() {
     stages.push(stage(3800.0, 3800.0, 2.0, 40.0, 0.25, "80%"));
     assert_eq!(knee_of(&stages), Some(3000.0));
     assert_eq!(limited_by(&stages, 0.25), "the CPU limit");
+    // A stage at a share of the knee that broke (noise) says nothing about the limit.
+    let mut noisy = stages.clone();
+    noisy.push(stage(1500.0, 1500.0, 1.0, 150.0, 0.03, "50%"));
+    assert_eq!(limited_by(&noisy, 0.25), "the CPU limit");
     assert!(limited_by(&stages, 1.0).starts_with("the load generator"));
     // Nothing broke within the stages allowed.
     let few = Args { max_stages: 2, ..a };
