@@ -887,6 +887,7 @@ fn draw_curves(c: &Calibration, root: &Area<'_>) -> Result<(), Box<dyn std::erro
         .build_cartesian_2d(0.0..x_max, 0.0..(c.limits.cpus * 1.2))?;
     cpu_chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("offered rate (req/s); red: broke the objective, green: the knee")
         .y_desc("container CPU (cores)")
         .draw()?;
