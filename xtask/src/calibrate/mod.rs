@@ -90,6 +90,16 @@ impl Default for Args {
     }
 }
 
+impl Args {
+    pub fn objective(&self) -> Objective {
+        Objective {
+            max_p99_ms: self.max_p99_ms,
+            max_error_rate: self.max_error_rate,
+            max_shortfall: self.max_shortfall,
+        }
+    }
+}
+
 /// The container's resources: the limits the pod runs under, and the CPU request the HPA's
 /// utilization is relative to.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -653,11 +663,7 @@ pub async fn measure(
         args.stage >= Duration::from_secs(1),
         "--stage must be at least 1s"
     );
-    let objective = Objective {
-        max_p99_ms: args.max_p99_ms,
-        max_error_rate: args.max_error_rate,
-        max_shortfall: args.max_shortfall,
-    };
+    let objective = args.objective();
     let server = start_server(docker, image, limits).await?;
     eprintln!(
         "calibrating {image} in container {} ({} CPU, {} MiB) at http://{}/predict, {}s stages; \
@@ -1089,27 +1095,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests;
 
-/// A stage for tests and fixtures: the numbers a real stage has, from a few inputs.
+/// A stage for tests: a stage with these numbers, its mean a tenth over its p50 and its
+/// throttling as a quota-bound container shows it.
 #[cfg(test)]
 pub fn stage(offered: f64, achieved: f64, p50: f64, p99: f64, cpu: f64, kind: &str) -> Stage {
-    let objective = Objective {
-        max_p99_ms: 100.0,
-        max_error_rate: 0.001,
-        max_shortfall: 0.05,
-    };
-    Stage {
-        offered_rps: offered,
-        achieved_rps: achieved,
-        responses: (achieved * 4.0) as u64,
-        errors: 0,
-        p50_ms: Some(p50),
-        p99_ms: Some(p99),
-        mean_ms: Some(p50 * 1.1),
-        cpu_cores: cpu,
-        throttled_share: Some(if cpu > 0.24 { 0.9 } else { 0.1 }),
-        late_share: 0.0,
-        broke: judge(&objective, offered, achieved, 0.0, Some(p99)),
-        kind: kind.to_owned(),
-        retried: false,
+    let throttled = if cpu > 0.24 { 0.9 } else { 0.1 };
+    crate::fixture::measured_stage(&(
+        offered,
+        achieved,
+        p50,
+        p99,
+        p50 * 1.1,
+        cpu,
+        throttled,
+        0.0,
+        "",
+    ))
+    .with_kind(kind)
+}
+
+#[cfg(test)]
+impl Stage {
+    fn with_kind(mut self, kind: &str) -> Stage {
+        self.kind = kind.to_owned();
+        self
     }
 }
