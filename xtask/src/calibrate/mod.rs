@@ -484,16 +484,32 @@ pub async fn start_server(docker: &Docker, image: &str, limits: &Limits) -> anyh
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await?;
+    let state = inspect.state.clone().unwrap_or_default();
     let port = inspect
         .network_settings
         .and_then(|n| n.ports)
         .and_then(|p| p.get(SERVER_PORT).cloned().flatten())
         .and_then(|b| b.into_iter().find_map(|b| b.host_port))
-        .and_then(|p| p.parse::<u16>().ok())
-        .with_context(|| format!("container {} has no published port", server.name))?;
+        .and_then(|p| p.parse::<u16>().ok());
+    let Some(port) = port else {
+        // A stopped container's ports are gone: say why it stopped instead.
+        if state.running != Some(true) {
+            bail!("{}", exited(&server, state.exit_code));
+        }
+        bail!("container {} has no published port", server.name);
+    };
     server.addr = ([127, 0, 0, 1], port).into();
     wait_ready(docker, &server).await?;
     Ok(server)
+}
+
+fn exited(server: &Server, code: Option<i64>) -> String {
+    format!(
+        "the server in container {} exited (code {}) before it was ready: is {} the iris-serve image?",
+        server.name,
+        code.unwrap_or(-1),
+        server.image
+    )
 }
 
 /// Polls `/ready` until it answers 200; fails at once when the container stops.
@@ -517,12 +533,7 @@ async fn wait_ready(docker: &Docker, server: &Server) -> anyhow::Result<()> {
             .state
             .unwrap_or_default();
         if state.running != Some(true) {
-            bail!(
-                "the server in container {} exited (code {}) before it was ready: is {} the iris-serve image?",
-                server.name,
-                state.exit_code.unwrap_or(-1),
-                server.image
-            );
+            bail!("{}", exited(server, state.exit_code));
         }
         if Instant::now() > deadline {
             bail!(

@@ -332,8 +332,9 @@ async fn gone(docker: &Docker, name: &str) -> bool {
         .is_err()
 }
 
-/// A short calibration at 0.25 and at 0.5 CPU: both find a knee, the larger limit's is higher,
-/// the CPU per request is in the same range, and each container is gone afterwards.
+/// Short calibrations at 0.25 and at 0.5 CPU: each finds a knee, the larger limit's best knee is
+/// higher, the CPU per request is plausible, no stage is over its limit, and each container is gone
+/// afterwards.
 #[tokio::test]
 async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
     let Some(docker) = crate::testing::docker_or_skip("calibration").await else {
@@ -355,27 +356,36 @@ async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
             memory_bytes: 256 << 20,
             cpu_request: Some(0.1),
         };
-        let c = measure(&docker, &image.reference, &limits, &short)
-            .await
-            .expect("calibration");
-        eprintln!("{}", render_table(&c));
-        let knee = c.knee_rps.expect("a knee");
-        assert!(c.stages.iter().any(|s| !s.held()), "the objective broke");
-        let cpu = c.cpu_s_per_request.expect("CPU per request");
-        // The container's counters saw the work: a request costs microseconds, not nothing.
-        assert!((1e-6..1e-3).contains(&cpu), "{cpu}");
-        assert!(c.at_knee.len() == 3, "{:?}", c.at_knee);
-        // A stage never uses more CPU than the limit (the quota works), allowing for the
-        // counters' read-out around the stage.
-        for s in &c.stages {
-            assert!(s.cpu_cores <= cpus * 1.1, "{s:?}");
+        // The best of two: other work on the host can only end a search early (a spurious
+        // break), never carry it past the pod's capacity.
+        let mut best: Option<(f64, String)> = None;
+        for _ in 0..2 {
+            let c = measure(&docker, &image.reference, &limits, &short)
+                .await
+                .expect("calibration");
+            eprintln!("{}", render_table(&c));
+            let knee = c.knee_rps.expect("a knee");
+            assert!(c.stages.iter().any(|s| !s.held()), "the objective broke");
+            let cpu = c.cpu_s_per_request.expect("CPU per request");
+            // The container's counters saw the work: a request costs microseconds, not nothing.
+            assert!((1e-6..1e-3).contains(&cpu), "{cpu}");
+            assert!(c.at_knee.len() == 3, "{:?}", c.at_knee);
+            // A stage never uses more CPU than the limit (the quota works), allowing for the
+            // counters' read-out around the stage.
+            for s in &c.stages {
+                assert!(s.cpu_cores <= cpus * 1.1, "{s:?}");
+            }
+            assert!(
+                gone(&docker, &c.container).await,
+                "{} left behind",
+                c.container
+            );
+            if best.as_ref().is_none_or(|b| knee > b.0) {
+                best = Some((knee, c.limited_by.clone()));
+            }
         }
-        assert!(
-            gone(&docker, &c.container).await,
-            "{} left behind",
-            c.container
-        );
-        knees.push((cpus, knee, c.limited_by.clone()));
+        let (knee, limited) = best.expect("two calibrations");
+        knees.push((cpus, knee, limited));
     }
     eprintln!("knees: {knees:?}");
     assert!(knees[1].1 > knees[0].1, "{knees:?}");
