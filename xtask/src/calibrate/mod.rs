@@ -1064,6 +1064,12 @@ pub fn section(
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
+    // A scenario that does not exist is refused before a minute of measuring.
+    let scenarios = args
+        .scenario
+        .as_deref()
+        .map(|choice| crate::scenario::ScenarioFile::select(Some(choice)))
+        .transpose()?;
     runtime.block_on(crate::signals::interruptible(async {
         let docker = docker::connect().await?;
         let calibration = match &args.scenario {
@@ -1091,10 +1097,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 }
             }
         };
-        if let Some(choice) = &args.scenario {
-            let scenarios = crate::scenario::ScenarioFile::select(Some(choice))?;
+        if let Some(scenarios) = &scenarios {
             let hpa = predict::manifests_autoscaling()?;
-            for s in &scenarios {
+            for s in scenarios {
                 let p = predict::predict(&calibration, &hpa, s)?;
                 print!("\n{}", predict::render(&p));
             }
