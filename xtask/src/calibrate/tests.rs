@@ -421,15 +421,14 @@ async fn a_server_that_never_gets_ready_fails_and_leaves_nothing() {
     .await
     .expect("image");
     let limits = manifest_limits().expect("limits");
-    let err = measure(&docker, &tag, &limits, &args())
-        .await
-        .expect_err("not a server");
-    let text = format!("{err:#}");
+    let result = measure(&docker, &tag, &limits, &args()).await;
+    let left = containers_of(&docker, &tag).await;
+    // The test's image goes whatever the outcome.
+    crate::testing::remove_image_blocking(&docker, &tag);
+    let text = format!("{:#}", result.expect_err("not a server"));
     assert!(
         text.contains("exited (code 0) before it was ready"),
         "{text}"
     );
-    let left = containers_of(&docker, &tag).await;
-    crate::testing::remove_image_blocking(&docker, &tag);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
