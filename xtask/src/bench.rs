@@ -58,14 +58,8 @@ impl Spread {
         let rounds: Vec<f64> = values.into_iter().collect();
         let mut sorted = rounds.clone();
         sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => sorted[n / 2],
-            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-        };
         Spread {
-            median,
+            median: median_sorted(&sorted),
             min: sorted.first().copied().unwrap_or(f64::NAN),
             max: sorted.last().copied().unwrap_or(f64::NAN),
             rounds,
@@ -81,6 +75,16 @@ impl Spread {
                 self.median, self.min, self.max
             ),
         }
+    }
+}
+
+/// The median of values sorted in ascending order (NaN when there are none).
+pub fn median_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
@@ -903,7 +907,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// Polls `GET path` until it answers 200.
-fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
+pub fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(addr) {

@@ -102,6 +102,10 @@ pub struct Args {
     /// with --push, built and pushed to <REPO>-load-runner).
     #[arg(long)]
     pub load_image: Option<String>,
+    /// Without a calibration of this image under the Deployment's limits in target/calibrate/,
+    /// measure one before the scenarios (`cargo xtask calibrate`), for the report's predicted-versus-observed section.
+    #[arg(long)]
+    pub calibrate: bool,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -267,6 +271,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         if built.built && !keep_cluster {
             guard.images.push(built.reference.clone());
         }
+        let calibration = crate::calibrate::for_run(&built.reference, args.calibrate).await?;
         steps.start("image load");
         image::load(&docker, &built.reference, &cluster.name).await?;
         let load_from = match args.load_source() {
@@ -338,6 +343,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             settings: settings_report,
             phases: phases(&steps, started),
             scenarios: results,
+            calibration: crate::calibrate::section(calibration, &scenarios),
         };
         let files = report::write(&report, &out_dir)?;
         eprint!("{}", report::render_terminal(&report, false));
@@ -509,12 +515,17 @@ async fn existing(
         .await?
         .items;
     steps.start("image");
-    let image = match (&args.image, &args.push) {
-        (Some(image), _) => image.clone(),
+    let (image, calibration) = match (&args.image, &args.push) {
+        (Some(image), _) => (
+            image.clone(),
+            crate::calibrate::for_run(image, args.calibrate).await?,
+        ),
         (None, Some(repo)) => {
             let docker = docker::connect().await?;
             let built = image::build(&docker).await?;
-            push(&docker, &built.reference, repo).await?
+            // Calibrated under the local build's name: the pushed reference is a digest.
+            let calibration = crate::calibrate::for_run(&built.reference, args.calibrate).await?;
+            (push(&docker, &built.reference, repo).await?, calibration)
         }
         (None, None) => unreachable!("checked above"),
     };
@@ -613,6 +624,7 @@ async fn existing(
             settings: settings_report,
             phases: phases(&steps, started),
             scenarios: results,
+            calibration: crate::calibrate::section(calibration, scenarios),
         };
         report::write(&report, out_dir)?;
         eprint!("{}", report::render_terminal(&report, false));

@@ -539,3 +539,79 @@ pub fn autoscale_run() -> Run {
         load_end_s: LOAD_END_S,
     }
 }
+
+/// A measured stage: offered, achieved (req/s), p50, p99, mean (ms), CPU cores, throttled share,
+/// late share, kind.
+type Measured = (f64, f64, f64, f64, f64, f64, f64, f64, &'static str);
+
+/// A stage of 4 s with these numbers, judged against the default objective.
+pub fn measured_stage(
+    &(offered, achieved, p50, p99, mean, cpu, throttled, late, kind): &Measured,
+) -> crate::calibrate::Stage {
+    let objective = crate::calibrate::Args::default().objective();
+    crate::calibrate::Stage {
+        offered_rps: offered,
+        achieved_rps: achieved,
+        responses: (achieved * 4.0) as u64,
+        errors: 0,
+        p50_ms: Some(p50),
+        p99_ms: Some(p99),
+        mean_ms: Some(mean),
+        cpu_cores: cpu,
+        throttled_share: Some(throttled),
+        late_share: late,
+        broke: crate::calibrate::judge(&objective, offered, achieved, 0.0, Some(p99)),
+        kind: kind.to_owned(),
+        retried: false,
+    }
+}
+
+/// A calibration as `cargo xtask calibrate` measured it with its defaults on the 2-core
+/// development machine (0.25 CPU, 256 MiB; image iris-serve:6d7bd37dfe1fb6e3, named here as the
+/// fixture's image): its stages and counters as calibration.json recorded them.
+pub fn calibration() -> crate::calibrate::Calibration {
+    use crate::calibrate::{AtShare, Calibration, Limits, Stage, knee_of, limited_by};
+    let objective = crate::calibrate::Args::default().objective();
+    #[rustfmt::skip]
+    let measured: [Measured; 11] = [
+        (2000.0, 2000.0, 0.76, 12.58, 1.28, 0.0900, 0.000, 0.0046, "rise"),
+        (2700.0, 2700.0, 0.95, 8.98, 1.23, 0.1100, 0.000, 0.0065, "rise"),
+        (3645.0, 3645.0, 1.14, 39.68, 2.32, 0.1395, 0.025, 0.0281, "rise"),
+        (4921.0, 4921.0, 1.17, 11.45, 1.76, 0.1390, 0.000, 0.0023, "rise"),
+        (6643.0, 6643.0, 1.13, 48.73, 4.10, 0.1651, 0.000, 0.0190, "rise"),
+        (8968.0, 8968.0, 1.01, 3.48, 1.13, 0.2098, 0.049, 0.0000, "rise"),
+        (12107.0, 12107.0, 288.51, 568.83, 282.03, 0.2510, 0.818, 0.8294, "rise"),
+        (10538.0, 10538.0, 93.18, 197.50, 92.52, 0.2479, 0.805, 0.7557, "refine"),
+        (9753.0, 9753.0, 8.24, 100.67, 19.33, 0.2411, 0.525, 0.2820, "refine"),
+        (4484.0, 4484.0, 1.18, 12.90, 1.77, 0.1548, 0.000, 0.0050, "50%"),
+        (7174.0, 7174.0, 1.19, 49.95, 3.12, 0.1903, 0.000, 0.0501, "80%"),
+    ];
+    let stages: Vec<Stage> = measured.iter().map(measured_stage).collect();
+    let knee = knee_of(&stages);
+    let at = |share: f64, i: usize| AtShare {
+        share,
+        rate: stages[i].offered_rps,
+        p50_ms: stages[i].p50_ms,
+        p99_ms: stages[i].p99_ms,
+    };
+    Calibration {
+        image: "iris-serve:4f1c9a27d0b3e685".into(),
+        container: "iris-serve-calibrate-25422-d02d1be".into(),
+        limits: Limits {
+            cpus: 0.25,
+            memory_bytes: 256 << 20,
+            cpu_request: Some(0.1),
+        },
+        objective,
+        created_unix_s: 1_795_550_127.2,
+        stage_s: 4.0,
+        connections: 256,
+        host_cpus: 2,
+        knee_rps: knee,
+        cpu_s_per_request: Some(stages[5].cpu_cores / stages[5].achieved_rps),
+        knee_cpu_share: Some(stages[5].cpu_cores / 0.25),
+        at_knee: vec![at(0.5, 9), at(0.8, 10), at(1.0, 5)],
+        limited_by: limited_by(&stages, 0.25),
+        stages,
+    }
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bundle;
+mod calibrate;
 mod claim;
 mod cluster;
 mod cmd;
@@ -66,6 +67,9 @@ enum Command {
     Deploy(deploy::Args),
     /// Drive HTTP load at a URL: closed loop (like wrk) or open loop (--rate/--stages, like wrk2).
     Load(Box<load::Args>),
+    /// One pod's capacity under the Deployment's limits, in a Docker container (no cluster): the
+    /// knee, CPU per request, latency; with --scenario, the replicas the HPA should settle at.
+    Calibrate(Box<calibrate::Args>),
     /// Render a saved report.json again (terminal, report.md, timeline.svg).
     Report(report::Args),
     /// Train the decision tree from model/iris.csv; write model/iris-tree.json and model/README.md.
@@ -87,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(cmd) => image::run(cmd),
         Command::Deploy(args) => deploy::run(&args),
         Command::Load(args) => load::run(&args),
+        Command::Calibrate(args) => calibrate::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Bench(cmd) => bench::run(cmd),

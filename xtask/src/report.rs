@@ -20,6 +20,9 @@ pub struct Report {
     /// Each phase of the run and its seconds.
     pub phases: Vec<(String, f64)>,
     pub scenarios: Vec<ScenarioResult>,
+    /// The calibration the run used and its prediction per scenario (`cargo xtask calibrate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibrate::predict::Section>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -307,6 +310,10 @@ pub fn render_markdown(report: &Report) -> String {
             );
         }
     }
+    out.push_str(&crate::calibrate::predict::render_section(
+        report.calibration.as_ref(),
+        &report.scenarios,
+    ));
     if !report.phases.is_empty() {
         let phases: Vec<String> = report
             .phases
@@ -850,7 +857,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::fixture;
     use crate::load::client::Outcome;
@@ -1070,6 +1077,7 @@ mod tests {
             )
             .expect("settings"),
             phases,
+            calibration: crate::calibrate::section(Some(fixture::calibration()), &scenarios),
             scenarios: vec![autoscale, bottleneck],
         }
     }
@@ -1187,6 +1195,44 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("±1 s"), "{md}");
+    }
+
+    #[test]
+    fn the_predicted_against_observed_section_is_rendered_from_the_calibration() {
+        let report = fixture();
+        let md = render_markdown(&report);
+        assert!(md.contains("### Predicted against observed"), "{md}");
+        assert!(
+            md.contains("knee 8968 req/s per pod, 23.4 µs of CPU per request"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| autoscale | closed loop, 1000 connections | replicas | 3 | 3 | +0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| total throughput (req/s) | 26904 | 8846 | -67% **flagged** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- bottleneck: likely cause: CPU throttling: the pods ran at 99% of their 250m limit"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- autoscale: likely cause: the host port proxy"),
+            "{md}"
+        );
+        // The section comes before the phases line, after the scenarios' own sections.
+        let section = md.find("### Predicted against observed").expect("section");
+        assert!(section > md.find("### bottleneck").expect("bottleneck"));
+        assert!(section < md.find("\nPhases:").expect("phases"));
+        // A report of a run without a calibration (and every report.json written before the
+        // field existed) reads back, and renders no such section.
+        let mut json: serde_json::Value = serde_json::to_value(&report).expect("json");
+        json.as_object_mut().expect("object").remove("calibration");
+        let old: Report = serde_json::from_value(json).expect("an older report.json");
+        assert_eq!(old.calibration, None);
+        assert!(!render_markdown(&old).contains("Predicted against observed"));
     }
 
     #[test]

@@ -458,3 +458,77 @@ fn a_failed_kind_create_keeps_its_nodes_for_the_log_export_then_deletes() {
     );
     assert!(log.contains("logs of the failed run"), "{log}");
 }
+
+/// The server image, built (or found unchanged) by the harness itself.
+fn server_image() -> String {
+    let built = Command::new(XTASK)
+        .args(["image", "build"])
+        .output()
+        .expect("xtask image build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    String::from_utf8_lossy(&built.stdout)
+        .split_whitespace()
+        .next()
+        .expect("the image reference")
+        .to_owned()
+}
+
+/// The calibration container named on stderr (`... in container NAME (...`).
+fn calibration_container(log: &str) -> String {
+    log.split("in container ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no container named in:\n{log}"))
+        .to_owned()
+}
+
+fn container_exists(name: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("name=^/{name}$")])
+        .output()
+        .expect("docker ps");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+#[test]
+fn ctrl_c_or_sigterm_during_a_calibration_removes_its_container() {
+    if !docker_available("calibrate Ctrl-C") {
+        return;
+    }
+    let image = server_image();
+    let out = tempfile::tempdir().expect("dir");
+    let out_arg = out.path().to_string_lossy().into_owned();
+    let args = [
+        "calibrate",
+        "--image",
+        &image,
+        "--stage",
+        "2s",
+        "--out",
+        &out_arg,
+    ];
+    // Ctrl-C once the container is up, before the load.
+    let (log, status) = kill_at(&args, "calibrate-stages", "-INT");
+    let name = calibration_container(&log);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("interrupted (SIGINT)"), "{log}");
+    assert!(!container_exists(&name), "{name} left behind:\n{log}");
+    // SIGTERM in the middle of the load: the second stage is running.
+    let mut command = Command::new(XTASK);
+    command.args(args);
+    let (log, status, _) = kill_when(command, "req/s offered", "-TERM");
+    let name = calibration_container(&log);
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("terminated (SIGTERM)"), "{log}");
+    assert!(!container_exists(&name), "{name} left behind:\n{log}");
+    // Nothing was written for a run that did not finish.
+    assert!(
+        leftovers(out.path()).is_empty(),
+        "{:?}",
+        leftovers(out.path())
+    );
+}
