@@ -452,7 +452,8 @@ fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
         let docker = crate::docker::connect().await?;
         let server_image = crate::image::build(&docker).await?;
         let runner_image = crate::image::build_runner(&docker).await?;
-        let server = crate::runners::ServerContainer::start(&docker, &server_image.reference).await?;
+        let server =
+            crate::calibrate::start_server(&docker, &server_image.reference, None).await?;
         let config = |url: String| -> anyhow::Result<crate::load::client::Config> {
             Ok(crate::load::client::Config {
                 url: crate::load::parse_url(&url)?,
@@ -478,9 +479,9 @@ fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
                 rig.rounds,
                 rig.connections,
                 rig.duration.as_secs(),
-                server.published
+                server.addr
             );
-            let url = format!("http://{}/predict", server.published);
+            let url = format!("http://{}/predict", server.addr);
             let o = crate::load::drive(config(url)?, true, std::future::pending()).await?;
             host.push(rps_p99(&o));
             eprintln!(

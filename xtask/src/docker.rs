@@ -392,6 +392,17 @@ where
     .flatten()
 }
 
+/// A container locked down as the project's pods are: read-only root file system, every
+/// capability dropped, no new privileges (the image sets a non-root user).
+pub fn locked_down() -> bollard::models::HostConfig {
+    bollard::models::HostConfig {
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        ..Default::default()
+    }
+}
+
 /// Removes a container (and its anonymous volumes) from a destructor or a panic path.
 pub fn remove_container_blocking(docker: &Docker, id: &str) {
     let (docker, id) = (docker.clone(), id.to_owned());

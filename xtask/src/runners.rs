@@ -579,10 +579,7 @@ pub async fn run_in_containers(
                         ),
                         host_config: Some(HostConfig {
                             network_mode: Some(format!("container:{server}")),
-                            readonly_rootfs: Some(true),
-                            cap_drop: Some(vec!["ALL".to_owned()]),
-                            security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                            ..Default::default()
+                            ..crate::docker::locked_down()
                         }),
                         ..Default::default()
                     },
@@ -639,96 +636,6 @@ pub async fn run_in_containers(
             .await;
     }
     result
-}
-
-/// The server image running in a container (read-only, no capabilities, its own user), its port
-/// published on 127.0.0.1 only; removed when dropped.
-pub struct ServerContainer {
-    docker: bollard::Docker,
-    pub id: String,
-    /// 127.0.0.1:<ephemeral port> mapped to the server's 8080 (through Docker's port proxy).
-    pub published: std::net::SocketAddr,
-}
-
-impl ServerContainer {
-    pub async fn start(docker: &bollard::Docker, image: &str) -> anyhow::Result<Self> {
-        use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
-        use bollard::query_parameters::CreateContainerOptions;
-        let bindings = [(
-            "8080/tcp".to_owned(),
-            Some(vec![PortBinding {
-                host_ip: Some("127.0.0.1".to_owned()),
-                host_port: Some(String::new()),
-            }]),
-        )]
-        .into();
-        let created = docker
-            .create_container(
-                None::<CreateContainerOptions>,
-                ContainerCreateBody {
-                    image: Some(image.to_owned()),
-                    env: Some(vec!["POD_NAME=server-container".to_owned()]),
-                    host_config: Some(HostConfig {
-                        port_bindings: Some(bindings),
-                        readonly_rootfs: Some(true),
-                        cap_drop: Some(vec!["ALL".to_owned()]),
-                        security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("creating the server container")?;
-        let mut server = ServerContainer {
-            docker: docker.clone(),
-            id: created.id,
-            published: ([127, 0, 0, 1], 0).into(),
-        };
-        docker
-            .start_container(
-                &server.id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .context("starting the server container")?;
-        let inspect = docker
-            .inspect_container(
-                &server.id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await?;
-        let port = inspect
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|p| p.get("8080/tcp").cloned().flatten())
-            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse::<u16>().ok())
-            .context("the server container's port was not published")?;
-        server.published = ([127, 0, 0, 1], port).into();
-        // Ready when /ready answers through the published port.
-        for _ in 0..100 {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(server.published).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let _ = s
-                    .write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                    .await;
-                let mut answer = Vec::new();
-                let _ = s.read_to_end(&mut answer).await;
-                if answer.starts_with(b"HTTP/1.1 200") {
-                    return Ok(server);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("the server container did not become ready within 10s")
-    }
-}
-
-impl Drop for ServerContainer {
-    fn drop(&mut self) {
-        crate::docker::remove_container_blocking(&self.docker, &self.id);
-    }
 }
 
 #[cfg(test)]
@@ -1236,7 +1143,7 @@ mod tests {
             "the runner image is {} bytes",
             runner_image.size
         );
-        let server = ServerContainer::start(&docker, &server_image.reference)
+        let server = crate::calibrate::start_server(&docker, &server_image.reference, None)
             .await
             .expect("server container");
         let mut config = config(6);
@@ -1269,7 +1176,7 @@ mod tests {
             let t = &outcome.totals;
             assert!(t.responses > 100, "{what}: {t:?}");
             assert_eq!(t.errors.total(), 0, "{what}: {t:?}");
-            assert_eq!(t.pods.get("server-container"), Some(&t.responses), "{what}");
+            assert_eq!(t.pods.get(&server.name), Some(&t.responses), "{what}");
             let window_sum: u64 = outcome.windows.iter().map(|w| w.responses).sum();
             assert_eq!(
                 window_sum, t.responses,

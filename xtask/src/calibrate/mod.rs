@@ -415,10 +415,14 @@ pub fn container_name() -> String {
     format!("iris-serve-calibrate-{}-{nanos:x}", std::process::id())
 }
 
-/// Starts the server image under `limits`, locked down as the Deployment's pod is (non-root,
-/// read-only root file system, no capabilities, no new privileges), its port published on
-/// 127.0.0.1 only at a port the engine picks; returns once `/ready` answers 200.
-pub async fn start_server(docker: &Docker, image: &str, limits: &Limits) -> anyhow::Result<Server> {
+/// Starts the server image under `limits` (none: the machine's), locked down as the Deployment's
+/// pod is (non-root, read-only root file system, no capabilities, no new privileges), its port
+/// published on 127.0.0.1 only at a port the engine picks; returns once `/ready` answers 200.
+pub async fn start_server(
+    docker: &Docker,
+    image: &str,
+    limits: Option<&Limits>,
+) -> anyhow::Result<Server> {
     let name = container_name();
     let created = docker
         .create_container(
@@ -441,12 +445,9 @@ pub async fn start_server(docker: &Docker, image: &str, limits: &Limits) -> anyh
                     std::process::id().to_string(),
                 )])),
                 host_config: Some(HostConfig {
-                    nano_cpus: Some((limits.cpus * 1e9).round() as i64),
-                    memory: Some(limits.memory_bytes as i64),
-                    memory_swap: Some(limits.memory_bytes as i64),
-                    readonly_rootfs: Some(true),
-                    cap_drop: Some(vec!["ALL".to_owned()]),
-                    security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                    nano_cpus: limits.map(|l| (l.cpus * 1e9).round() as i64),
+                    memory: limits.map(|l| l.memory_bytes as i64),
+                    memory_swap: limits.map(|l| l.memory_bytes as i64),
                     port_bindings: Some(HashMap::from([(
                         SERVER_PORT.to_owned(),
                         Some(vec![PortBinding {
@@ -454,7 +455,7 @@ pub async fn start_server(docker: &Docker, image: &str, limits: &Limits) -> anyh
                             host_port: Some(String::new()),
                         }]),
                     )])),
-                    ..Default::default()
+                    ..docker::locked_down()
                 }),
                 ..Default::default()
             },
@@ -675,7 +676,7 @@ pub async fn measure(
         "--stage must be at least 1s"
     );
     let objective = args.objective();
-    let server = start_server(docker, image, limits).await?;
+    let server = start_server(docker, image, Some(limits)).await?;
     eprintln!(
         "calibrating {image} in container {} ({} CPU, {} MiB) at http://{}/predict, {}s stages; \
          the load generator shares this host's {} cores with it",

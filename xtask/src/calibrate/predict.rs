@@ -344,8 +344,18 @@ pub fn compare(p: &Prediction, c: &Calibration, result: &ScenarioResult) -> Comp
                 ));
             }
             Some(share) if share < 0.75 && observed_total < p.total_rps * (1.0 - GAP) => {
+                // Which path the load took decides what sat between it and the pods.
+                let in_cluster = result
+                    .load_from
+                    .as_deref()
+                    .is_some_and(|f| f.starts_with("load runners in the cluster"));
+                let between = if in_cluster {
+                    "the load runners or the path to the pods (kube-proxy, the nodes' network)"
+                } else {
+                    "the host port proxy (or whatever is between the load and the pods)"
+                };
                 causes.push(format!(
-                    "the host port proxy (or whatever is between the load and the pods): the pods used only {:.0}% of their CPU limit while the total fell short",
+                    "{between}: the pods used only {:.0}% of their CPU limit while the total fell short",
                     share * 100.0
                 ));
             }
