@@ -229,6 +229,14 @@ pub fn render_markdown(report: &Report) -> String {
             "\n### {}: {}\n",
             s.scenario.name, s.scenario.description
         );
+        // Reports from before --load-from: the load came from this machine.
+        let _ = writeln!(
+            out,
+            "- Load from {}.",
+            s.load_from
+                .as_deref()
+                .unwrap_or("this machine, through the NodePort")
+        );
         let f = &s.derived.formula;
         if let Some(a) = f.agreement() {
             let excluded: Vec<String> = f
