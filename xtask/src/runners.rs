@@ -253,6 +253,23 @@ async fn job_events(client: &Client, namespace: &str, job: &str) -> String {
     }
 }
 
+/// The runner pods now, those being deleted left out; an error naming the first that failed.
+async fn look(pods: &Api<Pod>, selector: &ListParams) -> anyhow::Result<Vec<Pod>> {
+    let mut list = pods
+        .list(selector)
+        .await
+        .context("listing the load runner pods")?
+        .items;
+    list.retain(|p| p.metadata.deletion_timestamp.is_none());
+    if let Some((pod, why)) = list
+        .iter()
+        .find_map(|p| pod_failure(p).map(|why| (p.name_any(), why)))
+    {
+        return Err(failed(pods, &pod, &why).await);
+    }
+    Ok(list)
+}
+
 fn runner_index(pod: &Pod) -> Option<u32> {
     pod.annotations()
         .get("batch.kubernetes.io/job-completion-index")
@@ -370,16 +387,8 @@ async fn drive(
     let ready_by = tokio::time::Instant::now() + timing.startup;
     let mut placement = Placement::default();
     loop {
-        let list = pods
-            .list(&selector)
-            .await
-            .context("listing the load runner pods")?;
-        for pod in &list.items {
-            if let Some(why) = pod_failure(pod) {
-                return Err(failed(&pods, &pod.name_any(), &why).await);
-            }
-        }
-        let ready: Vec<&Pod> = list.items.iter().filter(|p| is_ready(p)).collect();
+        let list = look(&pods, &selector).await?;
+        let ready: Vec<&Pod> = list.iter().filter(|p| is_ready(p)).collect();
         if ready.len() >= runners as usize {
             for pod in ready {
                 let index = runner_index(pod)
@@ -391,7 +400,6 @@ async fn drive(
         }
         if tokio::time::Instant::now() >= ready_by {
             let states: Vec<String> = list
-                .items
                 .iter()
                 .map(|p| {
                     let phase = p.status.as_ref().and_then(|s| s.phase.clone());
@@ -406,7 +414,7 @@ async fn drive(
             bail!(
                 "only {} of {runners} load runner pods were Ready after {}s (pods: {}{events}); \
                  on an existing cluster the runner image may still be pulling",
-                list.items.iter().filter(|p| is_ready(p)).count(),
+                list.iter().filter(|p| is_ready(p)).count(),
                 timing.startup.as_secs(),
                 if states.is_empty() {
                     "none".to_owned()
@@ -495,15 +503,9 @@ async fn drive(
         }
         if tokio::time::Instant::now() >= last_look + timing.poll * 2 {
             last_look = tokio::time::Instant::now();
-            let list = pods
-                .list(&selector)
-                .await
-                .context("listing the load runner pods")?;
-            for pod in &list.items {
-                if let Some(why) = pod_failure(pod) {
-                    progress.finish();
-                    return Err(failed(&pods, &pod.name_any(), &why).await);
-                }
+            if let Err(e) = look(&pods, &selector).await {
+                progress.finish();
+                return Err(e);
             }
         }
         if tokio::time::Instant::now() >= deadline {
@@ -1084,6 +1086,22 @@ mod tests {
             err.to_string()
                 .contains("the Job's events: FailedCreate: pods \"iris-load-s1-1\" is forbidden"),
             "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_terminating_pod_is_neither_counted_nor_blamed() {
+        let oom = serde_json::json!({"terminated": {"exitCode": 130, "reason": "Error"}});
+        let mut leaving = pod("iris-load-s1-0-old", 0, "kind-worker", true, Some(oom));
+        leaving["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-24T10:00:00Z");
+        let pods = vec![leaving];
+        let (result, _, _) =
+            run_mocked(pods, BTreeMap::new(), None, 1, std::future::pending()).await;
+        let err = result.expect_err("no runner of ours got ready");
+        assert!(
+            err.to_string()
+                .contains("only 0 of 1 load runner pods were Ready after 5s (pods: none"),
+            "{err:#}"
         );
     }
 
