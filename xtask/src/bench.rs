@@ -88,6 +88,13 @@ pub fn median_sorted(sorted: &[f64]) -> f64 {
     }
 }
 
+/// The median of any values, or None when there are none.
+pub fn median_of(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    (!sorted.is_empty()).then(|| median_sorted(&sorted))
+}
+
 /// A benchmark's target and whether this run met it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 struct Target {
@@ -433,10 +440,6 @@ struct ContainerRows {
 }
 
 /// Requests per second and p99 (ms) of an outcome.
-fn median_of(values: impl Iterator<Item = f64>) -> f64 {
-    Spread::of(values).median
-}
-
 fn rps_p99(o: &Outcome) -> (f64, f64) {
     (
         o.totals.responses as f64 / o.elapsed_s,
@@ -634,12 +637,12 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
     println!(
         "| server container, cargo xtask load through the published port (docker-proxy), not pinned | {:.0} | | {:.3} |",
         c.host_rps.median,
-        median_of(c.host_through_port_proxy.iter().map(|h| h.1))
+        median_of(c.host_through_port_proxy.iter().map(|h| h.1)).unwrap_or(f64::NAN)
     );
     println!(
         "| server container, iris-load-runner container in its network namespace, not pinned | {:.0} | | {:.3} |",
         c.runner_rps.median,
-        median_of(c.runner_in_netns.iter().map(|h| h.1))
+        median_of(c.runner_in_netns.iter().map(|h| h.1)).unwrap_or(f64::NAN)
     );
     println!(
         "\nrunner in the network namespace / host through docker-proxy: {}",

@@ -118,12 +118,6 @@ pub fn static_target() -> String {
     format!("{}-unknown-linux-gnu", std::env::consts::ARCH)
 }
 
-/// Compiles the static server binary and returns its bytes.
-#[cfg(test)]
-pub async fn compile_static_binary() -> anyhow::Result<Vec<u8>> {
-    compile_static(&SERVER).await
-}
-
 /// Compiles an artifact's static binary and returns its bytes.
 pub async fn compile_static(artifact: &Artifact) -> anyhow::Result<Vec<u8>> {
     let root = project_root();
@@ -156,12 +150,6 @@ pub async fn build_runner(docker: &Docker) -> anyhow::Result<Image> {
 pub async fn build_artifact(docker: &Docker, artifact: &Artifact) -> anyhow::Result<Image> {
     let binary = compile_static(artifact).await?;
     package_artifact(docker, artifact, &binary).await
-}
-
-/// `FROM scratch` + the server binary, tagged with the binary's content hash.
-#[cfg(test)]
-pub async fn package(docker: &Docker, binary: &[u8]) -> anyhow::Result<Image> {
-    package_artifact(docker, &SERVER, binary).await
 }
 
 /// `FROM scratch` + an artifact's binary, tagged with the binary's content hash.
@@ -610,12 +598,16 @@ mod tests {
         for (store, docker) in engines_or_skip("image::package").await {
             eprintln!("image::package on the {store}");
             let binary = fake_binary(&unique("bin"));
-            let first = package(&docker, &binary).await.expect("build");
+            let first = package_artifact(&docker, &SERVER, &binary)
+                .await
+                .expect("build");
             let _guard = ImageGuard(docker.clone(), first.reference.clone());
             assert!(first.built);
             let hash = iris_serve::model::sha256_hex(&binary);
             assert_eq!(first.reference, format!("iris-serve:{}", &hash[..16]));
-            let again = package(&docker, &binary).await.expect("no-op");
+            let again = package_artifact(&docker, &SERVER, &binary)
+                .await
+                .expect("no-op");
             assert!(!again.built);
             assert_eq!(again.id, first.id);
             let inspect = docker
@@ -641,10 +633,12 @@ mod tests {
     async fn real_server_image(docker: &Docker) -> Image {
         static BINARY: tokio::sync::OnceCell<Vec<u8>> = tokio::sync::OnceCell::const_new();
         let binary = BINARY
-            .get_or_try_init(compile_static_binary)
+            .get_or_try_init(|| compile_static(&SERVER))
             .await
             .expect("static server build");
-        package(docker, binary).await.expect("package")
+        package_artifact(docker, &SERVER, binary)
+            .await
+            .expect("package")
     }
 
     /// What the kubelet would find on a node: the CRI plugin looks images up in containerd's
@@ -787,7 +781,7 @@ mod tests {
     async fn load_fails_loudly_naming_the_broken_node() {
         for (store, docker) in engines_or_skip("image::load broken node").await {
             let cluster = unique("iris-broken");
-            let image = package(&docker, &fake_binary(&cluster))
+            let image = package_artifact(&docker, &SERVER, &fake_binary(&cluster))
                 .await
                 .expect("build");
             let _guard = ImageGuard(docker.clone(), image.reference.clone());

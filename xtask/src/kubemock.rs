@@ -88,9 +88,11 @@ impl MockApi {
         method: &str,
         respond: impl FnOnce(&str) -> Response<Body>,
     ) -> String {
-        let (request, send) = self.next(method).await;
-        let path = request.uri().path().to_owned();
-        send.send_response(respond(&path));
+        let (seen, path, _) = self
+            .next_request(|_, path, _| Some(respond(path)))
+            .await
+            .expect("the code made no further request");
+        assert_eq!(seen, method, "{path}");
         path
     }
 

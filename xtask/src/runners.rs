@@ -277,10 +277,7 @@ fn runner_index(pod: &Pod) -> Option<u32> {
 }
 
 fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    crate::observe::pod_state(pod) == crate::observe::PodState::Ready
 }
 
 async fn last_lines(pods: &Api<Pod>, pod: &str) -> String {
@@ -471,7 +468,6 @@ async fn drive(
         tokio::time::Instant::now() + timing.start_after + spec.duration() + timeout + timing.grace;
     let progress = crate::load::printer::Progress::new(spec.duration().as_secs(), quiet);
     let mut live = Merger::new(runners);
-    let mut texts: BTreeMap<u32, String> = BTreeMap::new();
     let mut open = placement.runners.len();
     let mut next_second = 1u32;
     let mut last_look = tokio::time::Instant::now();
@@ -483,9 +479,6 @@ async fn drive(
                 if let Some(event) = iris_load::runner::Event::parse(&line) {
                     live.push(event.with_context(|| format!("load runner {index}"))?)?;
                 }
-                let text = texts.entry(index).or_default();
-                text.push_str(&line);
-                text.push('\n');
                 while let Some(w) = live.window(next_second) {
                     progress.window(&w);
                     next_second += 1;
@@ -495,11 +488,9 @@ async fn drive(
             Ok(None) => break,
             Err(_) => {}
         }
-        if let Some((index, _)) = live.failures().first() {
-            let pod = &placement.runners[index].0;
-            let why = live.failures()[0].1.clone();
+        if let Some((index, why)) = live.failures().into_iter().next() {
             progress.finish();
-            return Err(failed(&pods, pod, &why).await);
+            return Err(failed(&pods, &placement.runners[&index].0, &why).await);
         }
         if tokio::time::Instant::now() >= last_look + timing.poll * 2 {
             last_look = tokio::time::Instant::now();
@@ -523,25 +514,22 @@ async fn drive(
         }
     }
     progress.finish();
-    // A log stream can end early (an API server restart): read those runners' whole logs again.
+    // A log stream can end early (an API server restart): read those runners' whole logs again
+    // (the windows already taken are taken again, the same).
     for index in live.unfinished() {
         let (pod, _) = &placement.runners[&index];
         let whole = pods
             .logs(pod, &LogParams::default())
             .await
             .with_context(|| format!("reading the log of load runner pod {pod}"))?;
-        texts.insert(index, whole);
+        live.push_text(&whole)?;
     }
-    let mut merger = Merger::new(runners);
-    for text in texts.values() {
-        merger.push_text(text)?;
-    }
-    placement.max_start_lateness_ms = merger.max_start_lateness_ms();
-    if let Some(&index) = merger.unfinished().first() {
+    placement.max_start_lateness_ms = live.max_start_lateness_ms();
+    if let Some(&index) = live.unfinished().first() {
         let pod = &placement.runners[&index].0;
         return Err(failed(&pods, pod, "it ended without reporting its results").await);
     }
-    let outcome = merger.finish()?;
+    let outcome = live.finish()?;
     Ok((outcome, placement))
 }
 
@@ -908,14 +896,6 @@ mod tests {
         lines.join("\n") + "\n"
     }
 
-    fn text_response(text: String) -> http::Response<kube::client::Body> {
-        http::Response::builder()
-            .status(200)
-            .header("content-type", "text/plain")
-            .body(kube::client::Body::from(text.into_bytes()))
-            .expect("response")
-    }
-
     const JOBS: &str = "/apis/batch/v1/namespaces/iris-serve/jobs";
     const PODS: &str = "/api/v1/namespaces/iris-serve/pods";
 
@@ -989,7 +969,10 @@ mod tests {
                 json_response(pod_list(pods.clone()))
             } else if path.ends_with("/log") {
                 let pod = path.trim_end_matches("/log").rsplit('/').next().unwrap_or_default();
-                text_response(logs.get(pod).cloned().unwrap_or_default())
+                crate::kubemock::text_response(
+                    "text/plain",
+                    logs.get(pod).map_or("", String::as_str),
+                )
             } else if path.ends_with("/events") {
                 json_response(serde_json::json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [
                     {"metadata": {"name": "e1"}, "involvedObject": {"kind": "Job", "name": "iris-load-s1"},
@@ -1152,6 +1135,12 @@ mod tests {
         let Some(docker) = crate::testing::docker_or_skip("load runner containers").await else {
             return;
         };
+        let engine = docker.version().await.expect("engine version");
+        eprintln!(
+            "load runner containers on Docker Engine {} (API {}), the engine users and kind run",
+            engine.version.unwrap_or_default(),
+            engine.api_version.unwrap_or_default()
+        );
         let server_image = crate::image::build(&docker).await.expect("server image");
         let runner_image = crate::image::build_runner(&docker)
             .await

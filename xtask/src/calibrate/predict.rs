@@ -311,7 +311,7 @@ pub fn compare(p: &Prediction, c: &Calibration, result: &ScenarioResult) -> Comp
             .collect();
         let limit_m = c.limits.cpus * 1000.0;
         // The median: metrics-server's values trail the load by up to a resolution.
-        let cpu_share = median(cpu).map(|m| m / limit_m);
+        let cpu_share = crate::bench::median_of(cpu).map(|m| m / limit_m);
         let t = &result.load.totals;
         let late = t.late_sends as f64 / t.attempts().max(1) as f64;
         if late > 0.01 {
@@ -363,11 +363,6 @@ pub fn compare(p: &Prediction, c: &Calibration, result: &ScenarioResult) -> Comp
         }
     }
     Comparison { rows, causes }
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    (!values.is_empty()).then(|| crate::bench::median_sorted(&values))
 }
 
 /// The report's "Predicted against observed" section (Markdown), or nothing without a calibration.
