@@ -45,6 +45,20 @@ pub struct ClusterRecord {
     pub create_started_unix_s: i64,
     /// Empty while `kind create` runs (or if it was interrupted).
     pub node_ids: Vec<String>,
+    /// The Docker network `kind` was absent when this run's create started: `kind create` makes
+    /// it and `kind delete` leaves it, so the teardown removes it (see [`created_network`]).
+    #[serde(default)]
+    pub network_absent_before: bool,
+}
+
+/// Whether the Docker network `kind` as it is now is the one this run's create made: absent
+/// before the create started and created after that (Docker's clock and ours are the same host's;
+/// a second of slack for the rounding of `create_started_unix_s`). A network made by someone
+/// else before the run, or in use by other containers, is never this run's to remove.
+pub fn created_network(record: &ClusterRecord, network: &crate::docker::NetworkInfo) -> bool {
+    record.network_absent_before
+        && network.created_unix_s >= record.create_started_unix_s - 1
+        && network.containers == 0
 }
 
 pub fn record_path(cluster: &str) -> PathBuf {
@@ -291,6 +305,7 @@ mod tests {
             run_id: "r1".into(),
             create_started_unix_s: 99,
             node_ids: vec!["a1".into(), "b2".into()],
+            network_absent_before: false,
         };
         assert_eq!(
             ownership("c", &nodes, Some(&complete)),
@@ -318,6 +333,48 @@ mod tests {
             ownership("c", &older, Some(&started)),
             Ownership::NotOurs(_)
         ));
+    }
+
+    #[test]
+    fn the_kind_network_is_removed_only_when_this_runs_create_made_it() {
+        let record = ClusterRecord {
+            run_id: "r1".into(),
+            create_started_unix_s: 1_000,
+            node_ids: vec!["a1".into()],
+            network_absent_before: true,
+        };
+        let made = crate::docker::NetworkInfo {
+            id: "n1".into(),
+            created_unix_s: 1_002,
+            containers: 0,
+        };
+        assert!(created_network(&record, &made));
+        // The creation second rounds down against the record's: one second of slack, no more.
+        let same_second = crate::docker::NetworkInfo {
+            created_unix_s: 999,
+            ..made.clone()
+        };
+        assert!(created_network(&record, &same_second));
+        let older = crate::docker::NetworkInfo {
+            created_unix_s: 998,
+            ..made.clone()
+        };
+        assert!(!created_network(&record, &older), "made before the run");
+        let in_use = crate::docker::NetworkInfo {
+            containers: 1,
+            ..made.clone()
+        };
+        assert!(!created_network(&record, &in_use), "another cluster's nodes");
+        let existed = ClusterRecord {
+            network_absent_before: false,
+            ..record
+        };
+        assert!(!created_network(&existed, &made), "it was there before");
+        // Records written before the field existed read as "was there": never removed.
+        let old: ClusterRecord =
+            serde_json::from_str(r#"{"run_id":"r0","create_started_unix_s":1,"node_ids":[]}"#)
+                .expect("old record");
+        assert!(!old.network_absent_before);
     }
 
     #[test]

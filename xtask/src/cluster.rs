@@ -666,7 +666,12 @@ impl Drop for Teardown {
             Some(Ok(claim::Ownership::Ours(record))) if record.run_id == self.run_id => {
                 eprintln!("tearing down cluster {}", self.name);
                 match delete_with(&self.kind, &self.name) {
-                    Ok(()) => claim::remove_record(&self.name),
+                    Ok(()) => {
+                        docker::block_on_thread(async move {
+                            remove_created_network(&record).await;
+                        });
+                        claim::remove_record(&self.name);
+                    }
                     Err(e) => eprintln!("teardown of cluster {} failed: {e:#}", self.name),
                 }
             }
@@ -690,6 +695,39 @@ impl Drop for Teardown {
                 self.name
             ),
         }
+    }
+}
+
+/// After the cluster is deleted: the Docker network `kind` too, when this run's create made it
+/// and nothing else uses it (kind itself never deletes it).
+async fn remove_created_network(record: &claim::ClusterRecord) {
+    if !record.network_absent_before {
+        return;
+    }
+    let Ok(docker) = docker::connect().await else {
+        return;
+    };
+    match docker::network(&docker, docker::KIND_NETWORK).await {
+        Ok(Some(network)) if claim::created_network(record, &network) => {
+            match docker.remove_network(&network.id).await {
+                Ok(()) => eprintln!(
+                    "removed the Docker network {} ({}) this run's cluster create made",
+                    docker::KIND_NETWORK,
+                    &network.id[..12.min(network.id.len())]
+                ),
+                Err(e) => eprintln!(
+                    "could not remove the Docker network {} this run made: {e}",
+                    docker::KIND_NETWORK
+                ),
+            }
+        }
+        Ok(Some(network)) if network.containers > 0 => eprintln!(
+            "leaving the Docker network {}: {} other container(s) use it",
+            docker::KIND_NETWORK,
+            network.containers
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("{e:#}"),
     }
 }
 
@@ -816,11 +854,16 @@ pub async fn up_with(
     let config_path = dir.join("kind-config.yaml");
     std::fs::write(&config_path, config.to_yaml()?)?;
     let kubeconfig = kubeconfig_path(name);
+    let docker = docker::connect().await?;
+    let network_absent_before = docker::network(&docker, docker::KIND_NETWORK)
+        .await?
+        .is_none();
     // The record first: whatever `kind create` leaves, even interrupted, is known to be this run's.
     let mut record = claim::ClusterRecord {
         run_id: run_id.clone(),
         create_started_unix_s: crate::observe::unix_now_s() as i64,
         node_ids: Vec::new(),
+        network_absent_before,
     };
     claim::write_record(name, &record)?;
     let mut guard = Teardown::new(name, kind, &run_id, args.keep);
@@ -836,7 +879,6 @@ pub async fn up_with(
         .run_async()
         .await;
     // The node containers `kind create` made (also when it failed: --retain keeps them).
-    let docker = docker::connect().await?;
     let nodes = docker::kind_nodes(&docker, name).await?;
     if let claim::Ownership::Ours(_) = claim::ownership(name, &nodes, Some(&record)) {
         record.node_ids = nodes.iter().map(|n| n.id.clone()).collect();
@@ -978,22 +1020,23 @@ pub async fn replace_stale(kind: &Path, name: &str, replace: bool) -> anyhow::Re
 pub async fn down(name: &str) -> anyhow::Result<()> {
     let docker = docker::connect().await?;
     let nodes = docker::kind_nodes(&docker, name).await?;
-    match claim::ownership(name, &nodes, claim::read_record(name).as_ref()) {
+    let record = match claim::ownership(name, &nodes, claim::read_record(name).as_ref()) {
         claim::Ownership::Absent => {
             let _ = std::fs::remove_file(kubeconfig_path(name));
             claim::remove_record(name);
             println!("cluster {name}: nothing to delete");
             return Ok(());
         }
-        claim::Ownership::Ours(_) => {}
+        claim::Ownership::Ours(record) => record,
         claim::Ownership::NotOurs(why) => bail!(
             "{why}, so `cluster down` will not delete it; if it is yours to lose, delete it with `kind delete cluster --name {name}`"
         ),
-    }
+    };
     let kind = tools::ensure_kind(true)
         .await
         .with_context(|| format!("deleting cluster {name} needs kind"))?;
     delete_async(&kind, name).await?;
+    remove_created_network(&record).await;
     claim::remove_record(name);
     println!("cluster {name} deleted");
     Ok(())

@@ -134,6 +134,39 @@ pub struct Node {
     pub created_unix_s: i64,
 }
 
+/// The Docker network kind puts its nodes on (`KIND_EXPERIMENTAL_DOCKER_NETWORK` aside).
+pub const KIND_NETWORK: &str = "kind";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkInfo {
+    pub id: String,
+    pub created_unix_s: i64,
+    /// Containers attached now.
+    pub containers: usize,
+}
+
+/// The network of this name, None when there is none.
+pub async fn network(docker: &Docker, name: &str) -> anyhow::Result<Option<NetworkInfo>> {
+    match docker.inspect_network(name, None).await {
+        Ok(n) => {
+            let created = n.created.unwrap_or_default();
+            let created_unix_s = created
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .map(|t| t.as_second())
+                .with_context(|| format!("network {name}: creation time {created:?}"))?;
+            Ok(Some(NetworkInfo {
+                id: n.id.unwrap_or_default(),
+                created_unix_s,
+                containers: n.containers.map_or(0, |c| c.len()),
+            }))
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting network {name}")),
+    }
+}
+
 /// Every container (running or not) labelled as a node of this kind cluster.
 pub async fn kind_nodes(docker: &Docker, cluster: &str) -> anyhow::Result<Vec<Node>> {
     let filters = HashMap::from([(
@@ -472,5 +505,31 @@ mod tests {
         for (_, docker) in &engines {
             remove_probe_image(docker).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_network_is_read_with_its_creation_time_and_containers() {
+        let Some(docker) = crate::testing::docker_or_skip("network inspect").await else {
+            return;
+        };
+        let name = crate::testing::unique("iris-net");
+        assert_eq!(network(&docker, &name).await.expect("absent"), None);
+        let before = crate::observe::unix_now_s() as i64;
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+        let found = network(&docker, &name).await;
+        let _ = docker.remove_network(&name).await;
+        let found = found.expect("inspect").expect("present");
+        assert!(
+            (before - 1..=before + 5).contains(&found.created_unix_s),
+            "{found:?}, created around {before}"
+        );
+        assert_eq!(found.containers, 0);
+        assert_eq!(network(&docker, &name).await.expect("gone"), None);
     }
 }

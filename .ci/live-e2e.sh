@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The product's main job, live: `cargo xtask e2e` on a real 3-node kind cluster (1 control plane,
+# 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
+# xtask/scenarios.yaml, gates on. Fails when the run fails, and when the run leaves anything
+# behind: a container, network or volume, or an image beyond those that were there before it
+# (the cached node and component images).
+#
+#   bash .ci/live-e2e.sh [extra `cargo xtask e2e` flags]
+#
+# Needs root (sysctl, Docker) and the engine of .ci/engine.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+log "kind node image, built here from registry packages (cached by versions)"
+node_started=$SECONDS
+node_env=$(bash .ci/kind-node.sh)
+eval "$node_env"
+echo "node image ready in $((SECONDS - node_started)) s: $IRIS_NODE_IMAGE"
+
+# Multi-node kind needs more inotify watches and instances than distributions give (doctor
+# checks them); raised only when lower.
+for setting in fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512; do
+    key=${setting%=*} want=${setting#*=}
+    if [ "$(sysctl -n "$key")" -lt "$want" ]; then sysctl -qw "$setting"; fi
+done
+
+snapshot() {
+    {
+        docker ps -aq --no-trunc | sed 's/^/container /'
+        docker network ls -q --no-trunc | sed 's/^/network /'
+        docker volume ls -q | sed 's/^/volume /'
+        docker images -aq --no-trunc | sed 's/^/image /'
+    } | sort -u
+}
+before=$(snapshot)
+
+out=target/e2e
+log "cargo xtask e2e --node-image $IRIS_NODE_IMAGE --metrics-server-image $IRIS_METRICS_SERVER_IMAGE $*"
+status=0
+PATH="$(dirname "$IRIS_KIND"):$PATH" cargo xtask e2e \
+    --node-image "$IRIS_NODE_IMAGE" \
+    --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
+    --out "$out" "$@" || status=$?
+
+log "what the run left behind"
+after=$(snapshot)
+left=$(comm -13 <(echo "$before") <(echo "$after") || true)
+if [ -n "$left" ]; then
+    echo "the run left these behind:"
+    while read -r what id; do
+        case $what in
+        container) echo "  container $(docker inspect --format '{{.Name}} {{.Config.Image}}' "$id" 2>/dev/null || echo "$id")" ;;
+        network) echo "  network $(docker network inspect --format '{{.Name}}' "$id" 2>/dev/null || echo "$id")" ;;
+        image) echo "  image $id $(docker image inspect --format '{{join .RepoTags ","}}' "$id" 2>/dev/null)" ;;
+        *) echo "  $what $id" ;;
+        esac
+    done <<<"$left"
+    [ "$status" -ne 0 ] || status=1
+else
+    echo "nothing: no container, network, volume or image that was not there before the run"
+fi
+
+report=$(ls -td "$out"/*/report.md 2>/dev/null | head -n1 || true)
+if [ -n "$report" ]; then
+    log "the run's report: $report"
+    # The summary table: the report's first table.
+    awk '/^\|/ { shown = 1; print; next } shown { exit }' "$report"
+fi
+exit "$status"
