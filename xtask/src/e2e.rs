@@ -324,7 +324,8 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
             image: built.reference.clone(),
-            kind: Some(tools::KIND_VERSION.to_owned()),
+            // The kind that ran, which may be a newer v0.x than the pin.
+            kind: tools::kind_version(&kind).or(Some(tools::KIND_VERSION.to_owned())),
             node_image: args.node_image.clone().or(up
                 .kind_config()?
                 .nodes
