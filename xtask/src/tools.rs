@@ -689,8 +689,9 @@ mod tests {
         let cached = fake_kind(dir.path(), KIND_VERSION);
         let fake = std::fs::read(&cached).expect("read");
         assert_eq!(kind_version(&cached).as_deref(), Some(KIND_VERSION));
-        // An empty PATH: no kind there takes precedence over the cache.
-        match find_kind_in(Some("".as_ref()), &cached) {
+        // A PATH of an empty folder: no kind there takes precedence over the cache.
+        let empty = tempfile::tempdir().expect("tempdir");
+        match find_kind_in(Some(empty.path().as_os_str()), &cached) {
             KindStatus::Untrusted { path, reason } => {
                 assert_eq!(path, cached);
                 assert!(reason.contains(&sum(&fake)), "{reason}");
@@ -826,8 +827,9 @@ mod tests {
                 from_cache: false
             }
         );
+        let empty = tempfile::tempdir().expect("tempdir");
         assert_eq!(
-            find_kind_in(Some("".as_ref()), &cached),
+            find_kind_in(Some(empty.path().as_os_str()), &cached),
             KindStatus::Missing
         );
     }
