@@ -11,9 +11,15 @@
 # - A second engine with Docker's containerd image store (`features.containerd-snapshotter`, the
 #   default of fresh Docker 29 installs) on its own socket, data root and network namespace; the
 #   image build/save/load tests also run against it, found via IRIS_TEST_DOCKER_CONTAINERD_STORE.
+#   It lives in IRIS_ENGINE_CS_DIR (default /run/iris-docker-cs), with a marker file naming the
+#   dockerd this script started there and for which cache; a later run reuses it only if that
+#   dockerd is still the one running, and refuses anything else it finds there (an engine it did
+#   not start, or one started for another cache), saying how to stop it.
 #
 # Logs go to stderr; stdout is only `export` lines for the caller to eval. Root (or sudo) needed to
-# start an engine. Set IRIS_ENGINE_CACHE to move the cache (default ~/.cache/iris-serve/engine).
+# start an engine. Set IRIS_ENGINE_CACHE to move the cache (default ~/.cache/iris-serve/engine),
+# IRIS_ENGINE_CS_DIR (and IRIS_ENGINE_CS_DATA_ROOT, default /var/lib/<name of that dir>) to run the
+# second engine elsewhere.
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -128,16 +134,85 @@ fi
 # dockerd on the host's namespace either fights over docker0 or, with --bridge=none, deletes it
 # (dockerd removes the default bridge interface when bridging is disabled). Its tests build, save
 # and load images, and start containers on its own bridge; they open no host ports.
-CS_DIR=/run/iris-docker-cs
+CS_DIR="${IRIS_ENGINE_CS_DIR:-/run/iris-docker-cs}"
+CS_DATA_ROOT="${IRIS_ENGINE_CS_DATA_ROOT:-/var/lib/$(basename "$CS_DIR")}"
 CS_HOST="unix://$CS_DIR/docker.sock"
+CS_MARKER="$CS_DIR/iris-engine.marker"
+# Which engine this is: started by this script from these binaries (the cache), on this data root.
+CS_KEY=$(printf '%s\n' "$(cd "$BIN" && pwd -P)" "$CS_DATA_ROOT" | sha256sum | cut -c1-16)
+
+marker_field() { sed -n "s/^$1=//p" "$CS_MARKER" 2>/dev/null | head -1; }
+# A live process that is a dockerd (a pid number alone may have been reused by anything).
+is_dockerd() { [ -n "$1" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = dockerd ]; }
+
+# What is there, said in one line: version, pid and command line of the dockerd in the pid file.
+describe_cs() {
+    local version pid
+    version=$(server_version "$CS_HOST")
+    pid=$(cat "$CS_DIR/docker.pid" 2>/dev/null || true)
+    printf 'Docker Engine %s answers on %s' "${version:-(no answer)}" "$CS_HOST"
+    if is_dockerd "$pid"; then
+        printf '; its pid file names dockerd pid %s: %s' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" | sed 's/ $//')"
+    fi
+}
+
+refuse_cs() {
+    die "$1: $(describe_cs). This script reuses only an engine it started itself (marker $CS_MARKER). \
+If that engine is yours to stop: sudo kill \$(cat $CS_DIR/docker.pid), then rerun (or rerun with IRIS_REPLACE_ENGINE=1 to let this script stop it). \
+Or leave it and run a second engine of your own elsewhere: IRIS_ENGINE_CS_DIR=/run/iris-docker-cs-\$USER bash .ci/engine.sh"
+}
+
+# Stops the dockerd named by $CS_DIR/docker.pid (only a dockerd) and waits until it is gone.
+stop_cs_engine() {
+    local pid
+    pid=$(cat "$CS_DIR/docker.pid" 2>/dev/null || true)
+    is_dockerd "$pid" || die "nothing to stop: $CS_DIR/docker.pid names no running dockerd; stop what answers on $CS_HOST yourself"
+    log "stopping the engine at $CS_HOST (dockerd pid $pid)"
+    $SUDO kill "$pid"
+    for _ in $(seq 1 60); do is_dockerd "$pid" || return 0; sleep 1; done
+    die "the engine at $CS_HOST (pid $pid) did not stop within 60 s"
+}
+
+cs_pid=$(cat "$CS_DIR/docker.pid" 2>/dev/null || true)
+if [ -n "$(server_version "$CS_HOST")" ]; then
+    why=""
+    if [ ! -f "$CS_MARKER" ]; then
+        why="an engine this script did not start (no marker) is running at $CS_DIR"
+    elif [ "$(marker_field key)" != "$CS_KEY" ]; then
+        why="the engine at $CS_DIR was started for another cache or data root ($(marker_field bin), $(marker_field data_root); started from $(marker_field checkout))"
+    elif [ "$(marker_field pid)" != "$cs_pid" ] || ! is_dockerd "$cs_pid"; then
+        why="the engine at $CS_DIR is not the dockerd this script started (marker pid $(marker_field pid), pid file ${cs_pid:-none})"
+    fi
+    if [ -n "$why" ]; then
+        if [ "${CI:-}" = "true" ] || [ -n "${IRIS_REPLACE_ENGINE:-}" ]; then
+            log "$why: $(describe_cs); replacing it"
+            stop_cs_engine
+        else
+            refuse_cs "$why"
+        fi
+    else
+        log "reusing the containerd image store engine this script started at $CS_HOST (dockerd pid $cs_pid, since $(marker_field started), from $(marker_field checkout))"
+    fi
+elif is_dockerd "$cs_pid"; then
+    # Started but not answering (still starting, or hung): starting another would fail on its pid file.
+    refuse_cs "a dockerd (pid $cs_pid) holds $CS_DIR/docker.pid but does not answer"
+fi
 if [ -z "$(server_version "$CS_HOST")" ]; then
-    log "starting a second engine with the containerd image store ($CS_HOST, own network namespace)"
+    log "starting a second engine with the containerd image store ($CS_HOST, data root $CS_DATA_ROOT, own network namespace)"
     $SUDO mkdir -p "$CS_DIR"
+    $SUDO rm -f "$CS_MARKER"
     printf '{ "features": { "containerd-snapshotter": true } }\n' | $SUDO tee "$CS_DIR/daemon.json" >/dev/null
     $SUDO env PATH="$BIN:$PATH" sh -c "nohup unshare --net sh -c 'ip link set lo up; exec dockerd \
-        --config-file $CS_DIR/daemon.json -H $CS_HOST --data-root /var/lib/iris-docker-cs \
+        --config-file $CS_DIR/daemon.json -H $CS_HOST --data-root $CS_DATA_ROOT \
         --exec-root $CS_DIR/exec --pidfile $CS_DIR/docker.pid' >/tmp/iris-dockerd-cs.log 2>&1 &"
     wait_for "$CS_HOST" /tmp/iris-dockerd-cs.log
+    cs_pid=$(cat "$CS_DIR/docker.pid" 2>/dev/null || true)
+    is_dockerd "$cs_pid" || die "the engine at $CS_HOST answers, but $CS_DIR/docker.pid names no dockerd (${cs_pid:-empty}); see /tmp/iris-dockerd-cs.log"
+    # unshare and the inner sh exec dockerd, so the pid file's pid is the process started above.
+    printf '%s\n' "pid=$cs_pid" "key=$CS_KEY" "bin=$BIN" "data_root=$CS_DATA_ROOT" \
+        "checkout=$(cd "$(dirname "$0")/.." && pwd -P)" "started=$(date -u +%Y-%m-%dT%H:%M:%SZ)" |
+        $SUDO tee "$CS_MARKER" >/dev/null
+    log "started dockerd pid $cs_pid; marker $CS_MARKER"
 fi
 
 # The default engine's bridge must exist, or no container on it can start ("adding interface ...

@@ -63,9 +63,15 @@ pub struct UpArgs {
     /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml).
     #[arg(long, value_parser = parse_workers)]
     pub workers: Option<usize>,
-    /// Node image for every node (default: as pinned in kind/cluster.yaml).
+    /// Node image for every node (default: as pinned in kind/cluster.yaml). A `name:tag` without
+    /// a digest is accepted: kind takes it from the local Docker engine.
     #[arg(long)]
     pub node_image: Option<String>,
+    /// metrics-server image (default: as pinned by digest in manifests/metrics-server/). One
+    /// without a digest (e.g. a local build, `iris-kind/metrics-server:v0.8.0`) is loaded from the
+    /// local Docker engine into every node and never pulled.
+    #[arg(long)]
+    pub metrics_server_image: Option<String>,
     /// Host port on 127.0.0.1 mapped to the app's NodePort.
     #[arg(long, default_value_t = DEFAULT_HOST_PORT)]
     pub host_port: u16,
@@ -104,6 +110,42 @@ impl UpArgs {
         );
         Ok(config)
     }
+
+    /// The images to load from the local engine into the nodes before metrics-server is
+    /// installed: `preload` (a bundle's) and a `--metrics-server-image` the nodes cannot pull.
+    pub fn preload(&self, preload: &[String]) -> Vec<String> {
+        let mut images = preload.to_vec();
+        if let Some(image) = self.local_metrics_server_image()
+            && !images.iter().any(|i| i == image)
+        {
+            images.push(image.to_owned());
+        }
+        images
+    }
+
+    /// `--metrics-server-image` when it is not pinned by digest: a local image.
+    fn local_metrics_server_image(&self) -> Option<&str> {
+        self.metrics_server_image
+            .as_deref()
+            .filter(|i| is_local_image(i))
+    }
+
+    /// What makes the cluster what it is, for `--reuse`: the effective kind config and an
+    /// overridden metrics-server image (the default adds nothing, so a cluster made before
+    /// keeps its hash).
+    pub fn config_hash(&self, config: &KindConfig) -> anyhow::Result<String> {
+        let Some(image) = &self.metrics_server_image else {
+            return config.hash();
+        };
+        let text = format!("{}# metrics-server image: {image}\n", config.to_yaml()?);
+        Ok(iris_serve::model::sha256_hex(text.as_bytes())[..16].to_owned())
+    }
+}
+
+/// An image reference without a digest: nothing says which content a pull would get, so the
+/// harness treats it as a local image and loads it into the nodes itself.
+pub fn is_local_image(reference: &str) -> bool {
+    !reference.contains("@sha256:")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,9 +485,35 @@ pub fn apiservice_available(svc: Option<&APIService>) -> Result<(), String> {
     }
 }
 
-/// Applies metrics-server and waits for the metrics API to serve node metrics.
-pub async fn install_metrics_server(client: &Client, nodes: usize) -> anyhow::Result<()> {
-    for object in manifests::load_dir(METRICS_SERVER)? {
+/// metrics-server's objects from `manifests/metrics-server/`, with `image` (default: the pinned
+/// one) set on the typed Deployment's container. A local image (no digest) was loaded into the
+/// nodes: its pull policy becomes `Never`, so a missing image says so instead of trying a pull.
+pub fn metrics_server_objects(image: Option<&str>) -> anyhow::Result<Vec<manifests::Object>> {
+    let mut objects = manifests::load_dir(METRICS_SERVER)?;
+    if let Some(image) = image {
+        let container = manifests::deployment(&mut objects)
+            .and_then(|d| d.spec.as_mut())
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|p| p.containers.iter_mut().find(|c| c.name == "metrics-server"))
+            .with_context(|| {
+                format!("{METRICS_SERVER} has no Deployment with a container named metrics-server")
+            })?;
+        container.image = Some(image.to_owned());
+        if is_local_image(image) {
+            container.image_pull_policy = Some("Never".to_owned());
+        }
+    }
+    Ok(objects)
+}
+
+/// Applies metrics-server (`image`: see [`metrics_server_objects`]) and waits for the metrics
+/// API to serve node metrics.
+pub async fn install_metrics_server(
+    client: &Client,
+    nodes: usize,
+    image: Option<&str>,
+) -> anyhow::Result<()> {
+    for object in metrics_server_objects(image)? {
         manifests::apply(client, &object).await?;
     }
     let services: Api<APIService> = Api::all(client.clone());
@@ -830,12 +898,13 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<Cluster> {
     .await?;
     let kind = tools::ensure_kind(args.offline).await?;
     steps.done();
-    up_with(args, &kind, &[], &mut steps).await
+    up_with(args, &kind, &args.preload(&[]), &mut steps).await
 }
 
 /// Creates the cluster (replacing a stale one) and waits for nodes, kube-system and the metrics
-/// API. `preload` images are loaded into the nodes before metrics-server is installed (offline
-/// runs bring metrics-server's image in a bundle). On failure exports logs and deletes the cluster.
+/// API. `preload` images ([`UpArgs::preload`]) are loaded into the nodes before metrics-server is
+/// installed (offline runs bring metrics-server's image in a bundle; `--metrics-server-image`
+/// may name a local one). On failure exports logs and deletes the cluster.
 pub async fn up_with(
     args: &UpArgs,
     kind: &Path,
@@ -848,7 +917,7 @@ pub async fn up_with(
     replace_stale(kind, name, args.replace).await?;
     let dir = state_dir(name);
     std::fs::create_dir_all(&dir)?;
-    let hash = config.hash()?;
+    let hash = args.config_hash(&config)?;
     let run_id = claim::new_run_id();
     config.label_run(&run_id);
     let config_path = dir.join("kind-config.yaml");
@@ -904,14 +973,21 @@ pub async fn up_with(
         if !preload.is_empty() {
             let docker = docker::connect().await?;
             for image in preload {
-                crate::image::load(&docker, image, name).await?;
+                crate::image::load(&docker, image, name)
+                    .await
+                    .with_context(|| format!("loading {image} into the nodes of {name}"))?;
             }
         }
         steps.start("kube-system Ready");
         wait_pods_ready(&client, "kube-system", None, SYSTEM_PODS_TIMEOUT).await?;
         steps.done();
         steps.start("metrics-server");
-        install_metrics_server(&client, config.node_count()).await?;
+        install_metrics_server(
+            &client,
+            config.node_count(),
+            args.metrics_server_image.as_deref(),
+        )
+        .await?;
         steps.done();
         anyhow::Ok(())
     }
@@ -943,7 +1019,7 @@ pub async fn up_with(
 pub async fn reusable(args: &UpArgs, kind: &Path) -> anyhow::Result<Option<Cluster>> {
     let name = &args.name.cluster_name;
     let config = args.kind_config()?;
-    let hash = config.hash()?;
+    let hash = args.config_hash(&config)?;
     let recorded =
         std::fs::read_to_string(state_dir(name).join("config.sha256")).unwrap_or_default();
     if recorded.trim() != hash {
@@ -1288,6 +1364,129 @@ mod tests {
             "",
         );
         assert!(KindConfig::parse(&unpinned).is_err());
+    }
+
+    fn up_args(node_image: Option<&str>, metrics_server_image: Option<&str>) -> UpArgs {
+        UpArgs {
+            name: NameArgs {
+                cluster_name: DEFAULT_NAME.to_owned(),
+            },
+            workers: None,
+            node_image: node_image.map(str::to_owned),
+            metrics_server_image: metrics_server_image.map(str::to_owned),
+            host_port: DEFAULT_HOST_PORT,
+            offline: true,
+            keep: false,
+            replace: false,
+        }
+    }
+
+    fn metrics_server_container(
+        objects: &mut [manifests::Object],
+    ) -> k8s_openapi::api::core::v1::Container {
+        manifests::deployment(objects)
+            .and_then(|d| d.spec.clone())
+            .and_then(|s| s.template.spec)
+            .and_then(|p| {
+                p.containers
+                    .into_iter()
+                    .find(|c| c.name == "metrics-server")
+            })
+            .expect("metrics-server container")
+    }
+
+    #[test]
+    fn metrics_server_keeps_its_pin_unless_an_image_is_given() {
+        let pinned = "registry.k8s.io/metrics-server/metrics-server:v0.9.0@sha256:d9862115e7c7881280d3d75ca26bda8ffc0fc213315979575bf23ce9826205c0";
+        let mut default = metrics_server_objects(None).expect("objects");
+        let c = metrics_server_container(&mut default);
+        assert_eq!(c.image.as_deref(), Some(pinned));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            metrics_server_objects(None).expect("objects").len(),
+            manifests::load_dir(METRICS_SERVER)
+                .expect("manifests")
+                .len()
+        );
+
+        let local = "iris-kind/metrics-server:v0.8.0";
+        let mut objects = metrics_server_objects(Some(local)).expect("objects");
+        let c = metrics_server_container(&mut objects);
+        assert_eq!(c.image.as_deref(), Some(local));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+        // The rest of the container is the manifest's: same flags, so the same resolution.
+        let ms = metrics_server_of(manifests::deployment(&mut objects).expect("deployment"));
+        assert_eq!(
+            ms,
+            MetricsServer {
+                version: "v0.8.0".into(),
+                resolution: "15s".into()
+            }
+        );
+
+        let mirrored = "mirror.example/metrics-server:v0.9.0@sha256:d9862115e7c7881280d3d75ca26bda8ffc0fc213315979575bf23ce9826205c0";
+        let mut objects = metrics_server_objects(Some(mirrored)).expect("objects");
+        let c = metrics_server_container(&mut objects);
+        assert_eq!(c.image.as_deref(), Some(mirrored));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    }
+
+    #[test]
+    fn a_local_metrics_server_image_is_preloaded_and_changes_the_reuse_hash() {
+        let bundle = vec!["registry.k8s.io/metrics-server/metrics-server:v0.9.0@sha256:d9862115e7c7881280d3d75ca26bda8ffc0fc213315979575bf23ce9826205c0".to_owned()];
+        let default = up_args(None, None);
+        assert!(default.preload(&[]).is_empty());
+        assert_eq!(default.preload(&bundle), bundle);
+
+        let local = up_args(None, Some("iris-kind/metrics-server:v0.8.0"));
+        assert_eq!(local.preload(&[]), ["iris-kind/metrics-server:v0.8.0"]);
+        assert_eq!(
+            local.preload(&bundle),
+            [bundle[0].as_str(), "iris-kind/metrics-server:v0.8.0"]
+        );
+        // Pinned by digest: the nodes pull it as they pull the default.
+        let pinned = up_args(None, Some("mirror.example/ms:v0.9.0@sha256:abcd"));
+        assert!(pinned.preload(&[]).is_empty());
+
+        let config = default.kind_config().expect("config");
+        assert_eq!(
+            default.config_hash(&config).expect("hash"),
+            config.hash().expect("hash"),
+            "the default keeps the hash of clusters made before the flag"
+        );
+        assert_ne!(
+            local.config_hash(&config).expect("hash"),
+            default.config_hash(&config).expect("hash")
+        );
+    }
+
+    #[test]
+    fn a_local_node_image_by_tag_is_accepted_and_the_files_pins_stay_checked() {
+        let args = up_args(Some("iris-kind/node:v1.36.1"), None);
+        let config = args
+            .kind_config()
+            .expect("a node image without a digest is accepted");
+        assert!(
+            config
+                .nodes
+                .iter()
+                .all(|n| n.image.as_deref() == Some("iris-kind/node:v1.36.1"))
+        );
+        assert!(
+            config
+                .to_yaml()
+                .expect("yaml")
+                .contains("image: iris-kind/node:v1.36.1")
+        );
+        // kind/cluster.yaml itself must still pin by digest (checked in
+        // the_kind_config_is_strict_and_customizable); here: the default is that pin.
+        let default = up_args(None, None).kind_config().expect("config");
+        assert!(
+            default
+                .nodes
+                .iter()
+                .all(|n| n.image.as_deref().is_some_and(|i| i.contains("@sha256:")))
+        );
     }
 
     fn node(name: &str, ready: &str) -> serde_json::Value {

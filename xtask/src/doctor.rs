@@ -215,7 +215,11 @@ async fn docker_check() -> Finding {
 }
 
 async fn kind_check(offline: bool) -> Finding {
-    match tools::find_kind() {
+    kind_finding(tools::find_kind(), offline).await
+}
+
+async fn kind_finding(status: KindStatus, offline: bool) -> Finding {
+    match status {
         KindStatus::Ready { path, from_cache } => Finding::ok(
             "kind",
             format!(
@@ -226,6 +230,16 @@ async fn kind_check(offline: bool) -> Finding {
                 } else {
                     ""
                 }
+            ),
+        ),
+        KindStatus::Newer { path, version } => Finding::warn(
+            "kind",
+            format!(
+                "kind {version} at {}: newer than the tested {KIND_VERSION} (same config API, kind.x-k8s.io/v1alpha4), used as is",
+                path.display()
+            ),
+            format!(
+                "nothing to do; to run the tested release, put kind {KIND_VERSION} first on PATH (`go install sigs.k8s.io/kind@{KIND_VERSION}`)"
             ),
         ),
         KindStatus::Untrusted { path, reason } => Finding::fail(
@@ -239,7 +253,7 @@ async fn kind_check(offline: bool) -> Finding {
         status => {
             let found = match &status {
                 KindStatus::OtherVersion { path, version } => format!(
-                    "kind {version} at {} (not the pinned {KIND_VERSION})",
+                    "kind {version} at {} is not usable (the pinned {KIND_VERSION} or a later v0.x is)",
                     path.display()
                 ),
                 _ => "kind is not installed".to_owned(),
@@ -428,6 +442,40 @@ mod tests {
         let ok = nofile_check(raised, 2000);
         assert_eq!(ok.level, Level::Ok);
         assert!(ok.detail.contains("1048576"), "{}", ok.detail);
+    }
+
+    #[tokio::test]
+    async fn a_newer_kind_is_a_warning_naming_both_versions_even_offline() {
+        let f = kind_finding(
+            KindStatus::Newer {
+                path: "/usr/bin/kind".into(),
+                version: "v0.33.0".to_owned(),
+            },
+            true,
+        )
+        .await;
+        assert_eq!(f.level, Level::Warn, "{f:?}");
+        assert!(
+            f.detail.contains("v0.33.0") && f.detail.contains(&format!("tested {KIND_VERSION}")),
+            "{}",
+            f.detail
+        );
+        let older = kind_finding(
+            KindStatus::OtherVersion {
+                path: "/usr/bin/kind".into(),
+                version: "v0.31.0".to_owned(),
+            },
+            true,
+        )
+        .await;
+        assert_eq!(older.level, Level::Fail, "{older:?}");
+        assert!(
+            older
+                .fix
+                .as_deref()
+                .is_some_and(|x| x.contains("go install sigs.k8s.io/kind@v0.32.0")),
+            "{older:?}"
+        );
     }
 
     #[test]

@@ -49,9 +49,15 @@ pub struct Args {
     /// Worker nodes, 1 to 16 (default: as in kind/cluster.yaml, 2).
     #[arg(long, value_parser = cluster::parse_workers)]
     pub workers: Option<usize>,
-    /// Node image for every node (default: the digest pinned in kind/cluster.yaml).
+    /// Node image for every node (default: the digest pinned in kind/cluster.yaml). A `name:tag`
+    /// without a digest is accepted: kind takes it from the local Docker engine.
     #[arg(long)]
     pub node_image: Option<String>,
+    /// metrics-server image (default: the digest pinned in manifests/metrics-server/). One
+    /// without a digest (a local build, e.g. `iris-kind/metrics-server:v0.8.0`) is loaded from
+    /// the local Docker engine into every node.
+    #[arg(long)]
+    pub metrics_server_image: Option<String>,
     /// Host port on 127.0.0.1 mapped to the app's NodePort.
     #[arg(long, default_value_t = cluster::DEFAULT_HOST_PORT)]
     pub host_port: u16,
@@ -65,10 +71,10 @@ pub struct Args {
     #[arg(long, requires = "offline")]
     pub bundle: Option<PathBuf>,
     /// Run against this context of an existing cluster (from --kubeconfig or $KUBECONFIG/~/.kube/config, read only).
-    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
+    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "metrics_server_image", "bundle"])]
     pub context: Option<String>,
     /// The kubeconfig of an existing cluster (with --context, or its current context).
-    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "bundle"])]
+    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "metrics_server_image", "bundle"])]
     pub kubeconfig: Option<PathBuf>,
     /// Existing cluster: an image the cluster can pull (skips the build).
     #[arg(long)]
@@ -211,6 +217,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         },
         workers: args.workers,
         node_image: args.node_image.clone(),
+        metrics_server_image: args.metrics_server_image.clone(),
         host_port: args.host_port,
         offline: args.offline,
         keep: args.keep,
@@ -254,7 +261,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     let keep_cluster = args.keep || args.reuse;
     let cluster: Cluster = match reused {
         Some(c) => c,
-        None => cluster::up_with(&up, &kind, &preload, &mut steps).await?,
+        None => cluster::up_with(&up, &kind, &up.preload(&preload), &mut steps).await?,
     };
     // From here on the cluster is this run's to delete (a reused one stays).
     let mut teardown = Teardown::new(&cluster.name, &kind, &cluster.run_id, keep_cluster);
@@ -324,7 +331,8 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
             image: built.reference.clone(),
-            kind: Some(tools::KIND_VERSION.to_owned()),
+            // The kind that ran, which may be a newer v0.x than the pin.
+            kind: tools::kind_version(&kind).or(Some(tools::KIND_VERSION.to_owned())),
             node_image: args.node_image.clone().or(up
                 .kind_config()?
                 .nodes

@@ -1,7 +1,8 @@
 //! Tool provisioning: kind, pinned to one release. A `kind` on PATH is used when it is that
-//! release; otherwise the release binary is downloaded (HTTPS only) into a cache folder and
-//! verified against the sha256 pinned here for this platform and the published `.sha256sum`.
-//! The cached binary is hashed again before every use. Any mismatch is refused.
+//! release, or a newer v0.x (same config API; used with a warning, see [`kind_fit`]); otherwise
+//! the release binary is downloaded (HTTPS only) into a cache folder and verified against the
+//! sha256 pinned here for this platform and the published `.sha256sum`. The cached binary is
+//! hashed again before every use. Any mismatch is refused.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -46,7 +47,7 @@ pub const KIND_PINNED_SHA256: &[(&str, &str)] = &[
 /// the cache beside the binary and the cached binary is re-hashed against that record.
 pub const ALLOW_UNPINNED_ENV: &str = "IRIS_KIND_ALLOW_UNPINNED";
 
-pub const KIND_INSTALL_HINT: &str = "install kind v0.32.0 yourself and put it on PATH \
+pub const KIND_INSTALL_HINT: &str = "install kind v0.32.0 (the tested release; a later v0.x is used too) yourself and put it on PATH \
 (https://kind.sigs.k8s.io/docs/user/quick-start/#installation, or `go install sigs.k8s.io/kind@v0.32.0`), \
 or copy a verified kind v0.32.0 binary to ~/.cache/iris-serve/kind/v0.32.0/kind";
 
@@ -167,6 +168,36 @@ pub fn parse_kind_version(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// How a kind release relates to the pinned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindFit {
+    /// [`KIND_VERSION`] itself.
+    Pinned,
+    /// A later v0.x: kind keeps its config API (`kind.x-k8s.io/v1alpha4`, which `kind/cluster.yaml`
+    /// is written in) across 0.x releases, so it is used, untested.
+    Newer,
+    /// Older than the pin, a 1.x (another config API may come with it), or not a version at all.
+    Unusable,
+}
+
+/// Compares as semver (`v0.32.0 < v0.33.0-alpha < v0.33.0 < v0.100.0`): v0.32.0 and every later
+/// v0.x fit; a pre-release of v0.32.0 itself does not.
+pub fn kind_fit(version: &str) -> KindFit {
+    let parse = |v: &str| semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).ok();
+    let (Some(found), Some(pinned)) = (parse(version), parse(KIND_VERSION)) else {
+        return KindFit::Unusable;
+    };
+    if found.major != pinned.major {
+        KindFit::Unusable
+    } else if found == pinned {
+        KindFit::Pinned
+    } else if found > pinned {
+        KindFit::Newer
+    } else {
+        KindFit::Unusable
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum KindStatus {
     /// The pinned release, usable as is.
@@ -174,7 +205,14 @@ pub enum KindStatus {
         path: PathBuf,
         from_cache: bool,
     },
-    /// A kind of another version on PATH (the pinned one will be fetched).
+    /// A kind newer than the pinned one on PATH, within the same config API: used as is, with a
+    /// warning (it is not the release the harness was tested with).
+    Newer {
+        path: PathBuf,
+        version: String,
+    },
+    /// A kind on PATH that is not usable (older than the pin, or another major version): the
+    /// pinned one will be fetched.
     OtherVersion {
         path: PathBuf,
         version: String,
@@ -212,13 +250,21 @@ pub fn verify_file(path: &Path, expected: &str) -> Result<(), String> {
 }
 
 pub fn find_kind() -> KindStatus {
-    find_kind_in(&cached_kind())
+    find_kind_in(std::env::var_os("PATH").as_deref(), &cached_kind())
 }
 
-fn find_kind_in(cached: &Path) -> KindStatus {
-    let on_path = which::which("kind").ok();
-    if let Some(path) = &on_path
-        && kind_version(path).as_deref() == Some(KIND_VERSION)
+/// The kind to use, in order: the pinned release on `path_var`, the verified cached download
+/// (the tested release beats a newer one), a newer v0.x on `path_var`.
+fn find_kind_in(path_var: Option<&std::ffi::OsStr>, cached: &Path) -> KindStatus {
+    let on_path = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| which::which_in("kind", path_var, cwd).ok())
+        .map(|path| {
+            let version = kind_version(&path);
+            (path, version)
+        });
+    if let Some((path, Some(version))) = &on_path
+        && kind_fit(version) == KindFit::Pinned
     {
         return KindStatus::Ready {
             path: path.clone(),
@@ -239,8 +285,11 @@ fn find_kind_in(cached: &Path) -> KindStatus {
         };
     }
     match on_path {
-        Some(path) => KindStatus::OtherVersion {
-            version: kind_version(&path).unwrap_or_else(|| "unknown".to_owned()),
+        Some((path, Some(version))) if kind_fit(&version) == KindFit::Newer => {
+            KindStatus::Newer { path, version }
+        }
+        Some((path, version)) => KindStatus::OtherVersion {
+            version: version.unwrap_or_else(|| "unknown".to_owned()),
             path,
         },
         None => KindStatus::Missing,
@@ -255,15 +304,19 @@ fn untrusted_error(path: &Path, reason: &str) -> anyhow::Error {
     )
 }
 
-/// A path to the pinned kind, downloading it unless `offline`.
+/// A path to a usable kind (the pinned one, or a newer v0.x on PATH), downloading the pinned
+/// one only when there is none, and never when `offline`.
 pub async fn ensure_kind(offline: bool) -> anyhow::Result<PathBuf> {
     match find_kind() {
-        KindStatus::Ready { path, .. } => Ok(path),
+        KindStatus::Ready { path, .. } | KindStatus::Newer { path, .. } => Ok(path),
         KindStatus::Untrusted { path, reason } => Err(untrusted_error(&path, &reason)),
         status if offline => bail!(
-            "kind {KIND_VERSION} is needed and --offline forbids downloading it ({}); {KIND_INSTALL_HINT}",
+            "kind {KIND_VERSION} or a newer v0.x is needed and --offline forbids downloading it ({}); {KIND_INSTALL_HINT}",
             match status {
-                KindStatus::OtherVersion { version, .. } => format!("PATH has kind {version}"),
+                KindStatus::OtherVersion { version, path } => format!(
+                    "PATH has kind {version} at {}, which is not usable",
+                    path.display()
+                ),
                 _ => "no kind on PATH".to_owned(),
             }
         ),
@@ -313,7 +366,7 @@ pub async fn ensure_release_kind(offline: bool) -> anyhow::Result<PathBuf> {
     {
         return Ok(path);
     }
-    match find_kind_in(&cached_kind()) {
+    match find_kind_in(std::env::var_os("PATH").as_deref(), &cached_kind()) {
         KindStatus::Ready {
             path,
             from_cache: true,
@@ -632,25 +685,16 @@ mod tests {
     /// against the pin before anything runs it.
     #[test]
     fn a_cached_kind_that_is_not_the_pinned_release_is_refused() {
-        if which::which("kind").is_ok_and(|k| kind_version(&k).as_deref() == Some(KIND_VERSION)) {
-            eprintln!("\n*** SKIPPING: a kind {KIND_VERSION} on PATH takes precedence ***\n");
-            return;
-        }
         let dir = tempfile::tempdir().expect("tempdir");
-        let cached = dir.path().join("kind");
-        let fake = format!("#!/bin/sh\necho kind {KIND_VERSION} go1.24.0 linux/amd64\n");
-        std::fs::write(&cached, &fake).expect("write");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o755))
-                .expect("chmod");
-        }
+        let cached = fake_kind(dir.path(), KIND_VERSION);
+        let fake = std::fs::read(&cached).expect("read");
         assert_eq!(kind_version(&cached).as_deref(), Some(KIND_VERSION));
-        match find_kind_in(&cached) {
+        // A PATH of an empty folder: no kind there takes precedence over the cache.
+        let empty = tempfile::tempdir().expect("tempdir");
+        match find_kind_in(Some(empty.path().as_os_str()), &cached) {
             KindStatus::Untrusted { path, reason } => {
                 assert_eq!(path, cached);
-                assert!(reason.contains(&sum(fake.as_bytes())), "{reason}");
+                assert!(reason.contains(&sum(&fake)), "{reason}");
             }
             other => panic!("a cached kind that only prints the version was accepted: {other:?}"),
         }
@@ -706,6 +750,88 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&src, &link).expect("symlink");
         assert!(install_kind(&link, &sum(b"kind bytes"), &dest).is_err());
+    }
+
+    /// A `kind` in `dir` that answers `kind version` as a release built with the machine's Go
+    /// would (`kind v0.33.0 go1.26.8 linux/amd64`, what Debian unstable's kind 0.33.0 prints).
+    fn fake_kind(dir: &Path, version: &str) -> PathBuf {
+        let path = dir.join("kind");
+        let script = format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo \"kind {version} go1.26.8 linux/amd64\"; exit 0; fi\nexit 1\n"
+        );
+        std::fs::write(&path, script).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn kind_fit_accepts_the_pin_and_later_0x_releases_only() {
+        for (version, fit) in [
+            ("v0.32.0", KindFit::Pinned),
+            ("v0.32.1", KindFit::Newer),
+            ("v0.33.0", KindFit::Newer),
+            ("v0.33.0-alpha", KindFit::Newer),
+            ("v0.100.0", KindFit::Newer),
+            ("v0.32.0-alpha.1", KindFit::Unusable),
+            ("v0.31.9", KindFit::Unusable),
+            ("v0.9.0", KindFit::Unusable),
+            ("v1.0.0", KindFit::Unusable),
+            ("v1.0.0-alpha", KindFit::Unusable),
+            ("v0.33", KindFit::Unusable),
+            ("unknown", KindFit::Unusable),
+        ] {
+            assert_eq!(kind_fit(version), fit, "{version}");
+        }
+        let v = |s: &str| semver::Version::parse(s).expect(s);
+        assert!(v("0.32.0") < v("0.33.0-alpha") && v("0.33.0-alpha") < v("0.33.0"));
+        assert!(v("0.33.0") < v("0.100.0"));
+    }
+
+    #[test]
+    fn find_kind_takes_a_newer_kind_on_path_with_a_warning_and_not_an_older_one() {
+        let no_cache = tempfile::tempdir().expect("tempdir");
+        let cached = no_cache.path().join("kind");
+        for (version, expect_newer) in [
+            ("v0.33.0", true),
+            ("v0.100.0", true),
+            ("v0.31.0", false),
+            ("v1.0.0", false),
+        ] {
+            let bin = tempfile::tempdir().expect("tempdir");
+            let kind = fake_kind(bin.path(), version);
+            let path_var =
+                std::env::join_paths([bin.path(), Path::new("/usr/bin"), Path::new("/bin")])
+                    .expect("PATH");
+            eprintln!("fake kind on PATH says: kind {version} go1.26.8 linux/amd64");
+            let status = find_kind_in(Some(&path_var), &cached);
+            let expected = if expect_newer {
+                KindStatus::Newer {
+                    path: kind,
+                    version: version.to_owned(),
+                }
+            } else {
+                KindStatus::OtherVersion {
+                    path: kind,
+                    version: version.to_owned(),
+                }
+            };
+            assert_eq!(status, expected, "{version}");
+        }
+        let bin = tempfile::tempdir().expect("tempdir");
+        let kind = fake_kind(bin.path(), KIND_VERSION);
+        assert_eq!(
+            find_kind_in(Some(bin.path().as_os_str()), &cached),
+            KindStatus::Ready {
+                path: kind,
+                from_cache: false
+            }
+        );
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            find_kind_in(Some(empty.path().as_os_str()), &cached),
+            KindStatus::Missing
+        );
     }
 
     #[test]
