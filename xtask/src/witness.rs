@@ -8,9 +8,11 @@
 //! started: the same Unix origin, `ScenarioResult::load_start_unix_s`), and a disagreement fails
 //! the run: a `cluster_record` gate.
 //!
-//! Which events. Kubernetes 1.36's HPA controller (`pkg/controller/podautoscaler/horizontal.go`)
-//! records through client-go's `tools/record` EventRecorder (`record.NewBroadcaster`, sink
-//! `v1core.EventSinkImpl`, source component `horizontal-pod-autoscaler`): core/v1 Events with
+//! Which events. The HPA controller (`pkg/controller/podautoscaler/horizontal.go`, the recorder
+//! unchanged from the early releases to the newest read upstream; Kubernetes 1.36 is the
+//! version this stands for) records through client-go's `tools/record` EventRecorder
+//! (`record.NewBroadcaster`, sink `v1core.EventSinkImpl`, source component
+//! `horizontal-pod-autoscaler`): core/v1 Events with
 //! `firstTimestamp`/`lastTimestamp` (`metav1.Time`, RFC 3339 in whole seconds, truncated), `count`,
 //! and no `eventTime` and no `series` (those are `tools/events`, the events.k8s.io/v1 recorder). A
 //! repeat of the same message is the same object PATCHed with `count + 1` and a new
@@ -318,8 +320,7 @@ async fn watch(
         started_unix_s: unix_now_s(),
         ..Record::default()
     };
-    // A (re-)list is under way: its objects are states, not news; pods it does not show are gone.
-    let mut listing_events = false;
+    // A (re-)list of pods under way: the pods it does not show are gone.
     let mut listing_pods: Option<BTreeSet<String>> = None;
     loop {
         tokio::select! {
@@ -328,14 +329,13 @@ async fn watch(
             event = event_stream.next() => match event {
                 Some(Ok(e)) => {
                     let seen = unix_now_s();
+                    // Listed objects are states, not news: their `seen` is not when they came.
                     match e {
-                        watcher::Event::Init => listing_events = true,
-                        watcher::Event::InitDone => listing_events = false,
                         watcher::Event::InitApply(e) => record.saw_event(&e, &hpa, seen, true),
-                        watcher::Event::Apply(e) => {
-                            record.saw_event(&e, &hpa, seen, listing_events);
-                        }
-                        watcher::Event::Delete(_) => {}
+                        watcher::Event::Apply(e) => record.saw_event(&e, &hpa, seen, false),
+                        watcher::Event::Init
+                        | watcher::Event::InitDone
+                        | watcher::Event::Delete(_) => {}
                     }
                 }
                 Some(Err(e)) => record.saw_error("events", &e),
