@@ -313,17 +313,17 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         };
         let mut results = Vec::new();
         for s in &scenarios {
-            results.push(
-                scenario::run(
-                    &cluster.client,
-                    s,
-                    &settings,
-                    &url,
-                    &load_from,
-                    &args.gates(),
-                )
-                .await?,
-            );
+            let witness = crate::witness::Witness::start(&cluster.client);
+            let result = scenario::run(
+                &cluster.client,
+                s,
+                &settings,
+                &url,
+                &load_from,
+                &args.gates(),
+            )
+            .await?;
+            results.push(witness.finish(result).await);
         }
         steps.start("report");
         let metrics = cluster::metrics_server(&cluster.client).await;
@@ -603,8 +603,10 @@ async fn existing(
         steps.start("scenarios");
         let mut results = Vec::new();
         for s in scenarios {
-            results
-                .push(scenario::run(&client, s, &settings, &url, &load_from, &args.gates()).await?);
+            let witness = crate::witness::Witness::start(&client);
+            let result =
+                scenario::run(&client, s, &settings, &url, &load_from, &args.gates()).await?;
+            results.push(witness.finish(result).await);
         }
         steps.start("report");
         // The cluster's own metrics-server: its version and resolution, or "unknown".

@@ -31,6 +31,7 @@ mod steps;
 mod testing;
 mod tools;
 mod train;
+mod witness;
 
 use std::path::PathBuf;
 

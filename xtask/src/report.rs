@@ -318,6 +318,7 @@ pub fn render_markdown(report: &Report) -> String {
             );
         }
     }
+    out.push_str(&crate::witness::render_section(&report.scenarios));
     out.push_str(&crate::calibrate::predict::render_section(
         report.calibration.as_ref(),
         &report.scenarios,
@@ -809,8 +810,9 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-/// Writes report.json, report.md and timeline.svg into `dir`; appends the Markdown to the GitHub
-/// job summary when `$GITHUB_STEP_SUMMARY` is set.
+/// Writes report.json, report.md, timeline.svg and (when the scenarios had a witness)
+/// witness.json into `dir`; appends the Markdown to the GitHub job summary when
+/// `$GITHUB_STEP_SUMMARY` is set.
 pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("report.json");
@@ -820,6 +822,7 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::write(&md, &markdown)?;
     let svg = dir.join("timeline.svg");
     std::fs::write(&svg, render_svg(report)?)?;
+    let witness = crate::witness::write(&report.scenarios, dir)?;
     if let Some(summary) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|s| !s.is_empty()) {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -828,7 +831,7 @@ pub fn write(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .open(&summary)?;
         writeln!(f, "{markdown}")?;
     }
-    Ok(vec![json, md, svg])
+    Ok([json, md, svg].into_iter().chain(witness).collect())
 }
 
 #[derive(Debug, clap::Args)]
@@ -952,6 +955,8 @@ pub mod tests {
             load_from: None,
             autoscaling: Some(hpa.clone()),
             server: Some(server),
+            load_start_unix_s: None,
+            witness: None,
         };
 
         // bottleneck: one pod throttled at its limit under 2,000 connections for 60 s; the HPA
@@ -1048,6 +1053,8 @@ pub mod tests {
             load_from: None,
             autoscaling: Some(bottleneck_hpa),
             server: Some(server),
+            load_start_unix_s: None,
+            witness: None,
         };
 
         let phases: Vec<(String, f64)> = [

@@ -304,6 +304,14 @@ pub struct ScenarioResult {
     /// reports from before the scrapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::podmetrics::ServerMetrics>,
+    /// The load's start on the Unix clock: the origin of every `_s` time here. Absent in reports
+    /// from before the witness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_start_unix_s: Option<f64>,
+    /// The report's timings checked against the cluster's own record (`witness.rs`); absent when
+    /// no witness ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<crate::witness::Checked>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -581,6 +589,8 @@ pub async fn run(
         autoscaling: Some(hpa),
         load_from: Some(source),
         server: Some(server),
+        load_start_unix_s: Some(load_start),
+        witness: None,
     })
 }
 
