@@ -302,7 +302,10 @@ for image in "${NODE_IMAGES[@]}"; do
         --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests - >/dev/null
 done
 log "images in the node: $(docker exec "$build" ctr --namespace=k8s.io images list -q | grep -v '^sha256:' | tr '\n' ' ')"
-docker exec "$build" sh -c 'pkill containerd; for i in $(seq 1 20); do pgrep containerd >/dev/null || exit 0; sleep 0.5; done; exit 1'
+# Stopped before the commit, so its database is complete on disk; `sleep`, the container's PID 1,
+# never reaps it, so "gone" is "no containerd but a zombie".
+docker exec "$build" sh -c 'pkill -x containerd; for i in $(seq 1 40); do ps -C containerd -o stat= | grep -qv "^Z" || exit 0; sleep 0.5; done; exit 1' ||
+    die "containerd in the build container did not stop within 20 s"
 docker exec "$build" rm -rf /tmp/containerd.log
 docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
     --change 'ENV HTTP_PROXY="" HTTPS_PROXY="" NO_PROXY=""' "$build" "$NODE_IMAGE" >/dev/null
