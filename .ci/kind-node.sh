@@ -203,7 +203,7 @@ print_versions
 
 # ---- Images ------------------------------------------------------------------------------------
 
-DEBIAN_IMAGE="iris-kind/debian-$DEBIAN_SUITE:$key"
+DEBIAN_IMAGE="iris-kind/debian-$DEBIAN_SUITE:$(stat -c '%s-%Y' "$rootfs_tar")"
 if ! have_image "$DEBIAN_IMAGE"; then
     docker import "$rootfs_tar" "$DEBIAN_IMAGE" >/dev/null
 fi
@@ -286,8 +286,8 @@ fi
 # container for the import only; then committed.
 log "assembling $NODE_IMAGE"
 build="iris-kind-build-$key-$$"
-docker run -d --name "$build" --entrypoint sleep --security-opt seccomp=unconfined "$BASE_IMAGE" infinity >/dev/null
 trap 'docker rm -f -v "$build" >/dev/null 2>&1 || true' EXIT
+docker run -d --name "$build" --entrypoint sleep --security-opt seccomp=unconfined "$BASE_IMAGE" infinity >/dev/null
 for b in kubeadm kubelet kubectl; do docker cp "$BIN/$b" "$build:/usr/bin/$b" >/dev/null; done
 docker exec "$build" sh -c "chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl && echo -n v$K8S >/kind/version"
 docker cp .ci/kind-node/cni-flannel.yaml "$build:/kind/manifests/default-cni.yaml" >/dev/null
@@ -315,5 +315,9 @@ trap - EXIT
 # metrics-server are kept.
 for image in "${NODE_IMAGES[@]}"; do docker rmi "$image" >/dev/null 2>&1 || true; done
 docker rmi "$BASE_IMAGE" >/dev/null 2>&1 || true
+# Earlier builds of this script's own images (other keys) go: the cache keeps one node.
+for image in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^iris-kind/(node|base|debian-[a-z]+):'); do
+    case $image in "$NODE_IMAGE" | "$DEBIAN_IMAGE") ;; *) docker rmi "$image" >/dev/null 2>&1 || true ;; esac
+done
 log "built $NODE_IMAGE in $(($(date +%s) - started)) s"
 print_exports
