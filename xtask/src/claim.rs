@@ -364,7 +364,10 @@ mod tests {
             containers: 1,
             ..made.clone()
         };
-        assert!(!created_network(&record, &in_use), "another cluster's nodes");
+        assert!(
+            !created_network(&record, &in_use),
+            "another cluster's nodes"
+        );
         let existed = ClusterRecord {
             network_absent_before: false,
             ..record

@@ -882,6 +882,62 @@ pub mod tests {
             .expect("the fixture matches the report format")
     }
 
+    /// The run recorded live on this project's CI machine (README's front page): kind v0.32.0,
+    /// a node image built from Kubernetes v1.36.1 (`.ci/kind-node.sh`), cgroup v1, 2 cores.
+    fn live_run() -> Report {
+        let path = crate::project_root().join("xtask/fixtures/live/report.json");
+        serde_json::from_slice(&std::fs::read(path).expect("live run"))
+            .expect("the recorded live run matches the report format")
+    }
+
+    #[test]
+    fn the_recorded_live_run_scaled_as_the_issue_asks_and_its_witness_agreed() {
+        let report = live_run();
+        println!(
+            "recorded live run {}: Kubernetes {:?}, node image {:?}, kind {:?}",
+            report.run_id,
+            report.versions.kubernetes,
+            report.versions.node_image,
+            report.versions.kind
+        );
+        assert!(report.passed(), "{:?}", report.failed_gates());
+        assert_eq!(report.versions.kubernetes.as_deref(), Some("v1.36.1"));
+        let scenario = |name: &str| {
+            report
+                .scenarios
+                .iter()
+                .find(|s| s.scenario.name == name)
+                .unwrap_or_else(|| panic!("scenario {name}"))
+        };
+        let autoscale = scenario("autoscale");
+        assert_eq!(autoscale.derived.max_replicas_seen, 3, "scaled 1 -> 3");
+        assert!(autoscale.derived.scale_down_s.is_some(), "and back");
+        assert_eq!(scenario("bottleneck").derived.max_replicas_seen, 1);
+        for s in &report.scenarios {
+            let checked = s.witness.as_ref().expect("every scenario was witnessed");
+            assert!(
+                checked.agreement.agrees(),
+                "{}: {:?}",
+                s.scenario.name,
+                checked.agreement
+            );
+            assert!(
+                s.gates
+                    .iter()
+                    .any(|g| g.gate == "cluster_record" && g.passed),
+                "{}",
+                s.scenario.name
+            );
+        }
+        // It renders as the fixture does (README shows these files).
+        let md = render_markdown(&report);
+        assert!(
+            md.contains("Checked against the cluster's own record"),
+            "{md}"
+        );
+        render_svg(&report).expect("svg");
+    }
+
     /// Totals the way the engine merges them, from the windows' counts and a latency shape.
     fn outcome(windows: Vec<WindowSummary>, elapsed_s: f64, latency: LatencySummary) -> Outcome {
         let mut pods = std::collections::BTreeMap::new();
