@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::config::KubeConfigOptions;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::claim::{self, NamespaceClaim};
 use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
@@ -463,23 +463,60 @@ async fn existing_client(args: &Args) -> anyhow::Result<Client> {
 
 /// A client for an existing cluster: a context of `kubeconfig`, else of $KUBECONFIG or
 /// ~/.kube/config (read only), or their current context.
+///
+/// The API server is asked for its version once, so an unreachable one is named at once (which
+/// server, which context, which kubeconfig, what to check) instead of surfacing later as a bare
+/// "tcp connect error" from whichever call came first.
 pub async fn client_for(
     context: Option<String>,
     kubeconfig: Option<&Path>,
 ) -> anyhow::Result<Client> {
     let options = KubeConfigOptions {
-        context,
+        context: context.clone(),
         ..Default::default()
     };
-    match kubeconfig {
-        Some(path) => cluster::client_from(path, &options).await,
-        None => {
-            let config = kube::Config::from_kubeconfig(&options)
-                .await
-                .context("reading $KUBECONFIG or ~/.kube/config")?;
-            Ok(Client::try_from(config)?)
-        }
+    let (kc, source) = match kubeconfig {
+        Some(path) => (
+            Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+            path.display().to_string(),
+        ),
+        None => (
+            Kubeconfig::read().context("reading $KUBECONFIG or ~/.kube/config")?,
+            "$KUBECONFIG or ~/.kube/config".to_owned(),
+        ),
+    };
+    let context = context
+        .or_else(|| kc.current_context.clone())
+        .unwrap_or_else(|| "(none)".to_owned());
+    let config = kube::Config::from_custom_kubeconfig(kc, &options)
+        .await
+        .with_context(|| format!("context {context} of {source}"))?;
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)?;
+    match tokio::time::timeout(API_REACHABLE_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        // With its causes: kube's own message stops at "client error (Connect)".
+        Ok(Err(e)) => Err(unreachable(
+            &server,
+            &context,
+            &source,
+            &format!("{:#}", anyhow::Error::from(e)),
+        )),
+        Err(_) => Err(unreachable(
+            &server,
+            &context,
+            &source,
+            &format!("no answer within {}s", API_REACHABLE_TIMEOUT.as_secs()),
+        )),
     }
+}
+
+const API_REACHABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn unreachable(server: &str, context: &str, source: &str, error: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the API server {server} (context {context} of {source}) did not answer: {error}; check that the cluster is running and reachable from here (`kubectl --context {context} cluster-info`), and that the kubeconfig's server address is the cluster's"
+    )
 }
 
 async fn existing(
@@ -790,6 +827,46 @@ pub fn registry_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_named_with_its_context_and_what_to_check() {
+        // A real port with nothing listening: the connection is refused, as for a stopped cluster.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\n  name: stopped\ncontexts:\n- context:\n    cluster: stopped\n    user: admin\n  name: platform-team\ncurrent-context: platform-team\nusers:\n- name: admin\n  user:\n    token: abc\n"
+            ),
+        )
+        .expect("write");
+        for context in [None, Some("platform-team".to_owned())] {
+            let Err(err) = client_for(context.clone(), Some(&path)).await else {
+                panic!("{context:?}: nothing listens on {port}, yet a client came back");
+            };
+            let text = format!("{err:#}");
+            println!("{text}");
+            for part in [
+                format!("https://127.0.0.1:{port}"),
+                "context platform-team".to_owned(),
+                path.display().to_string(),
+                "kubectl --context platform-team cluster-info".to_owned(),
+                "onnection refused".to_owned(),
+            ] {
+                assert!(text.contains(&part), "{context:?}: {part:?} not in {text}");
+            }
+        }
+        // A context the kubeconfig does not have is named as such.
+        let Err(err) = client_for(Some("nope".to_owned()), Some(&path)).await else {
+            panic!("a context the kubeconfig lacks gave a client");
+        };
+        assert!(format!("{err:#}").contains("nope"), "{err:#}");
+    }
 
     #[test]
     fn a_push_deploys_the_digest_not_the_tag() {
