@@ -364,7 +364,18 @@ async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
                 .await
                 .expect("calibration");
             eprintln!("{}", render_table(&c));
-            let knee = c.knee_rps.expect("a knee");
+            assert!(
+                gone(&docker, &c.container).await,
+                "{} left behind",
+                c.container
+            );
+            // A search whose very first stage broke the objective (the host busy with other
+            // work while it ran: seen in CI during a concurrent build) found no knee: that is
+            // the spurious break the second try is for, not a failure of its own.
+            let Some(knee) = c.knee_rps else {
+                eprintln!("no knee at {cpus} CPU this time (first stage broke): trying again");
+                continue;
+            };
             assert!(c.stages.iter().any(|s| !s.held()), "the objective broke");
             let cpu = c.cpu_s_per_request.expect("CPU per request");
             // The container's counters saw the work: a request costs microseconds, not nothing.
@@ -375,16 +386,12 @@ async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
             for s in &c.stages {
                 assert!(s.cpu_cores <= cpus * 1.1, "{s:?}");
             }
-            assert!(
-                gone(&docker, &c.container).await,
-                "{} left behind",
-                c.container
-            );
             if best.as_ref().is_none_or(|b| knee > b.0) {
                 best = Some((knee, c.limited_by.clone()));
             }
         }
-        let (knee, limited) = best.expect("two calibrations");
+        let (knee, limited) = best
+            .unwrap_or_else(|| panic!("neither of two calibrations at {cpus} CPU found a knee"));
         knees.push((cpus, knee, limited));
     }
     eprintln!("knees: {knees:?}");
