@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The product's main job, live: `cargo xtask e2e` on a real 3-node kind cluster (1 control plane,
 # 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
-# xtask/scenarios.yaml, gates on. Fails when the run fails, and when the run leaves anything
+# xtask/scenarios.yaml, gates on; then the autoscale scenario again with the load sent from runner
+# pods inside the cluster (`--load-from cluster --load-pods 2`). Fails when the run fails, and when the run leaves anything
 # behind: a container, network or volume, or an image beyond those that were there before it
 # (the cached node and component images).
 #
@@ -37,12 +38,18 @@ snapshot() {
 before=$(snapshot)
 
 out=target/e2e
-log "cargo xtask e2e --node-image $IRIS_NODE_IMAGE --metrics-server-image $IRIS_METRICS_SERVER_IMAGE $*"
 status=0
-PATH="$(dirname "$IRIS_KIND"):$PATH" cargo xtask e2e \
-    --node-image "$IRIS_NODE_IMAGE" \
-    --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
-    --out "$out" "$@" || status=$?
+e2e() {
+    log "cargo xtask e2e --node-image $IRIS_NODE_IMAGE --metrics-server-image $IRIS_METRICS_SERVER_IMAGE $*"
+    PATH="$(dirname "$IRIS_KIND"):$PATH" cargo xtask e2e \
+        --node-image "$IRIS_NODE_IMAGE" \
+        --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
+        --out "$out" "$@" || status=$?
+}
+# The main job as users run it: every scenario, the load from this machine through the NodePort.
+e2e "$@"
+# Then the load from inside the cluster: two runner pods spread over the workers, merged exactly.
+e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
 
 log "what the run left behind"
 after=$(snapshot)
@@ -62,10 +69,9 @@ else
     echo "nothing: no container, network, volume or image that was not there before the run"
 fi
 
-report=$(ls -td "$out"/*/report.md 2>/dev/null | head -n1 || true)
-if [ -n "$report" ]; then
-    log "the run's report: $report"
+for report in $(ls -tdr "$out"/*/report.md 2>/dev/null | tail -n2); do
+    log "a run's report: $report"
     # The summary table: the report's first table.
     awk '/^\|/ { shown = 1; print; next } shown { exit }' "$report"
-fi
+done
 exit "$status"
