@@ -330,7 +330,7 @@ pub async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
 
 /// A kubeconfig file, its error said once (kube's error already names the path and the cause;
 /// keeping it as a source too would print the cause twice).
-fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
+pub fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
     Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -476,10 +476,7 @@ pub async fn client_for(
         ..Default::default()
     };
     let (kc, source) = match kubeconfig {
-        Some(path) => (
-            Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-            path.display().to_string(),
-        ),
+        Some(path) => (cluster::read_kubeconfig(path)?, path.display().to_string()),
         None => (
             Kubeconfig::read().context("reading $KUBECONFIG or ~/.kube/config")?,
             "$KUBECONFIG or ~/.kube/config".to_owned(),
