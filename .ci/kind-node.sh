@@ -13,7 +13,8 @@
 # the files under .ci/kind-node/ are this project's own, written from reading kind's.
 #
 # Cached by a key of every version and input (this script and .ci/kind-node/): a second run with
-# the same key only checks that the images are there. Binaries are cached in $CACHE/<key>/.
+# the same key only checks that the images are there. Binaries are cached by module and version
+# in $CACHE/bin/<module>@<version>/, the Debian root file system by suite.
 # Set IRIS_NODE_CACHE to move the cache (default ~/.cache/iris-serve/kind-node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
