@@ -511,7 +511,7 @@ pub async fn run(
             let load_start = observe::unix_now_s();
             let observer = observe_from(load_start);
             let outcome = crate::load::drive(config, false, std::future::pending()).await;
-            let source = "this machine, through the NodePort".to_owned();
+            let source = format!("this machine, to {url}");
             (load_start, Some(observer), outcome, source)
         }
         LoadFrom::Cluster { image, pods } => {
