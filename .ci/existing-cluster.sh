@@ -64,7 +64,7 @@ built=$(cargo xtask image build)
 echo "$built"
 server=$(awk 'NR == 1 { print $1 }' <<<"$built")
 runner=$(awk 'NR == 2 { print $1 }' <<<"$built")
-[[ $server == iris-serve:* && $runner == iris-serve-load-runner:* ]] ||
+[[ $server == iris-serve:* && $runner == iris-load-runner:* ]] ||
     fail "unexpected image names from cargo xtask image build: $server $runner"
 for ref in "$server" "$runner"; do
     # Removed at the end if this script built it (the main run removes what it built).
