@@ -23,6 +23,10 @@ pub struct Report {
     /// The calibration the run used and its prediction per scenario (`cargo xtask calibrate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::calibrate::predict::Section>,
+    /// Set when a signal cut the run short: which, and during what. The scenario it cut shows
+    /// what was measured until then; the scenarios after it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -50,9 +54,11 @@ pub struct Settings {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.scenarios
-            .iter()
-            .all(|s| s.gates.iter().all(|g| g.passed))
+        self.interrupted.is_none()
+            && self
+                .scenarios
+                .iter()
+                .all(|s| s.gates.iter().all(|g| g.passed))
     }
 
     pub fn failed_gates(&self) -> Vec<String> {
@@ -188,8 +194,17 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
 
 pub fn render_markdown(report: &Report) -> String {
     let mut out = String::new();
-    let verdict = if report.passed() { "passed" } else { "FAILED" };
+    let verdict = if report.interrupted.is_some() {
+        "INTERRUPTED (partial)"
+    } else if report.passed() {
+        "passed"
+    } else {
+        "FAILED"
+    };
     let _ = writeln!(out, "## iris-serve e2e: {verdict}\n");
+    if let Some(why) = &report.interrupted {
+        let _ = writeln!(out, "{}\n", interrupted_line(why));
+    }
     let v = &report.versions;
     let _ = writeln!(
         out,
@@ -388,6 +403,13 @@ fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::Ser
 
 /// The terminal table and verdict. `recorded`: the report is read back from a file (`report
 /// FILE`), so the verdict is that of the run it records, not of anything done now.
+/// What a partial report says first.
+fn interrupted_line(why: &str) -> String {
+    format!(
+        "Interrupted ({why}): the scenario it cut short shows what was measured until then; the scenarios after it did not run."
+    )
+}
+
 pub fn render_terminal(report: &Report, recorded: bool) -> String {
     let (header, rows) = rows(report);
     // Padding counts characters (the headers have a ±).
@@ -418,6 +440,9 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     }
     for g in report.failed_gates() {
         let _ = writeln!(out, "GATE FAILED: {g}");
+    }
+    if let Some(why) = &report.interrupted {
+        let _ = writeln!(out, "{}", interrupted_line(why));
     }
     for s in &report.scenarios {
         if let Some(f) = s
@@ -1149,8 +1174,37 @@ pub mod tests {
             .expect("settings"),
             phases,
             calibration: crate::calibrate::section(Some(fixture::calibration()), &scenarios),
+            interrupted: None,
             scenarios: vec![autoscale, bottleneck],
         }
+    }
+
+    /// A run a signal cut short is never "passed", and every rendering says so first, with why;
+    /// the report.json round-trips the reason and an old report without it reads as whole.
+    #[test]
+    fn an_interrupted_run_is_a_partial_report_not_a_pass() {
+        let mut report = realistic_report();
+        assert!(report.passed(), "the fixture passes its gates");
+        report.interrupted = Some("SIGINT during scenario bottleneck".to_owned());
+        assert!(!report.passed());
+        let md = render_markdown(&report);
+        assert!(
+            md.starts_with(
+                "## iris-serve e2e: INTERRUPTED (partial)\n\nInterrupted (SIGINT during scenario bottleneck)"
+            ),
+            "{md}"
+        );
+        assert!(
+            render_terminal(&report, false)
+                .contains("Interrupted (SIGINT during scenario bottleneck)")
+        );
+        let json = serde_json::to_string(&report).expect("json");
+        let back: Report = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back.interrupted, report.interrupted);
+        let whole = serde_json::to_string(&realistic_report()).expect("json");
+        assert!(!whole.contains("interrupted"));
+        let read: Report = serde_json::from_str(&whole).expect("old report");
+        assert!(read.interrupted.is_none() && read.passed());
     }
 
     /// `cargo test -p xtask regenerate_the_fixture -- --ignored` rewrites xtask/fixtures/.
