@@ -1161,7 +1161,7 @@ mod tests {
             ratio.describe(),
             "MISS  throughput ratio: 29.8x (median of 3 rounds, 29.1x..29.9x; target >= 30x)"
         );
-        judge(&[rss.clone()]).expect("all met");
+        judge(std::slice::from_ref(&rss)).expect("all met");
         assert_eq!(rss.describe(), "PASS  RSS idle: 4.1 MiB (target < 20 MiB)");
         let json = serde_json::to_value(Target::single("p99", 1.9, "<", 2.0, "ms")).expect("json");
         assert_eq!(json["verdict"], "PASS");

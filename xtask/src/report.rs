@@ -120,7 +120,7 @@ pub fn gate_summary(g: &crate::scenario::GateResult) -> String {
         ),
         other => format!(
             "{other} {} (gate {limit}) {outcome}",
-            g.actual.map_or("-".into(), |a| trim(a))
+            g.actual.map_or("-".into(), trim)
         ),
     }
 }
@@ -577,10 +577,10 @@ impl Timeline {
 fn steps(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
     let mut out: Vec<(f64, f64)> = Vec::new();
     for (t, v) in points {
-        if let Some(&(_, last)) = out.last() {
-            if last != v {
-                out.push((t, last));
-            }
+        if let Some(&(_, last)) = out.last()
+            && last != v
+        {
+            out.push((t, last));
         }
         out.push((t, v));
     }
@@ -698,9 +698,12 @@ const POD_COLORS: [RGBColor; 6] = [
 const LOAD_END: RGBColor = RGBColor(34, 34, 34);
 /// Spans without a CPU reading: grey hatching.
 const NO_DATA: RGBColor = RGBColor(150, 150, 150);
-/// The replica lines (HPA current, HPA desired, ready): colour, width, dash and gap in pixels
-/// (no dash: solid), and how many pixels up each is drawn, so that equal counts show all three.
-const REPLICA_LINES: [(&str, RGBColor, u32, Option<(u32, u32)>, i32); 3] = [
+/// A replica line's legend label, colour, width, dash and gap in pixels (no dash: solid), and how
+/// many pixels up it is drawn.
+type ReplicaLine = (&'static str, RGBColor, u32, Option<(u32, u32)>, i32);
+/// The replica lines (HPA current, HPA desired, ready), each with its own pattern and drawn a
+/// little apart, so that equal counts show all three.
+const REPLICA_LINES: [ReplicaLine; 3] = [
     ("current", BLUE, 3, None, 0),
     ("desired (2px up)", MAGENTA, 2, Some((7, 4)), 2),
     ("ready (2px down)", RGBColor(0, 170, 0), 2, Some((2, 3)), -2),
