@@ -3,7 +3,8 @@
 # 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
 # xtask/scenarios.yaml, gates on; then the autoscale scenario again with the load sent from runner
 # pods inside the cluster (`--load-from cluster --load-pods 2`); then .ci/existing-cluster.sh (the
-# same job against a kind cluster made with plain kind). Fails when a run fails, and when the runs leave anything
+# same job against a kind cluster made with plain kind) and .ci/interrupt.sh (Ctrl-C at every
+# step, --reuse, --keep). Fails when a run fails, and when the runs leave anything
 # behind: a container, network or volume, or an image beyond those that were there before it
 # (the cached node and component images).
 #
@@ -54,6 +55,9 @@ e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
 # Then against a cluster the harness did not create, as a platform team runs it.
 log "cargo xtask e2e against an existing cluster (.ci/existing-cluster.sh)"
 bash .ci/existing-cluster.sh || status=$?
+# Then Ctrl-C at every step, --reuse twice and --keep.
+log "Ctrl-C at every step, --reuse and --keep (.ci/interrupt.sh)"
+bash .ci/interrupt.sh || status=$?
 
 log "what the run left behind"
 after=$(snapshot)

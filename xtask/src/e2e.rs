@@ -288,6 +288,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
                 let calibration =
                     crate::calibrate::for_run(&built.reference, args.calibrate).await?;
                 steps.start("image load");
+                crate::signals::test_pause("e2e-image-load").await;
                 image::load(&docker, &built.reference, &cluster.name).await?;
                 let load_from = match args.load_source() {
                     LoadSource::Host => LoadFrom::Host,
@@ -304,6 +305,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
                     }
                 };
                 steps.start("deploy");
+                crate::signals::test_pause("e2e-deploy").await;
                 let settings = AppSettings {
                     image: built.reference.clone(),
                     pull_policy: "Never".to_owned(),
@@ -333,6 +335,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         )
         .await?;
         steps.start("report");
+        let interrupted = interrupted.or(report_step_interrupted().await);
         let metrics = cluster::metrics_server(&cluster.client).await;
         let versions = Versions {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
@@ -430,6 +433,20 @@ async fn run_scenarios(
         }
     }
     Ok((results, None))
+}
+
+/// A signal during the report step: every scenario ran, but the run was cut short all the same
+/// (logs are exported, exit 130), so its report says so.
+async fn report_step_interrupted() -> Option<String> {
+    let paused = crate::signals::or_interrupted("the report", async {
+        crate::signals::test_pause("e2e-report").await;
+        anyhow::Ok(())
+    })
+    .await;
+    paused
+        .err()
+        .map(|e| e.to_string())
+        .or(crate::signals::has_fired().map(|name| format!("{name} during the report")))
 }
 
 /// A report written after a signal is returned as the signal's error (exit 130), naming where it
@@ -705,6 +722,7 @@ async fn existing(
         )
         .await?;
         steps.start("report");
+        let interrupted = interrupted.or(report_step_interrupted().await);
         // The cluster's own metrics-server: its version and resolution, or "unknown".
         let metrics = cluster::metrics_server(&client).await;
         let versions = Versions {

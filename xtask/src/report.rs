@@ -468,7 +468,7 @@ fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::Ser
 /// What a partial report says first.
 fn interrupted_line(why: &str) -> String {
     format!(
-        "Interrupted ({why}): the scenario it cut short shows what was measured until then; the scenarios after it did not run."
+        "Interrupted ({why}): below is what was measured until then; scenarios that had not started are not listed."
     )
 }
 
