@@ -84,8 +84,7 @@ impl LoadSpec {
 /// with the line it is on (serde_yaml adds the field's path and position to the errors raised
 /// while deserializing it); `body_file` and `bodies_file` are read then too, relative to the
 /// scenario file's folder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(try_from = "RequestFields")]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct RequestSpec {
     /// Default POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +117,44 @@ impl RequestSpec {
         self.expect_status
             .as_deref()
             .map_or_else(|| Ok(ExpectStatus::default()), ExpectStatus::parse)
+    }
+}
+
+/// A check on a value made inside the deserializer's call for that value, so that serde_yaml
+/// marks its error with the value's own line (an error raised after the call returns, as
+/// `#[serde(try_from)]` does, gets the line of the enclosing mapping).
+struct Checking<F>(F, &'static str);
+
+impl<'de, T, F: FnOnce(String) -> Result<T, String>> serde::de::Visitor<'de> for Checking<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v.to_owned()).map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Block;
+        impl<'de> serde::de::Visitor<'de> for Block {
+            type Value = RequestSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a request: method, path, headers, body, body_file, bodies_file, expect_status",
+                )
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RequestSpec, A::Error> {
+                let fields =
+                    RequestFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                RequestSpec::try_from(fields).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_map(Block)
     }
 }
 
@@ -169,43 +206,60 @@ impl TryFrom<RequestFields> for RequestSpec {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
 struct MethodField(String);
 
-impl TryFrom<String> for MethodField {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        request::parse_method(&text)
-            .map(|m| MethodField(m.to_string()))
-            .map_err(|e| format!("method: {e:#}"))
+impl<'de> Deserialize<'de> for MethodField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |text: String| {
+                request::parse_method(&text)
+                    .map(|m| MethodField(m.to_string()))
+                    .map_err(|e| format!("method: {e:#}"))
+            },
+            "an HTTP method",
+        ))
     }
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
 struct PathField(String);
 
-impl TryFrom<String> for PathField {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        request::parse_path(&text)
-            .map(|_| PathField(text))
-            .map_err(|e| format!("path: {e:#}"))
+impl<'de> Deserialize<'de> for PathField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |text: String| {
+                request::parse_path(&text)
+                    .map(|_| PathField(text))
+                    .map_err(|e| format!("path: {e:#}"))
+            },
+            "a path",
+        ))
     }
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "BTreeMap<String, String>")]
 struct HeadersField(BTreeMap<String, String>);
 
-impl TryFrom<BTreeMap<String, String>> for HeadersField {
-    type Error = String;
-    fn try_from(headers: BTreeMap<String, String>) -> Result<Self, String> {
-        for (name, value) in &headers {
-            request::header(name, value).map_err(|e| format!("headers: {e:#}"))?;
+impl<'de> Deserialize<'de> for HeadersField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = HeadersField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of header names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<HeadersField, A::Error> {
+                let mut headers = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    request::header(&name, &value)
+                        .map_err(|e| serde::de::Error::custom(format!("headers: {e:#}")))?;
+                    headers.insert(name, value);
+                }
+                Ok(HeadersField(headers))
+            }
         }
-        Ok(HeadersField(headers))
+        d.deserialize_map(Map)
     }
 }
 
@@ -240,74 +294,95 @@ fn resolve(name: &str) -> Option<PathBuf> {
     FILES_FROM.with(|f| f.borrow().as_ref().map(|dir| dir.join(name)))
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
 struct FileField(String);
 
-impl TryFrom<String> for FileField {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        match resolve(&name) {
-            Some(path) => std::fs::metadata(&path)
-                .map_err(|e| format!("body_file: cannot read {}: {e}", path.display()))
-                .map(|_| FileField(path.display().to_string())),
-            None => Ok(FileField(name)),
-        }
+impl<'de> Deserialize<'de> for FileField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |name: String| match resolve(&name) {
+                Some(path) => std::fs::metadata(&path)
+                    .map_err(|e| format!("body_file: cannot read {}: {e}", path.display()))
+                    .map(|_| FileField(path.display().to_string())),
+                None => Ok(FileField(name)),
+            },
+            "a file name",
+        ))
     }
 }
 
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
 struct BodiesFileField(String);
 
-impl TryFrom<String> for BodiesFileField {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        match resolve(&name) {
-            Some(path) => request::read_bodies(&path)
-                .map_err(|e| format!("bodies_file: {e:#}"))
-                .map(|_| BodiesFileField(path.display().to_string())),
-            None => Ok(BodiesFileField(name)),
-        }
+impl<'de> Deserialize<'de> for BodiesFileField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |name: String| match resolve(&name) {
+                Some(path) => request::read_bodies(&path)
+                    .map_err(|e| format!("bodies_file: {e:#}"))
+                    .map(|_| BodiesFileField(path.display().to_string())),
+                None => Ok(BodiesFileField(name)),
+            },
+            "a file name",
+        ))
     }
 }
 
 /// `201`, `"200-299"`, `"200-299,404"`, or a list of those.
-#[derive(Deserialize)]
-#[serde(try_from = "serde_yaml::Value")]
 struct ExpectField(ExpectStatus);
 
-impl TryFrom<serde_yaml::Value> for ExpectField {
-    type Error = String;
-    fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
-        let item = |v: &serde_yaml::Value| -> anyhow::Result<Vec<(u16, u16)>> {
-            match v {
-                serde_yaml::Value::Number(n) => {
-                    let s = n
-                        .as_u64()
-                        .and_then(|s| u16::try_from(s).ok())
-                        .with_context(|| format!("{n} is not an HTTP status (100 to 599)"))?;
-                    Ok(vec![(s, s)])
-                }
-                serde_yaml::Value::String(text) => text
-                    .split(',')
-                    .map(ExpectStatus::parse_item)
-                    .collect(),
-                _ => bail!("give a status (201), a range (\"200-299\") or a list of those"),
+fn expect_field(ranges: anyhow::Result<Vec<(u16, u16)>>) -> Result<ExpectField, String> {
+    ranges
+        .and_then(ExpectStatus::from_ranges)
+        .map(ExpectField)
+        .map_err(|e| format!("expect_status: {e:#}"))
+}
+
+fn status_item(v: &serde_yaml::Value) -> anyhow::Result<Vec<(u16, u16)>> {
+    match v {
+        serde_yaml::Value::Number(n) => {
+            let s = n
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .with_context(|| format!("{n} is not an HTTP status (100 to 599)"))?;
+            Ok(vec![(s, s)])
+        }
+        serde_yaml::Value::String(text) => text.split(',').map(ExpectStatus::parse_item).collect(),
+        _ => bail!("give a status (201), a range (\"200-299\") or a list of those"),
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Statuses;
+        impl<'de> serde::de::Visitor<'de> for Statuses {
+            type Value = ExpectField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status (201), a range (\"200-299\") or a list of those")
             }
-        };
-        let ranges = match &value {
-            serde_yaml::Value::Sequence(items) => items
-                .iter()
-                .map(item)
-                .collect::<anyhow::Result<Vec<_>>>()
-                .map(|v| v.concat()),
-            other => item(other),
-        };
-        ranges
-            .and_then(ExpectStatus::from_ranges)
-            .map(ExpectField)
-            .map_err(|e| format!("expect_status: {e:#}"))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ExpectField, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(v) = seq.next_element::<serde_yaml::Value>()? {
+                    ranges.extend(
+                        status_item(&v).map_err(|e| {
+                            serde::de::Error::custom(format!("expect_status: {e:#}"))
+                        })?,
+                    );
+                }
+                expect_field(Ok(ranges)).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(Statuses)
     }
 }
 
@@ -442,10 +517,12 @@ impl Scenario {
             ),
             (false, Some(body), ..) => vec![bytes::Bytes::from(body.clone())],
             (false, None, Some(file), _) => vec![bytes::Bytes::from(
-                std::fs::read(file).with_context(|| format!("request.body_file: reading {file}"))?,
+                std::fs::read(file)
+                    .with_context(|| format!("request.body_file: reading {file}"))?,
             )],
-            (false, None, None, Some(file)) => request::read_bodies(Path::new(file))
-                .context("request.bodies_file")?,
+            (false, None, None, Some(file)) => {
+                request::read_bodies(Path::new(file)).context("request.bodies_file")?
+            }
             (false, None, None, None) => vec![bytes::Bytes::from_static(
                 crate::load::DEFAULT_BODY.as_bytes(),
             )],
@@ -926,7 +1003,9 @@ mod tests {
         let all = ScenarioFile::select(None).expect("default file");
         for s in &all {
             assert_eq!(s.request, RequestSpec::default());
-            let load = s.load_config("http://127.0.0.1:30080/predict").expect("load");
+            let load = s
+                .load_config("http://127.0.0.1:30080/predict")
+                .expect("load");
             let c = &load.config;
             assert_eq!(c.method, hyper::Method::POST);
             assert_eq!(c.url, "http://127.0.0.1:30080/predict");
@@ -948,7 +1027,9 @@ mod tests {
             "      method: put\n      path: /v2/score?explain=1\n      headers:\n        X-Model: iris-v2\n      body: {features: [[5.1, 3.5, 1.4, 0.2]]}\n      expect_status: [201, \"200-204\"]\n",
         );
         let s = &ScenarioFile::parse(&text).expect("parse").scenarios[0];
-        let load = s.load_config("http://10.0.0.5:31457/predict").expect("load");
+        let load = s
+            .load_config("http://10.0.0.5:31457/predict")
+            .expect("load");
         let c = &load.config;
         assert_eq!(c.method, hyper::Method::PUT);
         assert_eq!(c.url, "http://10.0.0.5:31457/v2/score?explain=1");
@@ -962,18 +1043,27 @@ mod tests {
             headers,
             [("x-model", "iris-v2"), ("content-type", "application/json")]
         );
-        assert_eq!(load.expect_status, ExpectStatus::parse("201,200-204").expect("e"));
+        assert_eq!(
+            load.expect_status,
+            ExpectStatus::parse("201,200-204").expect("e")
+        );
         // A report keeps the request and reads it back the same, without the files.
         let json = serde_json::to_string(s).expect("json");
         assert!(json.contains(r#""expect_status":"201,200-204""#), "{json}");
         let back: Scenario = serde_json::from_str(&json).expect("back");
         assert_eq!(&back, s);
         // A text body is sent as written.
-        let text = with_request("      body: 'a=1&b=2'\n      headers: {content-type: application/x-www-form-urlencoded}\n");
+        let text = with_request(
+            "      body: 'a=1&b=2'\n      headers: {content-type: application/x-www-form-urlencoded}\n",
+        );
         let s = &ScenarioFile::parse(&text).expect("parse").scenarios[0];
         let c = s.load_config("http://h:1/predict").expect("load").config;
         assert_eq!(c.bodies, [&b"a=1&b=2"[..]]);
-        assert_eq!(c.headers.len(), 1, "the content type given replaces the default");
+        assert_eq!(
+            c.headers.len(),
+            1,
+            "the content type given replaces the default"
+        );
     }
 
     #[test]
@@ -984,14 +1074,21 @@ mod tests {
             "{\"features\": [[1, 2, 3, 4]]}\n\n{\"features\": [[5, 6, 7, 8]]}\n",
         )
         .expect("write");
-        std::fs::write(dir.path().join("one.json"), "{\"features\": [[0, 0, 0, 0]]}").expect("write");
+        std::fs::write(
+            dir.path().join("one.json"),
+            "{\"features\": [[0, 0, 0, 0]]}",
+        )
+        .expect("write");
         let file = dir.path().join("s.yaml");
         std::fs::write(&file, with_request("      bodies_file: rows.jsonl\n")).expect("write");
         let s = &ScenarioFile::load(&file).expect("load").scenarios[0];
         let c = s.load_config("http://h:1/predict").expect("load").config;
         assert_eq!(
             c.bodies,
-            [&b"{\"features\": [[1, 2, 3, 4]]}"[..], b"{\"features\": [[5, 6, 7, 8]]}"]
+            [
+                &b"{\"features\": [[1, 2, 3, 4]]}"[..],
+                b"{\"features\": [[5, 6, 7, 8]]}"
+            ]
         );
         std::fs::write(&file, with_request("      body_file: one.json\n")).expect("write");
         let s = &ScenarioFile::load(&file).expect("load").scenarios[0];
@@ -1002,40 +1099,101 @@ mod tests {
         std::fs::write(&file, with_request("      bodies_file: bad.jsonl\n")).expect("write");
         let err = format!("{:#}", ScenarioFile::load(&file).expect_err("bad line"));
         assert!(err.contains("bad.jsonl line 2: not JSON"), "{err}");
-        assert!(err.contains("bodies_file") && err.contains("line 6"), "{err}");
+        assert!(
+            err.contains("bodies_file") && err.contains("line 6"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("empty.jsonl"), "\n\n").expect("write");
         std::fs::write(&file, with_request("      bodies_file: empty.jsonl\n")).expect("write");
         let err = format!("{:#}", ScenarioFile::load(&file).expect_err("empty"));
-        assert!(err.contains("empty.jsonl has no payload") && err.contains("line 6"), "{err}");
+        assert!(
+            err.contains("empty.jsonl has no payload") && err.contains("line 6"),
+            "{err}"
+        );
         std::fs::write(&file, with_request("      bodies_file: nowhere.jsonl\n")).expect("write");
         let err = format!("{:#}", ScenarioFile::load(&file).expect_err("missing"));
         assert!(
-            err.contains("cannot read the bodies file") && err.contains("nowhere.jsonl") && err.contains("line 6"),
+            err.contains("cannot read the bodies file")
+                && err.contains("nowhere.jsonl")
+                && err.contains("line 6"),
             "{err}"
         );
-        std::fs::write(&file, with_request("      body: x\n      bodies_file: rows.jsonl\n"))
-            .expect("write");
+        std::fs::write(
+            &file,
+            with_request("      body: x\n      bodies_file: rows.jsonl\n"),
+        )
+        .expect("write");
         let err = format!("{:#}", ScenarioFile::load(&file).expect_err("both"));
-        assert!(err.contains("not body and bodies_file") && err.contains("line 6"), "{err}");
+        assert!(
+            err.contains("not body and bodies_file") && err.contains("line 6"),
+            "{err}"
+        );
         std::fs::write(&file, with_request("      body_file: nowhere.json\n")).expect("write");
         let err = format!("{:#}", ScenarioFile::load(&file).expect_err("missing"));
-        assert!(err.contains("body_file: cannot read") && err.contains("line 6"), "{err}");
+        assert!(
+            err.contains("body_file: cannot read") && err.contains("line 6"),
+            "{err}"
+        );
     }
 
     #[test]
     fn every_bad_request_field_is_refused_with_its_line() {
         let cases = [
-            ("      method: FETCH\n", "method: \"FETCH\" is not an HTTP method", 6),
-            ("      path: /predict\n      method: get\n      path2: x\n", "unknown field `path2`", 8),
-            ("      path: predict\n", "path: \"predict\" is not a path: it must start with `/`", 6),
-            ("      headers:\n        Bad Name: x\n", "headers: \"Bad Name\" is not a valid HTTP header name", 7),
-            ("      headers: {x-ok: \"a\\nb\"}\n", "headers: the value of header \"x-ok\"", 6),
-            ("      method: GET\n      body: x\n      body_file: xtask/scenarios.yaml\n", "not body and body_file", 6),
-            ("      body: x\n      bodies_file: xtask/testdata/none.jsonl\n", "bodies_file", 7),
-            ("      expect_status: 600\n", "expect_status: 600 is not an HTTP status (100 to 599)", 6),
-            ("      expect_status: [200, \"99-300\"]\n", "expect_status: 99 is not an HTTP status", 6),
-            ("      expect_status: 2xx\n", "expect_status: \"2xx\" is not a status code", 6),
-            ("      expect_status: 70000\n", "expect_status: 70000 is not an HTTP status", 6),
+            (
+                "      path: /x\n      method: FETCH\n",
+                "method: \"FETCH\" is not an HTTP method",
+                7,
+            ),
+            (
+                "      path: /predict\n      method: get\n      path2: x\n",
+                "unknown field `path2`",
+                8,
+            ),
+            (
+                "      path: predict\n",
+                "path: \"predict\" is not a path: it must start with `/`",
+                6,
+            ),
+            (
+                "      headers:\n        Bad Name: x\n",
+                "headers: \"Bad Name\" is not a valid HTTP header name",
+                7,
+            ),
+            (
+                "      headers: {x-ok: \"a\\nb\"}\n",
+                "headers: the value of header \"x-ok\"",
+                6,
+            ),
+            (
+                "      method: GET\n      body: x\n      body_file: xtask/scenarios.yaml\n",
+                "not body and body_file",
+                6,
+            ),
+            (
+                "      body: x\n      bodies_file: xtask/testdata/none.jsonl\n",
+                "bodies_file",
+                7,
+            ),
+            (
+                "      method: GET\n      expect_status: 600\n",
+                "expect_status: 600 is not an HTTP status (100 to 599)",
+                7,
+            ),
+            (
+                "      expect_status: [200, \"99-300\"]\n",
+                "expect_status: 99 is not an HTTP status",
+                6,
+            ),
+            (
+                "      expect_status: 2xx\n",
+                "expect_status: \"2xx\" is not a status code",
+                6,
+            ),
+            (
+                "      expect_status: 70000\n",
+                "expect_status: 70000 is not an HTTP status",
+                6,
+            ),
         ];
         for (request, message, line) in cases {
             let err = refused(&with_request(request));
@@ -1045,7 +1203,10 @@ mod tests {
         // The body and `iris_rows` both choose the bodies.
         let both = "scenarios:\n  - name: x\n    max_replicas: 1\n    load: {connections: 1, duration: 1s, iris_rows: true}\n    request: {body: x}\n";
         let err = refused(both);
-        assert!(err.contains("scenario x") && err.contains("iris_rows") && err.contains("keep one"), "{err}");
+        assert!(
+            err.contains("scenario x") && err.contains("iris_rows") && err.contains("keep one"),
+            "{err}"
+        );
     }
 
     fn outcome(responses: u64, errors_5xx: u64, p99: f64) -> Outcome {

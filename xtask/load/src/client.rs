@@ -730,11 +730,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_request_given_is_the_request_the_server_gets() {
         let (addr, seen) = recording_server().await;
-        let bodies = crate::request::parse_bodies(
-            "{\"n\":1}\n{\"n\":2}\n\n{\"n\":3}\n",
-            "test.jsonl",
-        )
-        .expect("bodies");
+        let bodies =
+            crate::request::parse_bodies("{\"n\":1}\n{\"n\":2}\n\n{\"n\":3}\n", "test.jsonl")
+                .expect("bodies");
         // 30 requests on schedule: the 3 bodies in turn, 10 times each.
         let schedule = Schedule::constant(60.0, Duration::from_millis(500)).expect("schedule");
         let load = Load {
@@ -799,7 +797,8 @@ mod tests {
         let all = lock_seen(&seen).clone();
         let last = &all[30..];
         assert!(
-            last.windows(2).all(|w| w[0].body != w[1].body && w[0].method == Method::POST),
+            last.windows(2)
+                .all(|w| w[0].body != w[1].body && w[0].method == Method::POST),
             "{last:?}"
         );
     }

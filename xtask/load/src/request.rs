@@ -45,8 +45,9 @@ pub fn parse_path(text: &str) -> anyhow::Result<hyper::http::uri::PathAndQuery> 
 pub fn header(name: &str, value: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
     let n = HeaderName::from_bytes(name.trim().as_bytes())
         .with_context(|| format!("{name:?} is not a valid HTTP header name"))?;
-    let v = HeaderValue::from_str(value.trim())
-        .with_context(|| format!("the value of header {name:?} ({value:?}) is not valid in HTTP"))?;
+    let v = HeaderValue::from_str(value.trim()).with_context(|| {
+        format!("the value of header {name:?} ({value:?}) is not valid in HTTP")
+    })?;
     Ok((n, v))
 }
 
@@ -196,7 +197,10 @@ mod tests {
 
     #[test]
     fn paths_start_with_a_slash_and_are_valid_targets() {
-        assert_eq!(parse_path("/predict?x=1").expect("path").as_str(), "/predict?x=1");
+        assert_eq!(
+            parse_path("/predict?x=1").expect("path").as_str(),
+            "/predict?x=1"
+        );
         assert!(err(parse_path("predict")).contains("must start with `/`"));
         assert!(err(parse_path("/a b")).contains("not a valid request path"));
     }
@@ -204,9 +208,15 @@ mod tests {
     #[test]
     fn headers_are_checked_by_name_and_value() {
         let (n, v) = parse_header("X-Model:  iris-v2 ").expect("header");
-        assert_eq!((n.as_str(), v.to_str().expect("text")), ("x-model", "iris-v2"));
+        assert_eq!(
+            (n.as_str(), v.to_str().expect("text")),
+            ("x-model", "iris-v2")
+        );
         assert!(err(parse_header("X-Model iris")).contains("`Name: value`"));
-        assert!(err(parse_header("Bad Name: x")).contains("\"Bad Name\" is not a valid HTTP header name"));
+        assert!(
+            err(parse_header("Bad Name: x"))
+                .contains("\"Bad Name\" is not a valid HTTP header name")
+        );
         assert!(err(header("x-ok", "a\nb")).contains("value of header \"x-ok\""));
         let added = with_json_content_type(vec![]);
         assert_eq!(added[0].1, "application/json");

@@ -679,7 +679,10 @@ mod tests {
         let spec: Spec = serde_json::from_str(&spec.env_value().expect("env")).expect("back");
         let shares: Vec<Load> = (0..3).map(|i| spec.config_for(i).expect("share")).collect();
         assert_eq!(
-            shares.iter().map(|l| l.config.connections).collect::<Vec<_>>(),
+            shares
+                .iter()
+                .map(|l| l.config.connections)
+                .collect::<Vec<_>>(),
             [4, 4, 3]
         );
         let c = &closed.config;

@@ -358,9 +358,8 @@ impl Totals {
 
     /// Responses with an expected status.
     pub fn successes(&self) -> u64 {
-        self.responses.saturating_sub(
-            self.errors.http_4xx + self.errors.http_5xx + self.errors.other_status,
-        )
+        self.responses
+            .saturating_sub(self.errors.http_4xx + self.errors.http_5xx + self.errors.other_status)
     }
 
     /// Errors of every class (responses with an unexpected status included) over attempts.
@@ -510,7 +509,12 @@ mod tests {
         assert_eq!(class(400), Some(ErrorClass::Http4xx));
         let mut s = Shard::default();
         for status in [201, 200, 404, 500] {
-            s.record_response(Duration::from_millis(1), Duration::from_millis(1), class(status), None);
+            s.record_response(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+                class(status),
+                None,
+            );
         }
         let t = merge_totals(std::slice::from_mut(&mut s));
         assert_eq!((t.responses, t.successes()), (4, 2));

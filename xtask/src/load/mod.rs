@@ -145,7 +145,9 @@ impl Args {
             // `--body` named a file until `--body-file` came: say so rather than send its name.
             let path = std::path::Path::new(body);
             if path.is_file() && serde_json::from_str::<serde::de::IgnoredAny>(body).is_err() {
-                bail!("--body {body:?}: --body is the body itself; for the file {body}, use --body-file");
+                bail!(
+                    "--body {body:?}: --body is the body itself; for the file {body}, use --body-file"
+                );
             }
             vec![Bytes::from(body.clone())]
         } else if let Some(path) = &self.body_file {
@@ -338,8 +340,18 @@ mod tests {
         std::fs::write(&rows, "{\"n\": 1}\n{\"n\": 2}\n").expect("write");
         let rows = rows.to_str().expect("utf-8");
         let load = args(&[
-            "--method", "put", "--path", "/v2/score", "-H", "X-Model: v2", "--header",
-            "Content-Type: text/plain", "--bodies-file", rows, "--expect-status", "201,404",
+            "--method",
+            "put",
+            "--path",
+            "/v2/score",
+            "-H",
+            "X-Model: v2",
+            "--header",
+            "Content-Type: text/plain",
+            "--bodies-file",
+            rows,
+            "--expect-status",
+            "201,404",
         ])
         .config()
         .expect("config");
@@ -353,8 +365,13 @@ mod tests {
             .map(|(n, v)| (n.as_str(), v.to_str().expect("text")))
             .collect();
         assert_eq!(headers, [("x-model", "v2"), ("content-type", "text/plain")]);
-        assert_eq!(load.expect_status, ExpectStatus::parse("201,404").expect("e"));
-        let inline = args(&["--body", "{\"features\": [[1,2,3,4]]}"]).config().expect("config");
+        assert_eq!(
+            load.expect_status,
+            ExpectStatus::parse("201,404").expect("e")
+        );
+        let inline = args(&["--body", "{\"features\": [[1,2,3,4]]}"])
+            .config()
+            .expect("config");
         assert_eq!(inline.config.bodies, [&b"{\"features\": [[1,2,3,4]]}"[..]]);
         let file = dir.path().join("one.json");
         std::fs::write(&file, "{}").expect("write");
@@ -372,14 +389,35 @@ mod tests {
     fn the_path_is_given_once() {
         let url = |flags: &[&str]| args(flags).url().map(|u| u.to_string());
         assert_eq!(url(&["http://h:1"]).expect("url"), "http://h:1/");
-        assert_eq!(url(&["http://h:1", "--path", "/x?y=1"]).expect("url"), "http://h:1/x?y=1");
-        assert_eq!(url(&["http://h:1/", "--path", "/x"]).expect("url"), "http://h:1/x");
-        assert_eq!(url(&["http://h:1/x", "--path", "/x"]).expect("url"), "http://h:1/x");
-        assert_eq!(url(&["--path", "/healthz"]).expect("url"), "http://127.0.0.1:8080/healthz");
-        let err = format!("{:#}", url(&["http://h:1/predict", "--path", "/v2"]).expect_err("both"));
-        assert!(err.contains("has the path /predict and --path says /v2"), "{err}");
+        assert_eq!(
+            url(&["http://h:1", "--path", "/x?y=1"]).expect("url"),
+            "http://h:1/x?y=1"
+        );
+        assert_eq!(
+            url(&["http://h:1/", "--path", "/x"]).expect("url"),
+            "http://h:1/x"
+        );
+        assert_eq!(
+            url(&["http://h:1/x", "--path", "/x"]).expect("url"),
+            "http://h:1/x"
+        );
+        assert_eq!(
+            url(&["--path", "/healthz"]).expect("url"),
+            "http://127.0.0.1:8080/healthz"
+        );
+        let err = format!(
+            "{:#}",
+            url(&["http://h:1/predict", "--path", "/v2"]).expect_err("both")
+        );
+        assert!(
+            err.contains("has the path /predict and --path says /v2"),
+            "{err}"
+        );
         let err = format!("{:#}", url(&["--path", "v2"]).expect_err("no slash"));
-        assert!(err.contains("--path") && err.contains("must start with `/`"), "{err}");
+        assert!(
+            err.contains("--path") && err.contains("must start with `/`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -389,12 +427,27 @@ mod tests {
         std::fs::write(&bad, "{}\n{\n").expect("write");
         let bad = bad.to_str().expect("utf-8");
         for (flags, message) in [
-            (&["--method", "FETCH"][..], "--method: \"FETCH\" is not an HTTP method"),
-            (&["-H", "X-Model v2"], "--header: header \"X-Model v2\" must look like `Name: value`"),
-            (&["-H", "Bad Name: v"], "--header: \"Bad Name\" is not a valid HTTP header name"),
-            (&["--expect-status", "600"], "--expect-status: 600 is not an HTTP status (100 to 599)"),
+            (
+                &["--method", "FETCH"][..],
+                "--method: \"FETCH\" is not an HTTP method",
+            ),
+            (
+                &["-H", "X-Model v2"],
+                "--header: header \"X-Model v2\" must look like `Name: value`",
+            ),
+            (
+                &["-H", "Bad Name: v"],
+                "--header: \"Bad Name\" is not a valid HTTP header name",
+            ),
+            (
+                &["--expect-status", "600"],
+                "--expect-status: 600 is not an HTTP status (100 to 599)",
+            ),
             (&["--bodies-file", bad], "--bodies-file: "),
-            (&["--bodies-file", "/nonexistent.jsonl"], "cannot read the bodies file /nonexistent.jsonl"),
+            (
+                &["--bodies-file", "/nonexistent.jsonl"],
+                "cannot read the bodies file /nonexistent.jsonl",
+            ),
         ] {
             let err = refused(flags);
             assert!(err.contains(message), "{flags:?}: {err}");

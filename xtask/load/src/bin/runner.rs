@@ -143,8 +143,7 @@ async fn run(index: u32) -> anyhow::Result<bool> {
             Err(e) => eprintln!("iris-load-runner {index}: second {}: {e:#}", w.second),
         }
     };
-    let (outcome, histograms) =
-        iris_load::client::run_with_histograms(load, windows, stop).await?;
+    let (outcome, histograms) = iris_load::client::run_with_histograms(load, windows, stop).await?;
     let interrupted = outcome.interrupted_after_s.is_some();
     emit(&done_event(index, outcome, &histograms)?);
     Ok(interrupted)
