@@ -421,6 +421,7 @@ impl Gates {
 
 impl ScenarioFile {
     /// A scenario file's text; the files it names are read from the project's root.
+    #[cfg(test)]
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         Self::parse_in(text, &project_root())
     }
