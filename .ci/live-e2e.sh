@@ -2,7 +2,8 @@
 # The product's main job, live: `cargo xtask e2e` on a real 3-node kind cluster (1 control plane,
 # 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
 # xtask/scenarios.yaml, gates on; then the autoscale scenario again with the load sent from runner
-# pods inside the cluster (`--load-from cluster --load-pods 2`). Fails when the run fails, and when the run leaves anything
+# pods inside the cluster (`--load-from cluster --load-pods 2`); then .ci/existing-cluster.sh (the
+# same job against a kind cluster made with plain kind). Fails when a run fails, and when the runs leave anything
 # behind: a container, network or volume, or an image beyond those that were there before it
 # (the cached node and component images).
 #
@@ -50,6 +51,9 @@ e2e() {
 e2e "$@"
 # Then the load from inside the cluster: two runner pods spread over the workers, merged exactly.
 e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
+# Then against a cluster the harness did not create, as a platform team runs it.
+log "cargo xtask e2e against an existing cluster (.ci/existing-cluster.sh)"
+bash .ci/existing-cluster.sh || status=$?
 
 log "what the run left behind"
 after=$(snapshot)

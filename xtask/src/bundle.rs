@@ -839,7 +839,7 @@ fn file_chunks(
 mod tests {
     use super::*;
     use crate::oci::testing::{Layout, Spec, layout};
-    use crate::testing::{docker_or_skip, engines_or_skip, fake_binary, unique};
+    use crate::testing::{docker_or_skip, engines_or_skip, unique};
 
     #[test]
     fn a_run_pulls_the_node_image_and_metrics_server_both_pinned_by_digest() {
@@ -947,17 +947,14 @@ mod tests {
         }
     }
 
+    /// An image the user already has under `tag`, loaded from a tar rather than built: the
+    /// classic builder on the containerd image store loses its intermediate image when another
+    /// test's image removal triggers containerd's garbage collection mid-build ("unable to find
+    /// image sha256:..."), which failed CI once; a load holds a lease on what it writes.
     async fn victim(docker: &Docker, tag: &str) -> String {
-        let files = [docker::ImageFile {
-            path: "/victim".into(),
-            bytes: fake_binary(tag),
-            mode: 0o644,
-        }];
-        docker::build_scratch_image(docker, tag, &files, "", &Default::default())
-            .await
-            .expect("victim image")
-            .id
-            .expect("id")
+        let payload = format!("victim {tag} {}", unique("v"));
+        docker_load(docker, &layout(&Spec::new(payload.as_bytes(), tag)).tar).await;
+        id_of(docker, tag).await.expect("victim image loaded")
     }
 
     /// A bundle folder listing `tar` as the image of `reference`, under `file`.

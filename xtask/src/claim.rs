@@ -248,6 +248,10 @@ fn existing_namespace(ns: &Namespace, borrow: bool) -> anyhow::Result<NamespaceC
 }
 
 /// Deletes a namespace this run created, only while it is still the one it created (same UID).
+/// How long a run waits for its namespace to be deleted (the app's pods stop within their
+/// grace period; seen live: a few seconds).
+const NAMESPACE_GONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 pub async fn release_namespace(client: &Client, claim: &NamespaceClaim) -> anyhow::Result<()> {
     let NamespaceClaim::Created { name, uid } = claim else {
         return Ok(());
@@ -265,6 +269,27 @@ pub async fn release_namespace(client: &Client, claim: &NamespaceClaim) -> anyho
     {
         Ok(_) => {
             eprintln!("  deleting namespace {name} (uid {uid})");
+            // Gone when the run ends, so the next run (or the user) finds no terminating
+            // namespace: the pods' grace periods and finalizers take some seconds.
+            let namespaces = Api::<Namespace>::all(client.clone());
+            crate::cluster::poll_until(
+                &format!("namespace {name} (uid {uid}) to be gone"),
+                NAMESPACE_GONE_TIMEOUT,
+                || async {
+                    Ok(match namespaces.get_opt(name).await? {
+                        Some(ns) if ns.metadata.uid.as_deref() == Some(uid.as_str()) => {
+                            Err(format!(
+                                "phase {}",
+                                ns.status.and_then(|s| s.phase).unwrap_or_default()
+                            ))
+                        }
+                        _ => Ok(()),
+                    })
+                },
+            )
+            .await
+            .with_context(|| format!("`kubectl get namespace {name}` shows what holds it"))?;
+            eprintln!("  namespace {name} is gone");
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -428,6 +453,21 @@ mod tests {
                 )
                 .await;
             assert_eq!(body["preconditions"]["uid"], "uid-a", "{body}");
+            // Terminating, then gone: the release waits for that.
+            let mut terminating = created_ns("run-a", "uid-a");
+            terminating["status"]["phase"] = "Terminating".into();
+            api.expect(
+                "GET",
+                &format!("{NS_PATH}/iris-serve"),
+                json_response(terminating),
+            )
+            .await;
+            api.expect(
+                "GET",
+                &format!("{NS_PATH}/iris-serve"),
+                status_response(404, "NotFound"),
+            )
+            .await;
         });
         let claim = claim_namespace(&client, "iris-serve", "run-a", false)
             .await

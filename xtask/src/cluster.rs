@@ -936,17 +936,20 @@ pub async fn up_with(
     };
     claim::write_record(name, &record)?;
     let mut guard = Teardown::new(name, kind, &run_id, args.keep);
-    let created = cmd(kind)
-        // --retain: a failed create keeps its nodes, so the guard can export their logs (kind's
-        // own cleanup would delete them first) before it deletes the cluster.
-        .args(["create", "cluster", "--retain", "--name", name, "--config"])
-        .arg(&config_path)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .env("KUBECONFIG", &kubeconfig)
-        .hint("see the kind output above; `cargo xtask doctor` checks the usual causes")
-        .run_async()
-        .await;
+    let created = crate::signals::or_interrupted(
+        "kind create cluster",
+        cmd(kind)
+            // --retain: a failed create keeps its nodes, so the guard can export their logs (kind's
+            // own cleanup would delete them first) before it deletes the cluster.
+            .args(["create", "cluster", "--retain", "--name", name, "--config"])
+            .arg(&config_path)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
+            .hint("see the kind output above; `cargo xtask doctor` checks the usual causes")
+            .run_async(),
+    )
+    .await;
     // The node containers `kind create` made (also when it failed: --retain keeps them).
     let nodes = docker::kind_nodes(&docker, name).await?;
     if let claim::Ownership::Ours(_) = claim::ownership(name, &nodes, Some(&record)) {
@@ -954,7 +957,10 @@ pub async fn up_with(
         claim::write_record(name, &record)?;
     }
     if let Err(e) = created {
-        guard.failed(None).await;
+        // Interrupted: straight to the teardown (the user is waiting); a failure: its logs first.
+        if !e.is::<crate::signals::Interrupted>() {
+            guard.failed(None).await;
+        }
         return Err(e);
     }
     steps.done();
@@ -966,7 +972,7 @@ pub async fn up_with(
             return Err(e);
         }
     };
-    let waited = async {
+    let waited = crate::signals::or_interrupted("the wait for the cluster", async {
         steps.start("nodes Ready");
         wait_nodes_ready(&client, config.node_count(), NODES_READY_TIMEOUT).await?;
         steps.done();
@@ -990,7 +996,7 @@ pub async fn up_with(
         .await?;
         steps.done();
         anyhow::Ok(())
-    }
+    })
     .await;
     if let Err(e) = waited {
         guard.failed(Some(&client)).await;

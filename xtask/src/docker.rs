@@ -245,10 +245,28 @@ pub async fn build_scratch_image(
         .forcerm(true)
         .labels(labels)
         .build();
-    let stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    drain_build(stream)
-        .await
-        .with_context(|| format!("building image {tag}"))?;
+    // The classic builder on the containerd image store can lose a step's image to a garbage
+    // collection that another client's image removal triggers mid-build ("unable to find image
+    // sha256:..."); seen once in CI while tests removed images on the same engine. Once more
+    // is enough: the build is small and deterministic.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let stream = docker.build_image(
+            options.clone(),
+            None,
+            Some(bollard::body_full(context.clone().into())),
+        );
+        match drain_build(stream).await {
+            Ok(()) => break,
+            Err(e) if attempt == 1 && e.to_string().contains("unable to find image") => {
+                eprintln!(
+                    "  building {tag}: the engine lost an intermediate image ({e:#}); once more"
+                );
+            }
+            Err(e) => return Err(e.context(format!("building image {tag}"))),
+        }
+    }
     docker
         .inspect_image(tag)
         .await

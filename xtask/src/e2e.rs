@@ -148,7 +148,9 @@ impl Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(crate::signals::interruptible(e2e(args)))?;
+    // A signal winds the run down: the step stops, what was measured is written (a partial
+    // report), logs are exported and what the run created is deleted; exit 130.
+    let report = runtime.block_on(crate::signals::graceful(e2e(args)))?;
     if report.passed() {
         Ok(())
     } else {
@@ -207,7 +209,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     steps.start("doctor");
     if let Some(dir) = &args.bundle {
         let docker = docker::connect().await?;
-        bundle::load(&docker, dir)
+        crate::signals::or_interrupted("the bundle's load", bundle::load(&docker, dir))
             .await
             .with_context(|| format!("loading the bundle {}", dir.display()))?;
     }
@@ -234,15 +236,18 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     };
     // A reused cluster holds the host port itself.
     let port = (!(args.reuse && has_cluster)).then_some(args.host_port);
-    crate::signals::test_pause("e2e-doctor").await;
-    doctor::require(Needs {
-        kind: true,
-        host_port: port,
-        offline: args.offline,
-        connections: Some(scenario::max_connections(&scenarios)),
+    let kind = crate::signals::or_interrupted("the doctor", async {
+        crate::signals::test_pause("e2e-doctor").await;
+        doctor::require(Needs {
+            kind: true,
+            host_port: port,
+            offline: args.offline,
+            connections: Some(scenario::max_connections(&scenarios)),
+        })
+        .await?;
+        tools::ensure_kind(args.offline).await
     })
     .await?;
-    let kind = tools::ensure_kind(args.offline).await?;
     steps.done();
 
     let preload: Vec<String> = match &args.bundle {
@@ -273,58 +278,60 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         namespace: None,
     };
     let result = async {
-        steps.start("image build");
-        let built = image::build(&docker).await?;
-        if built.built && !keep_cluster {
-            guard.images.push(built.reference.clone());
-        }
-        let calibration = crate::calibrate::for_run(&built.reference, args.calibrate).await?;
-        steps.start("image load");
-        image::load(&docker, &built.reference, &cluster.name).await?;
-        let load_from = match args.load_source() {
-            LoadSource::Host => LoadFrom::Host,
-            LoadSource::Cluster => {
-                let runner = image::build_runner(&docker).await?;
-                if runner.built && !keep_cluster {
-                    guard.images.push(runner.reference.clone());
+        let prepared =
+            crate::signals::or_interrupted("the image build, image load and deploy", async {
+                steps.start("image build");
+                let built = image::build(&docker).await?;
+                if built.built && !keep_cluster {
+                    guard.images.push(built.reference.clone());
                 }
-                image::load(&docker, &runner.reference, &cluster.name).await?;
-                LoadFrom::Cluster {
-                    image: runner.reference,
-                    pods: args.load_pods,
+                let calibration =
+                    crate::calibrate::for_run(&built.reference, args.calibrate).await?;
+                steps.start("image load");
+                image::load(&docker, &built.reference, &cluster.name).await?;
+                let load_from = match args.load_source() {
+                    LoadSource::Host => LoadFrom::Host,
+                    LoadSource::Cluster => {
+                        let runner = image::build_runner(&docker).await?;
+                        if runner.built && !keep_cluster {
+                            guard.images.push(runner.reference.clone());
+                        }
+                        image::load(&docker, &runner.reference, &cluster.name).await?;
+                        LoadFrom::Cluster {
+                            image: runner.reference,
+                            pods: args.load_pods,
+                        }
+                    }
+                };
+                steps.start("deploy");
+                let settings = AppSettings {
+                    image: built.reference.clone(),
+                    pull_policy: "Never".to_owned(),
+                    max_replicas: None,
+                    fixed_node_port: true,
+                };
+                deploy::deploy(&cluster.client, &settings).await?;
+                if args.monitoring {
+                    monitoring::apply_and_report(&cluster.client, NAMESPACE).await?;
                 }
-            }
-        };
-        steps.start("deploy");
-        let settings = AppSettings {
-            image: built.reference.clone(),
-            pull_policy: "Never".to_owned(),
-            max_replicas: None,
-            fixed_node_port: true,
-        };
-        deploy::deploy(&cluster.client, &settings).await?;
-        if args.monitoring {
-            monitoring::apply_and_report(&cluster.client, NAMESPACE).await?;
-        }
+                anyhow::Ok((built, calibration, load_from, settings))
+            })
+            .await;
+        let (built, calibration, load_from, settings) = prepared?;
         steps.start("scenarios");
         let url = match load_from {
             LoadFrom::Host => format!("http://127.0.0.1:{}/predict", args.host_port),
             LoadFrom::Cluster { .. } => in_cluster_url(&settings)?,
         };
-        let mut results = Vec::new();
-        for s in &scenarios {
-            let witness = crate::witness::Witness::start(&cluster.client);
-            let result = scenario::run(
-                &cluster.client,
-                s,
-                &settings,
-                &url,
-                &load_from,
-                &args.gates(),
-            )
-            .await?;
-            results.push(witness.finish(result).await);
-        }
+        let (results, interrupted) = run_scenarios(
+            &cluster.client,
+            &scenarios,
+            &settings,
+            &url,
+            &load_from,
+            &args.gates(),
+        )
+        .await?;
         steps.start("report");
         let metrics = cluster::metrics_server(&cluster.client).await;
         let versions = Versions {
@@ -352,16 +359,22 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
             phases: phases(&steps, started),
             scenarios: results,
             calibration: crate::calibrate::section(calibration, &scenarios),
+            interrupted,
         };
         let files = report::write(&report, &out_dir)?;
         eprint!("{}", report::render_terminal(&report, false));
         for f in files {
             eprintln!("  wrote {}", f.display());
         }
-        anyhow::Ok(report)
+        partial_is_interrupted(report, &out_dir)
     }
     .await;
-    let end = ending(result.as_ref().ok().map(Report::passed), keep_cluster);
+    // A run a signal cut short is a failure to look into: its logs are exported.
+    let passed = result
+        .as_ref()
+        .ok()
+        .map(|r| r.passed() && crate::signals::has_fired().is_none());
+    let end = ending(passed, keep_cluster);
     if end.export_logs {
         // Logs first, always; then the guard deletes the cluster unless it is kept.
         teardown.failed(Some(&cluster.client)).await;
@@ -383,6 +396,53 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
     drop(guard);
     drop(teardown);
     result
+}
+
+/// Runs the scenarios one after another. At a signal the one running stops where it is (a host
+/// load keeps what it measured; runner pods' numbers go with their Job) and the rest do not
+/// run: the results so far and what cut them short are returned, for a partial report.
+async fn run_scenarios(
+    client: &Client,
+    scenarios: &[scenario::Scenario],
+    settings: &AppSettings,
+    url: &str,
+    load_from: &LoadFrom,
+    gates: &Gates,
+) -> anyhow::Result<(Vec<scenario::ScenarioResult>, Option<String>)> {
+    let mut results = Vec::new();
+    for s in scenarios {
+        if let Some(name) = crate::signals::has_fired() {
+            return Ok((results, Some(format!("{name} before scenario {}", s.name))));
+        }
+        let witness = crate::witness::Witness::start(client);
+        match scenario::run(client, s, settings, url, load_from, gates).await {
+            Ok(result) => results.push(witness.finish(result).await),
+            Err(e) if e.is::<crate::signals::Interrupted>() => {
+                return Ok((
+                    results,
+                    Some(format!("{e:#}; scenario {} has no numbers", s.name)),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(name) = crate::signals::has_fired() {
+            return Ok((results, Some(format!("{name} during scenario {}", s.name))));
+        }
+    }
+    Ok((results, None))
+}
+
+/// A report written after a signal is returned as the signal's error (exit 130), naming where it
+/// is; a whole report is returned as it is.
+fn partial_is_interrupted(report: Report, out_dir: &Path) -> anyhow::Result<Report> {
+    match &report.interrupted {
+        Some(why) => Err(crate::signals::Interrupted(format!(
+            "{why}; the partial report is in {}",
+            out_dir.display()
+        ))
+        .into()),
+        None => Ok(report),
+    }
 }
 
 /// What the end of a run does with a kind cluster.
@@ -618,7 +678,7 @@ async fn existing(
             max_replicas: None,
             fixed_node_port: false,
         };
-        deploy::deploy(&client, &settings).await?;
+        crate::signals::or_interrupted("the deploy", deploy::deploy(&client, &settings)).await?;
         let url = match (&args.url, &node_address) {
             (Some(u), _) => u.clone(),
             (None, None) if matches!(load_from, LoadFrom::Cluster { .. }) => {
@@ -635,13 +695,15 @@ async fn existing(
             monitoring::apply_and_report(&client, NAMESPACE).await?;
         }
         steps.start("scenarios");
-        let mut results = Vec::new();
-        for s in scenarios {
-            let witness = crate::witness::Witness::start(&client);
-            let result =
-                scenario::run(&client, s, &settings, &url, &load_from, &args.gates()).await?;
-            results.push(witness.finish(result).await);
-        }
+        let (results, interrupted) = run_scenarios(
+            &client,
+            scenarios,
+            &settings,
+            &url,
+            &load_from,
+            &args.gates(),
+        )
+        .await?;
         steps.start("report");
         // The cluster's own metrics-server: its version and resolution, or "unknown".
         let metrics = cluster::metrics_server(&client).await;
@@ -669,10 +731,11 @@ async fn existing(
             phases: phases(&steps, started),
             scenarios: results,
             calibration: crate::calibrate::section(calibration, scenarios),
+            interrupted,
         };
         report::write(&report, out_dir)?;
         eprint!("{}", report::render_terminal(&report, false));
-        anyhow::Ok(report)
+        partial_is_interrupted(report, out_dir)
     }
     .await;
     // The app stays deployed (`--keep`, or a borrowed namespace, never deleted): with the HPA as

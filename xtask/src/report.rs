@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,10 @@ pub struct Report {
     /// The calibration the run used and its prediction per scenario (`cargo xtask calibrate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::calibrate::predict::Section>,
+    /// Set when a signal cut the run short: which, and during what. The scenario it cut shows
+    /// what was measured until then; the scenarios after it did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -50,9 +55,11 @@ pub struct Settings {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.scenarios
-            .iter()
-            .all(|s| s.gates.iter().all(|g| g.passed))
+        self.interrupted.is_none()
+            && self
+                .scenarios
+                .iter()
+                .all(|s| s.gates.iter().all(|g| g.passed))
     }
 
     pub fn failed_gates(&self) -> Vec<String> {
@@ -91,6 +98,63 @@ pub fn phases_total(phases: &[(String, f64)]) -> f64 {
         .find(|(n, _)| n == "total")
         .map(|(_, s)| *s)
         .unwrap_or_else(|| phases.iter().map(|(_, s)| s).sum())
+}
+
+/// One gate as the verdict line shows it: the measured value beside its threshold, then the
+/// outcome: `p99 402 ms (gate ≤ 2000 ms) pass`.
+pub fn gate_summary(g: &crate::scenario::GateResult) -> String {
+    let outcome = if g.passed { "pass" } else { "FAIL" };
+    let limit = trim(g.limit);
+    match g.gate.as_str() {
+        "max_p99_ms" => format!(
+            "p99 {} (gate ≤ {limit} ms) {outcome}",
+            g.actual.map_or("none".into(), |a| format!("{a:.0} ms"))
+        ),
+        "max_error_rate" => format!(
+            "errors {} (gate ≤ {}%) {outcome}",
+            g.actual
+                .map_or("none sent".into(), |a| format!("{:.2}%", a * 100.0)),
+            trim(g.limit * 100.0)
+        ),
+        "expect_scale_up_within_s" => format!(
+            "first scale-up {} (gate ≤ {limit}s) {outcome}",
+            g.actual.map_or("never".into(), |a| opt_s(Some(a)))
+        ),
+        "cluster_record" => format!(
+            "cluster record {} (gate within ±{limit}s) {outcome}",
+            if g.passed { "agrees" } else { "disagrees" }
+        ),
+        other => format!(
+            "{other} {} (gate {limit}) {outcome}",
+            g.actual.map_or("-".into(), trim)
+        ),
+    }
+}
+
+/// A number without a needless fraction: `2000`, `0.5`, `1.25`.
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A scenario's verdict with every gate's threshold; a scenario without a p99 gate says so
+/// beside its p99, so that an ungated latency is not read as a passed one.
+pub fn verdict_line(s: &ScenarioResult) -> String {
+    let verdict = match (s.gates.is_empty(), s.gates.iter().all(|g| g.passed)) {
+        (true, _) => "no gates",
+        (false, true) => "pass",
+        (false, false) => "FAIL",
+    };
+    let mut parts: Vec<String> = Vec::new();
+    if !s.gates.iter().any(|g| g.gate == "max_p99_ms") {
+        let p99 = s.load.totals.latency.as_ref().map(|l| l.p99_ms);
+        parts.push(format!(
+            "p99 {} (no gate)",
+            p99.map_or("-".into(), |p| format!("{p:.0} ms"))
+        ));
+    }
+    parts.extend(s.gates.iter().map(gate_summary));
+    format!("{}: {verdict}: {}", s.scenario.name, parts.join(", "))
 }
 
 struct Row {
@@ -188,8 +252,17 @@ fn rows(report: &Report) -> (Vec<&'static str>, Vec<Row>) {
 
 pub fn render_markdown(report: &Report) -> String {
     let mut out = String::new();
-    let verdict = if report.passed() { "passed" } else { "FAILED" };
+    let verdict = if report.interrupted.is_some() {
+        "INTERRUPTED (partial)"
+    } else if report.passed() {
+        "passed"
+    } else {
+        "FAILED"
+    };
     let _ = writeln!(out, "## iris-serve e2e: {verdict}\n");
+    if let Some(why) = &report.interrupted {
+        let _ = writeln!(out, "{}\n", interrupted_line(why));
+    }
     let v = &report.versions;
     let _ = writeln!(
         out,
@@ -214,6 +287,10 @@ pub fn render_markdown(report: &Report) -> String {
     );
     for r in rows {
         let _ = writeln!(out, "| {} |", r.cells.join(" | "));
+    }
+    let _ = writeln!(out, "\nGates, each with its threshold:\n");
+    for s in &report.scenarios {
+        let _ = writeln!(out, "- {}", verdict_line(s));
     }
     let _ = writeln!(
         out,
@@ -388,6 +465,13 @@ fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::Ser
 
 /// The terminal table and verdict. `recorded`: the report is read back from a file (`report
 /// FILE`), so the verdict is that of the run it records, not of anything done now.
+/// What a partial report says first.
+fn interrupted_line(why: &str) -> String {
+    format!(
+        "Interrupted ({why}): the scenario it cut short shows what was measured until then; the scenarios after it did not run."
+    )
+}
+
 pub fn render_terminal(report: &Report, recorded: bool) -> String {
     let (header, rows) = rows(report);
     // Padding counts characters (the headers have a ±).
@@ -416,8 +500,14 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     for r in rows {
         let _ = writeln!(out, "{}", line(r.cells));
     }
+    for s in &report.scenarios {
+        let _ = writeln!(out, "{}", verdict_line(s));
+    }
     for g in report.failed_gates() {
         let _ = writeln!(out, "GATE FAILED: {g}");
+    }
+    if let Some(why) = &report.interrupted {
+        let _ = writeln!(out, "{}", interrupted_line(why));
     }
     for s in &report.scenarios {
         if let Some(f) = s
@@ -441,20 +531,172 @@ pub fn render_terminal(report: &Report, recorded: bool) -> String {
     out
 }
 
+/// What the timeline shows of one scenario beyond its series: computed here from the result,
+/// only drawn by `draw_scenario`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeline {
+    /// The x axis: 0 to the last sample or load window.
+    pub end_s: f64,
+    pub load_end_s: f64,
+    /// The scenario's verdict with every gate's threshold (`verdict_line`).
+    pub verdict: String,
+    pub passed: bool,
+    pub scale_events: Vec<ScaleMark>,
+    /// HPA current, HPA desired and ready replicas, as steps: a count holds until the sample
+    /// that shows the next one.
+    pub replicas: [Vec<(f64, f64)>; 3],
+    /// The HPA's CPU utilization, in runs of readings; a gap between runs is a span without one.
+    pub cpu: Vec<Vec<(f64, f64)>>,
+    pub cpu_no_data: Vec<NoData>,
+}
+
+/// A `SuccessfulRescale` on the timeline: `↑ 3` (up to 3 replicas), `↓ 1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleMark {
+    pub t_s: f64,
+    pub label: String,
+}
+
+/// A span of the CPU panel without a reading of the load, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoData {
+    pub from_s: f64,
+    pub to_s: f64,
+    pub why: &'static str,
+}
+
+impl Timeline {
+    pub fn of(s: &ScenarioResult) -> Timeline {
+        let samples = &s.observation.samples;
+        let end_s = samples
+            .last()
+            .map_or(0.0, |x| x.t_s)
+            .max(s.load.windows.last().map_or(0.0, |w| f64::from(w.second)))
+            .max(1.0);
+        let steps = |f: &dyn Fn(&crate::observe::Sample) -> Option<i32>| {
+            steps(
+                samples
+                    .iter()
+                    .filter_map(|x| f(x).map(|v| (x.t_s, f64::from(v)))),
+            )
+        };
+        let (cpu, cpu_no_data) = cpu_readings(samples);
+        Timeline {
+            end_s,
+            load_end_s: s.load_end_s,
+            verdict: verdict_line(s),
+            passed: s.gates.iter().all(|g| g.passed),
+            scale_events: scale_marks(s),
+            replicas: [
+                steps(&|x| x.hpa_current),
+                steps(&|x| x.hpa_desired),
+                steps(&|x| Some(x.ready_replicas)),
+            ],
+            cpu,
+            cpu_no_data,
+        }
+    }
+}
+
+/// Points joined as steps: each value holds until the next point's time.
+fn steps(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (t, v) in points {
+        if let Some(&(_, last)) = out.last()
+            && last != v
+        {
+            out.push((t, last));
+        }
+        out.push((t, v));
+    }
+    out
+}
+
+/// Each rescale with its direction, from the count before it (the previous event's, at first
+/// the HPA's count when the load started).
+fn scale_marks(s: &ScenarioResult) -> Vec<ScaleMark> {
+    let min = s.autoscaling.as_ref().map_or(1, |a| a.min_replicas);
+    let mut before = crate::observe::replicas_at_load_start(&s.observation, min);
+    s.observation
+        .events
+        .iter()
+        .map(|e| {
+            let label = match crate::observe::rescale_new_size(&e.message) {
+                Some(size) => {
+                    let arrow = if size >= before { "↑" } else { "↓" };
+                    before = size;
+                    format!("{arrow} {size}")
+                }
+                None => "rescale".to_owned(),
+            };
+            ScaleMark { t_s: e.t_s, label }
+        })
+        .collect()
+}
+
+/// The HPA's utilization readings and the spans without one. When the load starts, the HPA
+/// still holds metrics-server's last reading from before it (idle: a few percent); it stands
+/// until a scrape taken since reaches the HPA's status, the first change of the value. Drawn as
+/// a line that span would read as an idle pod under the load, so it is a span without a
+/// reading of the load, as is every sample where the HPA has no value at all.
+fn cpu_readings(samples: &[crate::observe::Sample]) -> (Vec<Vec<(f64, f64)>>, Vec<NoData>) {
+    let start = samples.first().and_then(|x| x.cpu_utilization);
+    let fresh_from = samples
+        .iter()
+        .position(|x| x.cpu_utilization.is_some() && x.cpu_utilization != start)
+        // Never a new value: every reading is fresh when there was none at the start (none of
+        // them is a reading), else the value never moved and no span is taken from it.
+        .unwrap_or(if start.is_none() { samples.len() } else { 0 });
+    let (mut runs, mut gaps): (Vec<Vec<(f64, f64)>>, Vec<NoData>) = (Vec::new(), Vec::new());
+    let mut run: Vec<(f64, f64)> = Vec::new();
+    for (i, x) in samples.iter().enumerate() {
+        let reading = x.cpu_utilization.filter(|_| i >= fresh_from);
+        match reading {
+            Some(v) => run.push((x.t_s, f64::from(v))),
+            None => {
+                if !run.is_empty() {
+                    runs.push(std::mem::take(&mut run));
+                }
+                let why = if i < fresh_from && start.is_some() {
+                    "no reading since the load started"
+                } else {
+                    "no reading"
+                };
+                // A span runs from its first sample to the next sample with a reading.
+                let to = samples.get(i + 1).map_or(x.t_s, |n| n.t_s);
+                match gaps.last_mut() {
+                    Some(g) if g.to_s >= x.t_s && g.why == why => g.to_s = to,
+                    _ => gaps.push(NoData {
+                        // The first span starts with the load, not with the first sample.
+                        from_s: if i == 0 { x.t_s.min(0.0) } else { x.t_s },
+                        to_s: to,
+                        why,
+                    }),
+                }
+            }
+        }
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    (runs, gaps)
+}
+
 /// Replicas, offered and achieved rps, each pod's own count of requests/s, client and server p99
-/// latency and CPU utilization over time, one column of panels per scenario, scale events marked.
+/// latency and CPU utilization over time, one column of panels per scenario under a line with
+/// its verdict and gates; scale events, the load's end and spans without CPU readings marked.
 pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     let mut svg = String::new();
-    let panel_h = 170u32;
     let width = 900u32;
     let n = report.scenarios.len().max(1) as u32;
     {
-        let root = SVGBackend::with_string(&mut svg, (width, panel_h * PANELS * n + 10))
-            .into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut svg, (width, (HEADER_H + PANEL_H * PANELS) * n + 10))
+                .into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let blocks = root.split_evenly((n as usize, 1));
         for (s, block) in report.scenarios.iter().zip(blocks) {
-            draw_scenario(s, &block)
+            draw_scenario(s, &Timeline::of(s), &block)
                 .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", s.scenario.name))?;
         }
         root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -462,8 +704,10 @@ pub fn render_svg(report: &Report) -> anyhow::Result<String> {
     Ok(svg)
 }
 
-/// Panels per scenario.
+/// Panels per scenario, their height, and the strip above them with the verdict and gates.
 const PANELS: u32 = 5;
+const PANEL_H: u32 = 170;
+const HEADER_H: u32 = 44;
 
 /// One colour per pod in the per-pod panel, in name order (repeats past six).
 const POD_COLORS: [RGBColor; 6] = [
@@ -475,6 +719,21 @@ const POD_COLORS: [RGBColor; 6] = [
     RGBColor(227, 119, 194),
 ];
 
+/// The load's end: a dark dashed vertical in every panel.
+const LOAD_END: RGBColor = RGBColor(34, 34, 34);
+/// Spans without a CPU reading: grey hatching.
+const NO_DATA: RGBColor = RGBColor(150, 150, 150);
+/// A replica line's legend label, colour, width, dash and gap in pixels (no dash: solid), and how
+/// many pixels up it is drawn.
+type ReplicaLine = (&'static str, RGBColor, u32, Option<(u32, u32)>, i32);
+/// The replica lines (HPA current, HPA desired, ready), each with its own pattern and drawn a
+/// little apart, so that equal counts show all three.
+const REPLICA_LINES: [ReplicaLine; 3] = [
+    ("current", BLUE, 3, None, 0),
+    ("desired (2px up)", MAGENTA, 2, Some((7, 4)), 2),
+    ("ready (2px down)", RGBColor(0, 170, 0), 2, Some((2, 3)), -2),
+];
+
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type Chart<'a, 'b> = ChartContext<
     'a,
@@ -482,12 +741,14 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// How a legend entry is drawn: a short line, a dashed one, or a vertical tick (an event).
+/// How a legend entry is drawn: a short line, a dashed one (dash and gap in pixels), a vertical
+/// tick (an event or the load's end), or a hatched box.
 #[derive(Clone, Copy)]
 enum Mark {
     Line,
-    Dashed,
+    Dashed(u32, u32),
     Tick,
+    Hatched,
 }
 
 /// The legend of one panel, drawn in its own strip right of the plot so it never covers data.
@@ -500,26 +761,53 @@ impl Legend {
 
     fn draw(&self, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
         for (i, (label, color, mark)) in self.0.iter().enumerate() {
-            let y = 34 + 16 * i as i32;
+            let y = 30 + 15 * i as i32;
             let style = color.stroke_width(2);
-            match mark {
+            match *mark {
                 Mark::Line => area.draw(&PathElement::new(vec![(8, y), (26, y)], style))?,
-                Mark::Dashed => {
-                    area.draw(&PathElement::new(vec![(8, y), (14, y)], style))?;
-                    area.draw(&PathElement::new(vec![(19, y), (26, y)], style))?;
-                }
+                Mark::Dashed(dash, gap) => area.draw(&DashedPathElement::new(
+                    vec![(8, y), (28, y)],
+                    dash,
+                    gap,
+                    style,
+                ))?,
                 Mark::Tick => {
                     area.draw(&PathElement::new(vec![(17, y - 6), (17, y + 6)], style))?
                 }
+                Mark::Hatched => hatch(area, (8, y - 6), (26, y + 6), *color, 4)?,
             }
             area.draw(&Text::new(
                 label.clone(),
                 (32, y - 6),
-                ("sans-serif", 12).into_font(),
+                ("sans-serif", 11).into_font(),
             ))?;
         }
         Ok(())
     }
+}
+
+/// Diagonal hatching of the pixel box `from`..`to` of `area`, one line every `every` pixels.
+fn hatch(
+    area: &Area<'_>,
+    from: (i32, i32),
+    to: (i32, i32),
+    color: RGBColor,
+    every: i32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let ((x0, y0), (x1, y1)) = (from, to);
+    // Lines x + y = c, clipped to the box.
+    let mut c = x0 + y0 + every;
+    while c < x1 + y1 {
+        let (xa, xb) = ((c - y1).max(x0), (c - y0).min(x1));
+        if xa < xb {
+            area.draw(&PathElement::new(
+                vec![(xa, c - xa), (xb, c - xb)],
+                color.stroke_width(1),
+            ))?;
+        }
+        c += every;
+    }
+    Ok(())
 }
 
 /// A line, entered in the legend.
@@ -591,46 +879,84 @@ fn fitted<'a, 'b>(
     Ok((chart, Legend(Vec::new()), top))
 }
 
-fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
-    let end = s
-        .observation
-        .samples
-        .last()
-        .map_or(0.0, |x| x.t_s)
-        .max(s.load.windows.last().map_or(0.0, |w| f64::from(w.second)))
-        .max(1.0);
+/// A chart's point in the pixels of `area` (the chart is drawn inside it).
+fn pixel(chart: &Chart<'_, '_>, area: &Area<'_>, point: (f64, f64)) -> (i32, i32) {
+    let (x, y) = chart.backend_coord(&point);
+    let (bx, by) = area.get_base_pixel();
+    (x - bx, y - by)
+}
+
+fn draw_scenario(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    area: &Area<'_>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let end = timeline.end_s;
+    let (header, area) = area.split_vertically(HEADER_H);
+    // The verdict and its gates, above the panels; a long gate list goes on a second line.
+    let (name_and_verdict, gates) = timeline
+        .verdict
+        .split_once(": ")
+        .and_then(|(name, rest)| {
+            let (verdict, gates) = rest.split_once(": ")?;
+            Some((format!("{name}: {verdict}"), gates.to_owned()))
+        })
+        .unwrap_or_else(|| (timeline.verdict.clone(), String::new()));
+    let color = if timeline.passed {
+        RGBColor(0, 120, 0)
+    } else {
+        RGBColor(200, 0, 0)
+    };
+    header.draw(&Text::new(
+        name_and_verdict,
+        (10, 6),
+        ("sans-serif", 17)
+            .into_font()
+            .style(FontStyle::Bold)
+            .color(&color),
+    ))?;
+    header.draw(&Text::new(
+        format!("gates: {gates}"),
+        (10, 26),
+        ("sans-serif", 12).into_font(),
+    ))?;
+
     let (plot_w, _) = area.dim_in_pixel();
     let rows: Vec<(Area<'_>, Area<'_>)> = area
         .split_evenly((PANELS as usize, 1))
         .into_iter()
         .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
         .collect();
-    let events: Vec<f64> = s.observation.events.iter().map(|e| e.t_s).collect();
-    // Scale events as red verticals in every panel, named in each panel's legend.
-    let mark_events = |chart: &mut Chart<'_, '_>,
-                       legend: &mut Legend,
-                       top: f64|
+    // Scale events as red verticals and the load's end as a dark dashed one, in every panel,
+    // named in each panel's legend.
+    let mark_times = |chart: &mut Chart<'_, '_>,
+                      legend: &mut Legend,
+                      top: f64|
      -> Result<(), Box<dyn std::error::Error>> {
-        for &t in &events {
+        for e in &timeline.scale_events {
             chart.draw_series(LineSeries::new(
-                vec![(t, 0.0), (t, top)],
+                vec![(e.t_s, 0.0), (e.t_s, top)],
                 RED.stroke_width(1),
             ))?;
         }
-        if !events.is_empty() {
+        if !timeline.scale_events.is_empty() {
             legend.add("scale event", RED, Mark::Tick);
         }
+        chart.draw_series(DashedLineSeries::new(
+            vec![(timeline.load_end_s, 0.0), (timeline.load_end_s, top)],
+            6,
+            3,
+            LOAD_END.stroke_width(2),
+        ))?;
+        legend.add(
+            format!("load end ({:.0}s)", clock_s(timeline.load_end_s)),
+            LOAD_END,
+            Mark::Dashed(6, 3),
+        );
         Ok(())
     };
-    let series = |f: &dyn Fn(&crate::observe::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
-        s.observation
-            .samples
-            .iter()
-            .filter_map(|x| f(x).map(|v| (x.t_s, v)))
-            .collect()
-    };
-
-    // Replicas: whole numbers only.
+    // Replicas: whole numbers only. Equal counts are the rule (all three at 1 before the load),
+    // so each line has its own pattern and is drawn a little apart from the others.
     let top = f64::from(s.scenario.max_replicas) + 1.0;
     let mut chart = panel(
         &rows[0].0,
@@ -644,31 +970,41 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         true,
     )?;
     let mut legend = Legend(Vec::new());
-    line(
-        &mut chart,
-        &mut legend,
-        series(&|x| x.hpa_current.map(f64::from)),
-        BLUE,
-        2,
-        "current",
-    )?;
-    line(
-        &mut chart,
-        &mut legend,
-        series(&|x| x.hpa_desired.map(f64::from)),
-        MAGENTA,
-        1,
-        "desired",
-    )?;
-    line(
-        &mut chart,
-        &mut legend,
-        series(&|x| Some(f64::from(x.ready_replicas))),
-        GREEN,
-        1,
-        "ready",
-    )?;
-    mark_events(&mut chart, &mut legend, top)?;
+    let (_, plot_h) = chart.plotting_area().dim_in_pixel();
+    let per_pixel = top / f64::from(plot_h.max(1));
+    for ((label, color, width, dash, up), points) in REPLICA_LINES.iter().zip(&timeline.replicas) {
+        let points: Vec<(f64, f64)> = points
+            .iter()
+            .map(|&(t, v)| (t, v + f64::from(*up) * per_pixel))
+            .collect();
+        let style = color.stroke_width(*width);
+        match dash {
+            None => {
+                chart.draw_series(LineSeries::new(points, style))?;
+                legend.add(*label, *color, Mark::Line);
+            }
+            Some((d, g)) => {
+                chart.draw_series(DashedLineSeries::new(points, *d, *g, style))?;
+                legend.add(*label, *color, Mark::Dashed(*d, *g));
+            }
+        }
+    }
+    mark_times(&mut chart, &mut legend, top)?;
+    // Each rescale's direction and new size, at the top of its line.
+    for e in &timeline.scale_events {
+        let (x, y) = pixel(&chart, &rows[0].0, (e.t_s, top));
+        rows[0].0.draw(&Text::new(
+            e.label.clone(),
+            (x + 3, y + 2),
+            ("sans-serif", 12).into_font().color(&RED),
+        ))?;
+    }
+    let (x, y) = pixel(&chart, &rows[0].0, (timeline.load_end_s, top));
+    rows[0].0.draw(&Text::new(
+        "load end",
+        (x + 3, y + 16),
+        ("sans-serif", 11).into_font().color(&LOAD_END),
+    ))?;
     legend.draw(&rows[0].1)?;
 
     // Throughput.
@@ -694,7 +1030,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
     if !offered.is_empty() {
         line(&mut chart, &mut legend, offered, BLACK, 1, "offered")?;
     }
-    mark_events(&mut chart, &mut legend, top)?;
+    mark_times(&mut chart, &mut legend, top)?;
     legend.draw(&rows[1].1)?;
 
     // Each pod's own count: how evenly the Service spread the load.
@@ -725,7 +1061,7 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             short,
         )?;
     }
-    mark_events(&mut chart, &mut legend, top)?;
+    mark_times(&mut chart, &mut legend, top)?;
     legend.draw(&rows[2].1)?;
 
     // Latency.
@@ -764,16 +1100,23 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             "server p99",
         )?;
     }
-    mark_events(&mut chart, &mut legend, top)?;
+    mark_times(&mut chart, &mut legend, top)?;
     legend.draw(&rows[3].1)?;
 
-    // CPU, with the HPA's target as a dashed line of its own colour (not a grid line).
-    let cpu = series(&|x| x.cpu_utilization.map(f64::from));
+    // CPU, with the HPA's target as a dashed line of its own colour (not a grid line), and the
+    // spans without a reading of the load hatched, not drawn as an idle pod.
     let target = s
         .autoscaling
         .as_ref()
         .map(|a| f64::from(a.target_utilization));
-    let top = cpu.iter().map(|p| p.1).chain(target).fold(100.0, f64::max) * 1.1;
+    let top = timeline
+        .cpu
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .chain(target)
+        .fold(100.0, f64::max)
+        * 1.1;
     let caption = match target {
         Some(t) => format!("CPU utilization (% of request; HPA target {t:.0}%)"),
         None => "CPU utilization (% of request)".to_owned(),
@@ -787,14 +1130,39 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
         false,
     )?;
     let mut legend = Legend(Vec::new());
-    line(
-        &mut chart,
-        &mut legend,
-        cpu,
-        RGBColor(0, 140, 140),
-        2,
-        "CPU utilization",
-    )?;
+    let teal = RGBColor(0, 140, 140);
+    for run in &timeline.cpu {
+        chart.draw_series(LineSeries::new(run.clone(), teal.stroke_width(2)))?;
+    }
+    if !timeline.cpu.is_empty() {
+        legend.add("CPU utilization", teal, Mark::Line);
+    }
+    for gap in &timeline.cpu_no_data {
+        let (x0, y0) = pixel(&chart, &rows[4].0, (gap.from_s, top));
+        let (x1, y1) = pixel(&chart, &rows[4].0, (gap.to_s, 0.0));
+        rows[4].0.draw(&Rectangle::new(
+            [(x0, y0), (x1, y1)],
+            NO_DATA.mix(0.15).filled(),
+        ))?;
+        hatch(&rows[4].0, (x0, y0), (x1, y1), NO_DATA, 8)?;
+        let grey = RGBColor(60, 60, 60);
+        rows[4].0.draw(&Text::new(
+            "no data",
+            (x0 + 3, y0 + 3),
+            ("sans-serif", 11).into_font().color(&grey),
+        ))?;
+        // Why, where the span is wide enough for it (about 6 pixels a character).
+        if x1 - x0 >= 6 * gap.why.len() as i32 {
+            rows[4].0.draw(&Text::new(
+                gap.why,
+                (x0 + 3, y0 + 16),
+                ("sans-serif", 10).into_font().color(&grey),
+            ))?;
+        }
+    }
+    if !timeline.cpu_no_data.is_empty() {
+        legend.add("no data (hatched)", NO_DATA, Mark::Hatched);
+    }
     if let Some(t) = target {
         let purple = RGBColor(128, 0, 160);
         chart.draw_series(DashedLineSeries::new(
@@ -803,9 +1171,9 @@ fn draw_scenario(s: &ScenarioResult, area: &Area<'_>) -> Result<(), Box<dyn std:
             5,
             purple.stroke_width(2),
         ))?;
-        legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed);
+        legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed(8, 5));
     }
-    mark_events(&mut chart, &mut legend, top)?;
+    mark_times(&mut chart, &mut legend, top)?;
     legend.draw(&rows[4].1)?;
     Ok(())
 }
@@ -936,6 +1304,290 @@ pub mod tests {
             "{md}"
         );
         render_svg(&report).expect("svg");
+    }
+
+    /// The x of every vertical line of `color` in the SVG, in order: `(x, top y)`.
+    fn verticals(svg: &str, color: &str) -> Vec<i32> {
+        polylines(svg, color)
+            .into_iter()
+            .filter(|p| p.len() >= 2 && p.iter().all(|q| q.0 == p[0].0))
+            .map(|p| p[0].0)
+            .collect()
+    }
+
+    /// The points of every `<polyline>` stroked with `color` (`#0000FF`, or with its width:
+    /// `#0000FF" stroke-width="3`).
+    fn polylines(svg: &str, color: &str) -> Vec<Vec<(i32, i32)>> {
+        svg.lines()
+            .filter(|l| l.contains("<polyline") && l.contains(&format!("stroke=\"{color}\"")))
+            .filter_map(|l| {
+                let points = l.split("points=\"").nth(1)?.split('"').next()?;
+                Some(
+                    points
+                        .split_whitespace()
+                        .filter_map(|xy| {
+                            let (x, y) = xy.split_once(',')?;
+                            Some((x.parse().ok()?, y.parse().ok()?))
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_timeline_of_the_live_run_marks_the_load_end_the_rescales_and_cpu_without_data() {
+        let report = live_run();
+        let autoscale = Timeline::of(&report.scenarios[0]);
+        let bottleneck = Timeline::of(&report.scenarios[1]);
+        assert_eq!(autoscale.load_end_s, report.scenarios[0].load_end_s);
+        let labels: Vec<&str> = autoscale
+            .scale_events
+            .iter()
+            .map(|e| e.label.as_str())
+            .collect();
+        assert_eq!(labels, ["↑ 3", "↓ 1"]);
+        assert!(bottleneck.scale_events.is_empty());
+        // The HPA held its idle reading from before the load (3%, 1%) until a scrape taken since
+        // reached it (137% at 13 s; bottleneck's 2% at 15 s): no data before, a line after.
+        for (t, first_reading) in [(&autoscale, 137.0), (&bottleneck, 2.0)] {
+            assert_eq!(t.cpu_no_data.len(), 1, "{:?}", t.cpu_no_data);
+            let gap = &t.cpu_no_data[0];
+            assert_eq!(
+                (gap.from_s, gap.why),
+                (0.0, "no reading since the load started")
+            );
+            assert_eq!(t.cpu[0][0], (gap.to_s, first_reading));
+        }
+        assert_eq!(clock_s(autoscale.cpu_no_data[0].to_s), 14.0);
+        assert_eq!(clock_s(bottleneck.cpu_no_data[0].to_s), 15.0);
+        assert!(
+            autoscale.verdict.starts_with("autoscale: pass: p99 353 ms (no gate), errors 0.00% (gate ≤ 1%) pass, first scale-up 13s (gate ≤ 120s) pass, cluster record agrees (gate within ±1s) pass"),
+            "{}",
+            autoscale.verdict
+        );
+
+        let svg = render_svg(&report).expect("svg");
+        // The verdict and the gates head each scenario's panels.
+        assert!(svg.contains("\nautoscale: pass\n"), "no verdict");
+        assert!(svg.contains("first scale-up 13s (gate ≤ 120s) pass"));
+        assert!(
+            svg.contains("\n↑ 3\n") && svg.contains("\n↓ 1\n"),
+            "no rescale labels"
+        );
+        // The load's end is a dashed vertical through the five panels of each scenario, where
+        // the time axis puts it: the two red rescale lines of a panel fix the axis (x = a + b t).
+        let dashes: Vec<Vec<(i32, i32)>> = polylines(&svg, "#222222")
+            .into_iter()
+            .filter(|p| p.len() >= 2 && p.iter().all(|q| q.0 == p[0].0))
+            .collect();
+        let mut ends: Vec<i32> = dashes.iter().map(|p| p[0].0).collect();
+        ends.dedup();
+        assert_eq!(ends.len(), 2, "one x per scenario: {ends:?}");
+        let ys = dashes
+            .iter()
+            .filter(|p| p[0].0 == ends[0])
+            .flatten()
+            .map(|q| q.1);
+        let (low, high) = ys.fold((i32::MAX, i32::MIN), |(l, h), y| (l.min(y), h.max(y)));
+        assert!(
+            low < 120 && high > 850,
+            "through every panel: {low}..{high}"
+        );
+        let red = verticals(&svg, "#FF0000");
+        let events: Vec<f64> = report.scenarios[0]
+            .observation
+            .events
+            .iter()
+            .map(|e| e.t_s)
+            .collect();
+        let b = f64::from(red[1] - red[0]) / (events[1] - events[0]);
+        let expected = f64::from(red[0]) + b * (autoscale.load_end_s - events[0]);
+        assert!(
+            (f64::from(ends[0]) - expected).abs() <= 1.0,
+            "load end drawn at x {} where the axis puts {expected:.1}",
+            ends[0]
+        );
+        // The span without CPU data is a hatched box from x(0) to x(first reading).
+        assert!(svg.contains("\nno data\n"), "no label");
+        let rects: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains("<rect") && l.contains("fill=\"#969696\""))
+            .collect();
+        assert_eq!(rects.len(), 2, "one per scenario: {rects:?}");
+        let attr = |l: &str, a: &str| -> f64 {
+            l.split(&format!(" {a}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{a} in {l}"))
+        };
+        let x0 = f64::from(red[0]) - b * events[0];
+        let (rx, rw) = (attr(rects[0], "x"), attr(rects[0], "width"));
+        assert!(
+            (rx - x0).abs() <= 1.0,
+            "hatch starts at {rx}, x(0) is {x0:.1}"
+        );
+        let x_first = x0 + b * autoscale.cpu_no_data[0].to_s;
+        assert!(
+            (rx + rw - x_first).abs() <= 1.0,
+            "hatch ends at {}, the first reading is at {x_first:.1}",
+            rx + rw
+        );
+        assert!(polylines(&svg, "#969696").len() > 10, "not hatched");
+    }
+
+    #[test]
+    fn equal_replica_counts_do_not_hide_each_other() {
+        let svg = render_svg(&live_run()).expect("svg");
+        // current is one solid path per panel; desired and ready are dashes of different
+        // lengths (7 and 2 pixels along a flat stretch).
+        let current = polylines(&svg, "#0000FF\" stroke-width=\"3");
+        assert_eq!(current.len(), 2, "one solid line per scenario");
+        let desired = polylines(&svg, "#FF00FF");
+        let ready = polylines(&svg, "#00AA00");
+        let flat_lengths = |lines: &[Vec<(i32, i32)>]| -> Vec<i32> {
+            lines
+                .iter()
+                .filter(|p| p.len() >= 2 && p.iter().all(|q| q.1 == p[0].1))
+                .map(|p| (p[p.len() - 1].0 - p[0].0).abs())
+                .collect()
+        };
+        let most = |v: Vec<i32>| -> i32 {
+            let mut counts = std::collections::BTreeMap::new();
+            for x in v {
+                *counts.entry(x).or_insert(0) += 1;
+            }
+            counts
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(x, _)| x)
+                .expect("some")
+        };
+        assert!(desired.len() > 50 && ready.len() > 50, "dashed");
+        assert_eq!(most(flat_lengths(&desired)), 7);
+        assert_eq!(most(flat_lengths(&ready)), 2);
+        // Where all three are at 1 (the bottleneck run throughout), they are drawn 2 pixels
+        // apart: desired above current, ready below.
+        let level = |lines: &[Vec<(i32, i32)>]| most(lines.iter().flatten().map(|p| p.1).collect());
+        let y = level(&current[1..]);
+        let below = |lines: &[Vec<(i32, i32)>]| -> Vec<Vec<(i32, i32)>> {
+            lines
+                .iter()
+                .filter(|p| p.iter().all(|q| q.1 > y - 10 && q.1 < y + 10))
+                .cloned()
+                .collect()
+        };
+        let (up, down) = (y - level(&below(&desired)), level(&below(&ready)) - y);
+        assert!(
+            (1..=2).contains(&up) && (1..=2).contains(&down),
+            "{up} up, {down} down"
+        );
+        for label in ["current", "desired (2px up)", "ready (2px down)"] {
+            assert!(svg.contains(&format!("\n{label}\n")), "legend {label}");
+        }
+    }
+
+    fn cpu_sample(t_s: f64, cpu: Option<i32>) -> Sample {
+        Sample {
+            t_s,
+            hpa_current: Some(1),
+            hpa_desired: Some(1),
+            cpu_utilization: cpu,
+            ready_replicas: 1,
+            deployment_replicas: Some(1),
+            pod_cpu_m: Default::default(),
+            pods: Default::default(),
+            hpa_conditions: vec![],
+            able_to_scale: None,
+            scaling_limited: None,
+        }
+    }
+
+    #[test]
+    fn cpu_before_the_first_reading_of_the_load_and_without_one_is_no_data() {
+        let samples: Vec<Sample> = [
+            Some(3),
+            Some(3),
+            Some(3),
+            Some(137),
+            None,
+            None,
+            Some(140),
+            Some(3),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| cpu_sample(i as f64, c))
+        .collect();
+        let (runs, gaps) = cpu_readings(&samples);
+        assert_eq!(
+            runs,
+            vec![vec![(3.0, 137.0)], vec![(6.0, 140.0), (7.0, 3.0)]]
+        );
+        assert_eq!(
+            gaps,
+            vec![
+                NoData {
+                    from_s: 0.0,
+                    to_s: 3.0,
+                    why: "no reading since the load started"
+                },
+                NoData {
+                    from_s: 4.0,
+                    to_s: 6.0,
+                    why: "no reading"
+                },
+            ]
+        );
+        // No metric at the start (the HPA's `<unknown>`): no data until the first one.
+        let late: Vec<Sample> = [None, None, Some(40), Some(40)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| cpu_sample(i as f64, c))
+            .collect();
+        let (runs, gaps) = cpu_readings(&late);
+        assert_eq!(runs, vec![vec![(2.0, 40.0), (3.0, 40.0)]]);
+        assert_eq!(
+            (gaps[0].from_s, gaps[0].to_s, gaps[0].why),
+            (0.0, 2.0, "no reading")
+        );
+        // A value that never moves is drawn whole: nothing shows it stale.
+        let flat: Vec<Sample> = (0..4).map(|i| cpu_sample(f64::from(i), Some(7))).collect();
+        let (runs, gaps) = cpu_readings(&flat);
+        assert_eq!((runs[0].len(), gaps.len()), (4, 0));
+    }
+
+    #[test]
+    fn the_default_gates_pass_the_recorded_live_run_and_fail_a_broken_one() {
+        let report = live_run();
+        let defaults = ScenarioFile::select(None).expect("scenarios");
+        for (s, file) in report.scenarios.iter().zip(&defaults) {
+            assert_eq!(s.scenario.name, file.name);
+            let g = &file.gates;
+            assert!(
+                g.max_p99_ms.is_some() && g.max_error_rate.is_some(),
+                "{}: {g:?}",
+                file.name
+            );
+            let healthy = crate::scenario::judge(g, &s.load, &s.derived);
+            assert!(
+                healthy.iter().all(|r| r.passed),
+                "{}: {healthy:?}",
+                file.name
+            );
+            // Requests that wait seconds (a stalled or much slower server): the p99 gate fails
+            // although nothing errored.
+            let mut broken = s.load.clone();
+            broken.totals.latency.as_mut().expect("latency").p99_ms = 9000.0;
+            let judged = crate::scenario::judge(g, &broken, &s.derived);
+            let failed: Vec<&str> = judged
+                .iter()
+                .filter(|r| !r.passed)
+                .map(|r| r.gate.as_str())
+                .collect();
+            assert_eq!(failed, ["max_p99_ms"], "{}", file.name);
+        }
     }
 
     /// Totals the way the engine merges them, from the windows' counts and a latency shape.
@@ -1149,8 +1801,37 @@ pub mod tests {
             .expect("settings"),
             phases,
             calibration: crate::calibrate::section(Some(fixture::calibration()), &scenarios),
+            interrupted: None,
             scenarios: vec![autoscale, bottleneck],
         }
+    }
+
+    /// A run a signal cut short is never "passed", and every rendering says so first, with why;
+    /// the report.json round-trips the reason and an old report without it reads as whole.
+    #[test]
+    fn an_interrupted_run_is_a_partial_report_not_a_pass() {
+        let mut report = realistic_report();
+        assert!(report.passed(), "the fixture passes its gates");
+        report.interrupted = Some("SIGINT during scenario bottleneck".to_owned());
+        assert!(!report.passed());
+        let md = render_markdown(&report);
+        assert!(
+            md.starts_with(
+                "## iris-serve e2e: INTERRUPTED (partial)\n\nInterrupted (SIGINT during scenario bottleneck)"
+            ),
+            "{md}"
+        );
+        assert!(
+            render_terminal(&report, false)
+                .contains("Interrupted (SIGINT during scenario bottleneck)")
+        );
+        let json = serde_json::to_string(&report).expect("json");
+        let back: Report = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back.interrupted, report.interrupted);
+        let whole = serde_json::to_string(&realistic_report()).expect("json");
+        assert!(!whole.contains("interrupted"));
+        let read: Report = serde_json::from_str(&whole).expect("old report");
+        assert!(read.interrupted.is_none() && read.passed());
     }
 
     /// `cargo test -p xtask regenerate_the_fixture -- --ignored` rewrites xtask/fixtures/.
@@ -1256,6 +1937,15 @@ pub mod tests {
         assert!(md.contains("3 of 3") && md.contains("1 of 1"), "{md}");
         assert!(md.contains("SuccessfulRescale: New size: 3"), "{md}");
         assert!(md.contains("gate `max_error_rate`: pass"), "{md}");
+        // Beside each scenario's verdict, every gate with its threshold.
+        assert!(
+            md.contains("\n- autoscale: pass: p99 402 ms (gate ≤ 2000 ms) pass, errors 0.00% (gate ≤ 1%) pass, first scale-up 19s (gate ≤ 120s) pass\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("\n- bottleneck: pass: p99 688 ms (gate ≤ 4000 ms) pass, errors 0.00% (gate ≤ 5%) pass\n"),
+            "{md}"
+        );
         assert!(md.contains("## iris-serve e2e: passed"), "{md}");
         assert!(
             md.contains("left out:") && md.contains("inside the stabilization window"),
@@ -1337,12 +2027,29 @@ pub mod tests {
                 assert_eq!(line, line.trim_end(), "trailing space in {line:?}");
             }
         }
-        report.scenarios[0].gates[0].passed = false;
-        report.scenarios[0].gates[0].message =
-            "error rate 3.000% is over the 1.000% gate by 2.000 points".into();
+        assert!(
+            render_terminal(&report, false).contains(
+                "\nbottleneck: pass: p99 688 ms (gate ≤ 4000 ms) pass, errors 0.00% (gate ≤ 5%) pass\n"
+            ),
+            "the verdict lines"
+        );
+        let errors = report.scenarios[0]
+            .gates
+            .iter_mut()
+            .find(|g| g.gate == "max_error_rate")
+            .expect("an error gate");
+        errors.passed = false;
+        errors.actual = Some(0.03);
+        errors.message = "error rate 3.000% is over the 1.000% gate by 2.000 points".into();
         let text = render_terminal(&report, false);
         assert!(
             text.contains("GATE FAILED: autoscale: max_error_rate: error rate 3.000%"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "autoscale: FAIL: p99 402 ms (gate ≤ 2000 ms) pass, errors 3.00% (gate ≤ 1%) FAIL,"
+            ),
             "{text}"
         );
         assert!(!report.passed());
@@ -1365,6 +2072,14 @@ pub mod tests {
             // Each kind of line in the picture has a legend entry: the events and the target too.
             "scale event",
             "HPA target 50%",
+            // Each rescale's direction and size, the load's end, the verdict with its gates.
+            "\n↑ 3\n",
+            "\n↓ 2\n",
+            "\n↓ 1\n",
+            "\nload end\n",
+            "load end (150s)",
+            "\nautoscale: pass\n",
+            "p99 402 ms (gate ≤ 2000 ms) pass",
         ] {
             assert!(svg.contains(needle), "missing {needle}");
         }
@@ -1372,7 +2087,7 @@ pub mod tests {
         assert!(svg.contains("stroke=\"#8000A0\""), "no target line");
         // Replicas are whole: no tick label like 0.5 or 1.5 anywhere in the picture's replica
         // axis (the only axis of the autoscale scenario that goes 0..5.8).
-        for half in [">0.5<", ">1.5<", ">2.5<", ">3.5<"] {
+        for half in ["\n0.5\n", "\n1.5\n", "\n2.5\n", "\n3.5\n"] {
             assert!(!svg.contains(half), "fractional replica tick {half}");
         }
         // The scale event at 16s is drawn as a red vertical line in each of the autoscale panels.

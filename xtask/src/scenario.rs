@@ -827,8 +827,14 @@ pub async fn run(
         max_replicas: Some(scenario.max_replicas),
         ..base.clone()
     };
-    deploy::deploy(client, &settings).await?;
-    wait_settled(client).await?;
+    crate::signals::or_interrupted(
+        &format!("the settle before scenario {}", scenario.name),
+        async {
+            deploy::deploy(client, &settings).await?;
+            wait_settled(client).await
+        },
+    )
+    .await?;
     let config = scenario.load_config(url)?;
     let header = crate::load::describe(&config);
     eprintln!("  scenario {}: {header}", scenario.name);
@@ -862,8 +868,12 @@ pub async fn run(
         LoadFrom::Host => {
             let load_start = observe::unix_now_s();
             let observer = observe_from(load_start);
-            let outcome = crate::load::drive(config, false, std::future::pending()).await;
-            let source = "this machine, through the NodePort".to_owned();
+            // A signal stops the load where it is; what was measured is kept.
+            let stop = async {
+                crate::signals::fired().await;
+            };
+            let outcome = crate::load::drive(config, false, stop).await;
+            let source = format!("this machine, to {url}");
             (load_start, Some(observer), outcome, source)
         }
         LoadFrom::Cluster { image, pods } => {
@@ -880,8 +890,10 @@ pub async fn run(
                 runners::Timing::default(),
                 false,
                 |at| started = Some((at, observe_from(at))),
-                // Ctrl-C ends the whole run; the Job goes with the namespace (or its deadline).
-                std::future::pending(),
+                // A signal abandons the load: the runners' numbers go with their Job.
+                async {
+                    crate::signals::fired().await;
+                },
             )
             .await;
             let (load_start, observer) = match started {
@@ -909,8 +921,11 @@ pub async fn run(
         s.t_s -= load_start;
     }
     let load_end_s = observe::unix_now_s() - load_start;
-    if outcome.is_ok() {
-        tokio::time::sleep(observe_after).await;
+    if outcome.is_ok() && crate::signals::has_fired().is_none() {
+        tokio::select! {
+            () = tokio::time::sleep(observe_after) => {}
+            _ = crate::signals::fired() => {}
+        }
     }
     let _ = stop_tx.send(true);
     let mut observation = match observer {

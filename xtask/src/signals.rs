@@ -10,8 +10,88 @@ pub async fn interruptible<T>(work: impl Future<Output = anyhow::Result<T>>) -> 
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         result = work => result,
-        _ = int.recv() => Err(anyhow::anyhow!("interrupted (SIGINT); what this run created was cleaned up")),
-        _ = term.recv() => Err(anyhow::anyhow!("terminated (SIGTERM); what this run created was cleaned up")),
+        _ = int.recv() => Err(Interrupted("interrupted (SIGINT); what this run created was cleaned up".into()).into()),
+        _ = term.recv() => Err(Interrupted("terminated (SIGTERM); what this run created was cleaned up".into()).into()),
+    }
+}
+
+/// The first SIGINT or SIGTERM of a command that winds down by itself ([`graceful`]): `None`
+/// until one arrives. Unset (never fires) outside `graceful`.
+static FIRST: std::sync::OnceLock<tokio::sync::watch::Receiver<Option<&'static str>>> =
+    std::sync::OnceLock::new();
+
+/// Runs `work`, which winds down by itself at the first SIGINT or SIGTERM: the step in progress
+/// stops ([`or_interrupted`], [`fired`]), what was measured is written, logs are exported, and
+/// what the run created is deleted by its guards. A second signal drops `work` at once (its
+/// guards still delete what it created). Either way the result is an [`Interrupted`] error.
+pub async fn graceful<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let first = FIRST.get_or_init(|| rx).clone();
+    let (second_tx, second_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        eprintln!(
+            "\n{name}: stopping the current step; what was measured is written, logs are exported and what this run created is deleted (again to skip the logs and the report)"
+        );
+        let _ = tx.send(Some(name));
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        eprintln!("\nsecond {name}: deleting what this run created, without logs or report");
+        let _ = second_tx.send(name);
+    });
+    let result = tokio::select! {
+        result = work => result,
+        Ok(name) = second_rx => Err(Interrupted(format!("{name} twice; what this run created was cleaned up")).into()),
+    };
+    match (result, *first.borrow()) {
+        (Err(e), Some(_)) if e.is::<Interrupted>() => Err(e),
+        (Err(e), Some(name)) => Err(e.context(Interrupted(format!("{name} during the run")))),
+        (Ok(_), Some(name)) => Err(Interrupted(format!(
+            "{name} during the run's last step; it finished, and what this run created was cleaned up"
+        ))
+        .into()),
+        (result, None) => result,
+    }
+}
+
+/// The name of the signal once [`graceful`]'s first signal has arrived.
+pub fn has_fired() -> Option<&'static str> {
+    FIRST.get().and_then(|rx| *rx.borrow())
+}
+
+/// Resolves at [`graceful`]'s first signal (with its name); never outside `graceful`.
+pub async fn fired() -> &'static str {
+    let Some(rx) = FIRST.get() else {
+        return std::future::pending().await;
+    };
+    let mut rx = rx.clone();
+    let name = rx
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|name| *name);
+    match name {
+        Some(name) => name,
+        None => std::future::pending().await,
+    }
+}
+
+/// `step`, or an [`Interrupted`] error at [`graceful`]'s first signal (`step` is dropped: its
+/// guards clean up what it made).
+pub async fn or_interrupted<T>(
+    what: &str,
+    step: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        result = step => result,
+        name = fired() => Err(Interrupted(format!("{name} during {what}")).into()),
     }
 }
 

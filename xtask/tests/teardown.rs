@@ -147,7 +147,7 @@ fn a_bundle_interrupted_mid_save_leaves_nothing() {
             "bundle-saved-image",
             signal,
         );
-        assert!(!status.success(), "{signal}: exit {status:?}\n{log}");
+        assert_eq!(status.code(), Some(130), "{signal}: exit {status:?}\n{log}");
         assert!(log.contains("cleaned up"), "{signal}:\n{log}");
         assert!(
             !out.exists(),
@@ -202,8 +202,8 @@ fn an_e2e_interrupted_before_the_cluster_leaves_nothing() {
         "e2e-doctor",
         "-TERM",
     );
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("terminated (SIGTERM)"), "{log}");
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("error: SIGTERM during the doctor"), "{log}");
     assert_eq!(before, ours(), "the run left containers behind");
     assert!(
         leftovers(out.path()).is_empty(),
@@ -385,7 +385,7 @@ fn a_signal_during_kind_create_stops_kind_and_tears_down_within_seconds() {
             "{signal}: the interrupted run's nodes were left: {left:?}\n{log}"
         );
         eprintln!("{signal}: exited {took:.2?} after the signal");
-        assert!(!status.success(), "{signal}: {status:?}\n{log}");
+        assert_eq!(status.code(), Some(130), "{signal}: {status:?}\n{log}");
         assert!(
             took < Duration::from_secs(4),
             "{signal}: took {took:?}\n{log}"
