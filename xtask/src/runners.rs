@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 
-use crate::load::client::{Config, Outcome};
+use crate::load::client::{Config, Load, Outcome};
 use crate::load::runner::{Merger, Spec, Start};
 use crate::manifests;
 use crate::observe::unix_now_s;
@@ -175,7 +175,9 @@ pub fn job(
         .get_or_insert_with(Default::default)
         .push(EnvVar {
             name: iris_load::runner::SPEC_ENV.to_owned(),
-            value: Some(serde_json::to_string(spec)?),
+            // The whole request travels in it, bodies included (`Spec::env_value` refuses what
+            // an environment variable cannot hold).
+            value: Some(spec.env_value()?),
             value_from: None,
         });
     manifests::restricted(pod, &format!("Job {namespace}/{name}"))?;
@@ -310,7 +312,7 @@ pub enum LoadSource {
     Cluster,
 }
 
-/// Sends `config` from `runners` pods of `image` in `namespace`, calling `on_start` with the
+/// Sends `load` (its request, bodies and expected statuses too) from `runners` pods of `image` in `namespace`, calling `on_start` with the
 /// common start (Unix seconds) just before the runners begin. When `interrupt` resolves first the
 /// load is abandoned (an `Interrupted` error). The Job is deleted on every path.
 #[allow(clippy::too_many_arguments)]
@@ -320,7 +322,7 @@ pub async fn run(
     job_name: &str,
     image: &str,
     runners: u32,
-    config: &Config,
+    load: &Load,
     timing: Timing,
     quiet: bool,
     on_start: impl FnOnce(f64),
@@ -328,7 +330,7 @@ pub async fn run(
 ) -> anyhow::Result<(Outcome, Placement)> {
     let within = timing.startup + timing.start_after + Duration::from_secs(30);
     let spec = Spec::new(
-        config,
+        load,
         runners,
         Start::Told {
             port: CONTROL_PORT,
@@ -550,8 +552,12 @@ pub async fn run_in_containers(
         CreateContainerOptions, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
     };
     let start_ms = ((unix_now_s() + start_after.as_secs_f64()) * 1000.0) as u64;
-    let spec = Spec::new(config, runners, Start::At { unix_ms: start_ms })?;
-    let spec_json = serde_json::to_string(&spec)?;
+    let spec = Spec::new(
+        &Load::from(config.clone()),
+        runners,
+        Start::At { unix_ms: start_ms },
+    )?;
+    let spec_json = spec.env_value()?;
     let mut ids = Vec::new();
     let result = async {
         for index in 0..runners {
@@ -675,8 +681,22 @@ mod tests {
 
     #[test]
     fn the_job_is_typed_spread_and_restricted() {
+        // A request other than the default: the pods must get this one.
+        let load = Load {
+            config: Config {
+                method: http::Method::PUT,
+                url: service_url("iris-serve", "iris-serve", 80, "/v2/score")
+                    .parse()
+                    .expect("url"),
+                bodies: iris_load::request::parse_bodies("{\"n\":1}\n{\"n\":2}\n", "b.jsonl")
+                    .expect("bodies"),
+                headers: vec![iris_load::request::header("x-model", "v2").expect("header")],
+                ..config(4)
+            },
+            expect_status: iris_load::request::ExpectStatus::parse("201").expect("status"),
+        };
         let spec = Spec::new(
-            &config(4),
+            &load,
             2,
             Start::Told {
                 port: CONTROL_PORT,
@@ -708,6 +728,12 @@ mod tests {
         let back: Spec =
             serde_json::from_str(env[0].value.as_deref().expect("value")).expect("spec");
         assert_eq!(back, spec);
+        let share = back.config_for(1).expect("share");
+        assert_eq!(share.config.method, http::Method::PUT);
+        assert_eq!(share.config.url.path(), "/v2/score");
+        assert_eq!(share.config.bodies, load.config.bodies);
+        assert_eq!(share.config.headers, load.config.headers);
+        assert_eq!(share.expect_status, load.expect_status);
         assert!(
             c.resources
                 .as_ref()
@@ -930,7 +956,7 @@ mod tests {
             "iris-load-s1",
             "iris-load-runner:abc",
             runners,
-            &config(4),
+            &Load::from(config(4)),
             quick(),
             true,
             |t| started = Some(t),

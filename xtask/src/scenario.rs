@@ -2,7 +2,9 @@
 //! keep watching after the load, and quality gates. This module reads them and runs one: settle,
 //! observe while loading, observe the scale-down, derive, judge the gates.
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
@@ -14,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::poll_until;
 use crate::deploy::{self, AppSettings, NAME, NAMESPACE};
-use crate::load::client::{Config, Mode, Outcome};
+use crate::load::client::{Config, Load, Mode, Outcome};
+use crate::load::request::{self, ExpectStatus};
 use crate::load::schedule::{Schedule, parse_duration};
 use crate::observe::{self, Autoscaling, Derived, Observation};
 use crate::project_root;
@@ -41,6 +44,9 @@ pub struct Scenario {
     /// The HPA's maxReplicas for this scenario.
     pub max_replicas: i32,
     pub load: LoadSpec,
+    /// What each request is; by default `POST /predict` with one Iris row, any 2xx a success.
+    #[serde(default, skip_serializing_if = "RequestSpec::is_default")]
+    pub request: RequestSpec,
     /// Keep observing at least this long after the load ends. A scenario that can scale is
     /// always observed long enough to see the scale-down (`Autoscaling::scale_down_within_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,6 +77,312 @@ pub struct LoadSpec {
 impl LoadSpec {
     pub fn connections(&self) -> usize {
         self.connections.unwrap_or(DEFAULT_CONNECTIONS)
+    }
+}
+
+/// A scenario's request. Every field is checked as the file is read, so a mistake is reported
+/// with the line it is on (serde_yaml adds the field's path and position to the errors raised
+/// while deserializing it); `body_file` and `bodies_file` are read then too, relative to the
+/// scenario file's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct RequestSpec {
+    /// Default POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Replaces the path (and query) of the URL the app is reached at; default `/predict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Content-Type is application/json unless one is given here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// The body, as text (a YAML mapping or list in the file is sent as its JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<String>,
+    /// A JSON-lines file: one payload per line, sent in turn, one per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies_file: Option<String>,
+    /// Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<String>,
+}
+
+impl RequestSpec {
+    fn is_default(&self) -> bool {
+        self == &RequestSpec::default()
+    }
+
+    pub fn expect_status(&self) -> anyhow::Result<ExpectStatus> {
+        self.expect_status
+            .as_deref()
+            .map_or_else(|| Ok(ExpectStatus::default()), ExpectStatus::parse)
+    }
+}
+
+/// A check on a value made inside the deserializer's call for that value, so that serde_yaml
+/// marks its error with the value's own line (an error raised after the call returns, as
+/// `#[serde(try_from)]` does, gets the line of the enclosing mapping).
+struct Checking<F>(F, &'static str);
+
+impl<'de, T, F: FnOnce(String) -> Result<T, String>> serde::de::Visitor<'de> for Checking<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v.to_owned()).map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Block;
+        impl<'de> serde::de::Visitor<'de> for Block {
+            type Value = RequestSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a request: method, path, headers, body, body_file, bodies_file, expect_status",
+                )
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RequestSpec, A::Error> {
+                let fields =
+                    RequestFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                RequestSpec::try_from(fields).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_map(Block)
+    }
+}
+
+/// The request block as written, each field of a type that checks it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestFields {
+    #[serde(default)]
+    method: Option<MethodField>,
+    #[serde(default)]
+    path: Option<PathField>,
+    #[serde(default)]
+    headers: Option<HeadersField>,
+    #[serde(default)]
+    body: Option<BodyField>,
+    #[serde(default)]
+    body_file: Option<FileField>,
+    #[serde(default)]
+    bodies_file: Option<BodiesFileField>,
+    #[serde(default)]
+    expect_status: Option<ExpectField>,
+}
+
+impl TryFrom<RequestFields> for RequestSpec {
+    type Error = String;
+
+    fn try_from(f: RequestFields) -> Result<Self, String> {
+        let given = [
+            ("body", f.body.is_some()),
+            ("body_file", f.body_file.is_some()),
+            ("bodies_file", f.bodies_file.is_some()),
+        ];
+        let named: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if named.len() > 1 {
+            return Err(format!(
+                "give one of body, body_file and bodies_file, not {}",
+                named.join(" and ")
+            ));
+        }
+        Ok(RequestSpec {
+            method: f.method.map(|m| m.0),
+            path: f.path.map(|p| p.0),
+            headers: f.headers.map(|h| h.0).unwrap_or_default(),
+            body: f.body.map(|b| b.0),
+            body_file: f.body_file.map(|b| b.0),
+            bodies_file: f.bodies_file.map(|b| b.0),
+            expect_status: f.expect_status.map(|e| e.0.to_string()),
+        })
+    }
+}
+
+struct MethodField(String);
+
+impl<'de> Deserialize<'de> for MethodField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |text: String| {
+                request::parse_method(&text)
+                    .map(|m| MethodField(m.to_string()))
+                    .map_err(|e| format!("method: {e:#}"))
+            },
+            "an HTTP method",
+        ))
+    }
+}
+
+struct PathField(String);
+
+impl<'de> Deserialize<'de> for PathField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |text: String| {
+                request::parse_path(&text)
+                    .map(|_| PathField(text))
+                    .map_err(|e| format!("path: {e:#}"))
+            },
+            "a path",
+        ))
+    }
+}
+
+struct HeadersField(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for HeadersField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = HeadersField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of header names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<HeadersField, A::Error> {
+                let mut headers = BTreeMap::new();
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    request::header(&name, &value)
+                        .map_err(|e| serde::de::Error::custom(format!("headers: {e:#}")))?;
+                    headers.insert(name, value);
+                }
+                Ok(HeadersField(headers))
+            }
+        }
+        d.deserialize_map(Map)
+    }
+}
+
+/// Text as it is; anything else (a mapping, a list, a number) as its JSON.
+#[derive(Deserialize)]
+#[serde(from = "serde_yaml::Value")]
+struct BodyField(String);
+
+impl From<serde_yaml::Value> for BodyField {
+    fn from(value: serde_yaml::Value) -> Self {
+        match value {
+            serde_yaml::Value::String(text) => BodyField(text),
+            // Every YAML value that serde_yaml reads has a JSON form but tagged ones; those
+            // are kept as YAML text rather than lost.
+            other => BodyField(
+                serde_json::to_string(&other)
+                    .or_else(|_| serde_yaml::to_string(&other))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+thread_local! {
+    /// The folder the files a scenario names are read from, while a scenario file is read; None
+    /// when a scenario comes back from a saved report (the files are not read again then).
+    static FILES_FROM: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// `name` as read from the scenario file's folder, if a file is being read.
+fn resolve(name: &str) -> Option<PathBuf> {
+    FILES_FROM.with(|f| f.borrow().as_ref().map(|dir| dir.join(name)))
+}
+
+struct FileField(String);
+
+impl<'de> Deserialize<'de> for FileField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |name: String| match resolve(&name) {
+                Some(path) => std::fs::metadata(&path)
+                    .map_err(|e| format!("body_file: cannot read {}: {e}", path.display()))
+                    .map(|_| FileField(path.display().to_string())),
+                None => Ok(FileField(name)),
+            },
+            "a file name",
+        ))
+    }
+}
+
+struct BodiesFileField(String);
+
+impl<'de> Deserialize<'de> for BodiesFileField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checking(
+            |name: String| match resolve(&name) {
+                Some(path) => request::read_bodies(&path)
+                    .map_err(|e| format!("bodies_file: {e:#}"))
+                    .map(|_| BodiesFileField(path.display().to_string())),
+                None => Ok(BodiesFileField(name)),
+            },
+            "a file name",
+        ))
+    }
+}
+
+/// `201`, `"200-299"`, `"200-299,404"`, or a list of those.
+struct ExpectField(ExpectStatus);
+
+fn expect_field(ranges: anyhow::Result<Vec<(u16, u16)>>) -> Result<ExpectField, String> {
+    ranges
+        .and_then(ExpectStatus::from_ranges)
+        .map(ExpectField)
+        .map_err(|e| format!("expect_status: {e:#}"))
+}
+
+fn status_item(v: &serde_yaml::Value) -> anyhow::Result<Vec<(u16, u16)>> {
+    match v {
+        serde_yaml::Value::Number(n) => {
+            let s = n
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .with_context(|| format!("{n} is not an HTTP status (100 to 599)"))?;
+            Ok(vec![(s, s)])
+        }
+        serde_yaml::Value::String(text) => text.split(',').map(ExpectStatus::parse_item).collect(),
+        _ => bail!("give a status (201), a range (\"200-299\") or a list of those"),
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Statuses;
+        impl<'de> serde::de::Visitor<'de> for Statuses {
+            type Value = ExpectField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status (201), a range (\"200-299\") or a list of those")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExpectField, E> {
+                expect_field(status_item(&serde_yaml::Value::from(v))).map_err(E::custom)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ExpectField, A::Error> {
+                let mut ranges = Vec::new();
+                while let Some(v) = seq.next_element::<serde_yaml::Value>()? {
+                    ranges.extend(
+                        status_item(&v).map_err(|e| {
+                            serde::de::Error::custom(format!("expect_status: {e:#}"))
+                        })?,
+                    );
+                }
+                expect_field(Ok(ranges)).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(Statuses)
     }
 }
 
@@ -108,8 +420,18 @@ impl Gates {
 }
 
 impl ScenarioFile {
+    /// A scenario file's text; the files it names are read from the project's root.
+    #[cfg(test)]
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let file: ScenarioFile = serde_yaml::from_str(text)?;
+        Self::parse_in(text, &project_root())
+    }
+
+    /// A scenario file's text; the files it names are read from `dir` (the file's folder).
+    pub fn parse_in(text: &str, dir: &Path) -> anyhow::Result<Self> {
+        FILES_FROM.with(|f| *f.borrow_mut() = Some(dir.to_owned()));
+        let file = serde_yaml::from_str::<ScenarioFile>(text);
+        FILES_FROM.with(|f| *f.borrow_mut() = None);
+        let file = file?;
         ensure!(!file.scenarios.is_empty(), "no scenarios");
         for s in &file.scenarios {
             ensure!(
@@ -130,7 +452,8 @@ impl ScenarioFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, dir).with_context(|| format!("in {}", path.display()))
     }
 
     /// `NAME` picks from the default file; anything that is a file is read whole.
@@ -172,7 +495,8 @@ impl Scenario {
         Ok(asked.map_or(needed, |a| a.max(needed)))
     }
 
-    pub fn load_config(&self, url: &str) -> anyhow::Result<Config> {
+    /// The scenario's load sent to `url` (the app's address; `request.path` replaces its path).
+    pub fn load_config(&self, url: &str) -> anyhow::Result<Load> {
         let l = &self.load;
         let duration = l.duration.as_deref().map(parse_duration).transpose()?;
         let mode = match (&l.stages, l.rate, duration) {
@@ -186,26 +510,54 @@ impl Scenario {
             (Some(_), Some(_), _) => bail!("load: give `rate` or `stages`, not both"),
             (None, _, None) => bail!("load: `duration` is required (or `stages`)"),
         };
-        let bodies = if l.iris_rows {
-            crate::load::iris_bodies()?
-        } else {
-            vec![bytes::Bytes::from_static(
-                crate::load::DEFAULT_BODY.as_bytes(),
-            )]
-        };
-        Ok(Config {
-            url: url.parse().with_context(|| format!("{url} is not a URL"))?,
-            method: hyper::Method::POST,
-            bodies,
-            headers: vec![(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
+        let r = &self.request;
+        let bodies = match (l.iris_rows, &r.body, &r.body_file, &r.bodies_file) {
+            (true, None, None, None) => crate::load::iris_bodies()?,
+            (true, ..) => bail!(
+                "load: iris_rows chooses the bodies, and so does request.body/body_file/bodies_file: keep one"
+            ),
+            (false, Some(body), ..) => vec![bytes::Bytes::from(body.clone())],
+            (false, None, Some(file), _) => vec![bytes::Bytes::from(
+                std::fs::read(file)
+                    .with_context(|| format!("request.body_file: reading {file}"))?,
             )],
+            (false, None, None, Some(file)) => {
+                request::read_bodies(Path::new(file)).context("request.bodies_file")?
+            }
+            (false, None, None, None) => vec![bytes::Bytes::from_static(
+                crate::load::DEFAULT_BODY.as_bytes(),
+            )],
+        };
+        let mut url: hyper::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+        if let Some(path) = &r.path {
+            let mut parts = url.into_parts();
+            parts.path_and_query = Some(request::parse_path(path).context("request.path")?);
+            url = hyper::Uri::from_parts(parts).context("request.path")?;
+        }
+        let method = match &r.method {
+            Some(m) => request::parse_method(m).context("request.method")?,
+            None => hyper::Method::POST,
+        };
+        let headers = r
+            .headers
+            .iter()
+            .map(|(n, v)| request::header(n, v))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("request.headers")?;
+        let config = Config {
+            url,
+            method,
+            bodies,
+            headers: request::with_json_content_type(headers),
             connections: l.connections(),
             mode,
             max_requests_per_conn: l.max_requests_per_conn,
             conn_max_age: l.conn_max_age.as_deref().map(parse_duration).transpose()?,
             timeout: Duration::from_secs(10),
+        };
+        Ok(Load {
+            config,
+            expect_status: r.expect_status().context("request.expect_status")?,
         })
     }
 }
@@ -645,9 +997,232 @@ mod tests {
         assert!(matches!(
             s.load_config("http://127.0.0.1:1/predict")
                 .expect("config")
+                .config
                 .mode,
             Mode::Open { .. }
         ));
+    }
+
+    /// A scenario whose `request:` is on line 5, its first field on line 6.
+    fn with_request(request: &str) -> String {
+        format!(
+            "scenarios:\n  - name: x\n    max_replicas: 1\n    load: {{connections: 1, duration: 1s}}\n    request:\n{request}"
+        )
+    }
+
+    fn refused(text: &str) -> String {
+        format!("{:#}", ScenarioFile::parse(text).expect_err("refused"))
+    }
+
+    #[test]
+    fn the_default_request_is_the_seeds() {
+        let all = ScenarioFile::select(None).expect("default file");
+        for s in &all {
+            assert_eq!(s.request, RequestSpec::default());
+            let load = s
+                .load_config("http://127.0.0.1:30080/predict")
+                .expect("load");
+            let c = &load.config;
+            assert_eq!(c.method, hyper::Method::POST);
+            assert_eq!(c.url, "http://127.0.0.1:30080/predict");
+            assert_eq!(c.bodies, [crate::load::DEFAULT_BODY.as_bytes()]);
+            assert_eq!(
+                c.headers,
+                [(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json")
+                )]
+            );
+            assert_eq!(load.expect_status, ExpectStatus::default());
+        }
+    }
+
+    #[test]
+    fn a_request_block_sets_every_part_of_the_request() {
+        let text = with_request(
+            "      method: put\n      path: /v2/score?explain=1\n      headers:\n        X-Model: iris-v2\n      body: {features: [[5.1, 3.5, 1.4, 0.2]]}\n      expect_status: [201, \"200-204\"]\n",
+        );
+        let s = &ScenarioFile::parse(&text).expect("parse").scenarios[0];
+        let load = s
+            .load_config("http://10.0.0.5:31457/predict")
+            .expect("load");
+        let c = &load.config;
+        assert_eq!(c.method, hyper::Method::PUT);
+        assert_eq!(c.url, "http://10.0.0.5:31457/v2/score?explain=1");
+        assert_eq!(c.bodies, [&br#"{"features":[[5.1,3.5,1.4,0.2]]}"#[..]]);
+        let headers: Vec<(&str, &str)> = c
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().expect("text")))
+            .collect();
+        assert_eq!(
+            headers,
+            [("x-model", "iris-v2"), ("content-type", "application/json")]
+        );
+        assert_eq!(
+            load.expect_status,
+            ExpectStatus::parse("201,200-204").expect("e")
+        );
+        // A report keeps the request and reads it back the same, without the files.
+        let json = serde_json::to_string(s).expect("json");
+        assert!(json.contains(r#""expect_status":"201,200-204""#), "{json}");
+        let back: Scenario = serde_json::from_str(&json).expect("back");
+        assert_eq!(&back, s);
+        // A text body is sent as written.
+        let text = with_request(
+            "      body: 'a=1&b=2'\n      headers: {content-type: application/x-www-form-urlencoded}\n",
+        );
+        let s = &ScenarioFile::parse(&text).expect("parse").scenarios[0];
+        let c = s.load_config("http://h:1/predict").expect("load").config;
+        assert_eq!(c.bodies, [&b"a=1&b=2"[..]]);
+        assert_eq!(
+            c.headers.len(),
+            1,
+            "the content type given replaces the default"
+        );
+    }
+
+    #[test]
+    fn bodies_files_are_read_from_the_scenario_files_folder_and_used_in_turn() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("rows.jsonl"),
+            "{\"features\": [[1, 2, 3, 4]]}\n\n{\"features\": [[5, 6, 7, 8]]}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("one.json"),
+            "{\"features\": [[0, 0, 0, 0]]}",
+        )
+        .expect("write");
+        let file = dir.path().join("s.yaml");
+        std::fs::write(&file, with_request("      bodies_file: rows.jsonl\n")).expect("write");
+        let s = &ScenarioFile::load(&file).expect("load").scenarios[0];
+        let c = s.load_config("http://h:1/predict").expect("load").config;
+        assert_eq!(
+            c.bodies,
+            [
+                &b"{\"features\": [[1, 2, 3, 4]]}"[..],
+                b"{\"features\": [[5, 6, 7, 8]]}"
+            ]
+        );
+        std::fs::write(&file, with_request("      body_file: one.json\n")).expect("write");
+        let s = &ScenarioFile::load(&file).expect("load").scenarios[0];
+        let c = s.load_config("http://h:1/predict").expect("load").config;
+        assert_eq!(c.bodies, [&b"{\"features\": [[0, 0, 0, 0]]}"[..]]);
+        // A bad line is named by file and line, and the scenario file's line too.
+        std::fs::write(dir.path().join("bad.jsonl"), "{\"a\": 1}\n{\"a\": \n").expect("write");
+        std::fs::write(&file, with_request("      bodies_file: bad.jsonl\n")).expect("write");
+        let err = format!("{:#}", ScenarioFile::load(&file).expect_err("bad line"));
+        assert!(err.contains("bad.jsonl line 2: not JSON"), "{err}");
+        assert!(
+            err.contains("bodies_file") && err.contains("line 6"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("empty.jsonl"), "\n\n").expect("write");
+        std::fs::write(&file, with_request("      bodies_file: empty.jsonl\n")).expect("write");
+        let err = format!("{:#}", ScenarioFile::load(&file).expect_err("empty"));
+        assert!(
+            err.contains("empty.jsonl has no payload") && err.contains("line 6"),
+            "{err}"
+        );
+        std::fs::write(&file, with_request("      bodies_file: nowhere.jsonl\n")).expect("write");
+        let err = format!("{:#}", ScenarioFile::load(&file).expect_err("missing"));
+        assert!(
+            err.contains("cannot read the bodies file")
+                && err.contains("nowhere.jsonl")
+                && err.contains("line 6"),
+            "{err}"
+        );
+        std::fs::write(
+            &file,
+            with_request("      body: x\n      bodies_file: rows.jsonl\n"),
+        )
+        .expect("write");
+        let err = format!("{:#}", ScenarioFile::load(&file).expect_err("both"));
+        assert!(
+            err.contains("not body and bodies_file") && err.contains("line 6"),
+            "{err}"
+        );
+        std::fs::write(&file, with_request("      body_file: nowhere.json\n")).expect("write");
+        let err = format!("{:#}", ScenarioFile::load(&file).expect_err("missing"));
+        assert!(
+            err.contains("body_file: cannot read") && err.contains("line 6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_bad_request_field_is_refused_with_its_line() {
+        let cases = [
+            (
+                "      path: /x\n      method: FETCH\n",
+                "method: \"FETCH\" is not an HTTP method",
+                7,
+            ),
+            (
+                "      path: /predict\n      method: get\n      path2: x\n",
+                "unknown field `path2`",
+                8,
+            ),
+            (
+                "      path: predict\n",
+                "path: \"predict\" is not a path: it must start with `/`",
+                6,
+            ),
+            (
+                "      headers:\n        Bad Name: x\n",
+                "headers: \"Bad Name\" is not a valid HTTP header name",
+                7,
+            ),
+            (
+                "      headers: {x-ok: \"a\\nb\"}\n",
+                "headers: the value of header \"x-ok\"",
+                6,
+            ),
+            (
+                "      method: GET\n      body: x\n      body_file: xtask/scenarios.yaml\n",
+                "not body and body_file",
+                6,
+            ),
+            (
+                "      body: x\n      bodies_file: xtask/testdata/none.jsonl\n",
+                "bodies_file",
+                7,
+            ),
+            (
+                "      method: GET\n      expect_status: 600\n",
+                "expect_status: 600 is not an HTTP status (100 to 599)",
+                7,
+            ),
+            (
+                "      expect_status: [200, \"99-300\"]\n",
+                "expect_status: 99 is not an HTTP status",
+                6,
+            ),
+            (
+                "      expect_status: 2xx\n",
+                "expect_status: \"2xx\" is not a status code",
+                6,
+            ),
+            (
+                "      expect_status: 70000\n",
+                "expect_status: 70000 is not an HTTP status",
+                6,
+            ),
+        ];
+        for (request, message, line) in cases {
+            let err = refused(&with_request(request));
+            assert!(err.contains(message), "{request:?}: {err}");
+            assert!(err.contains(&format!("line {line} ")), "{request:?}: {err}");
+        }
+        // The body and `iris_rows` both choose the bodies.
+        let both = "scenarios:\n  - name: x\n    max_replicas: 1\n    load: {connections: 1, duration: 1s, iris_rows: true}\n    request: {body: x}\n";
+        let err = refused(both);
+        assert!(
+            err.contains("scenario x") && err.contains("iris_rows") && err.contains("keep one"),
+            "{err}"
+        );
     }
 
     fn outcome(responses: u64, errors_5xx: u64, p99: f64) -> Outcome {

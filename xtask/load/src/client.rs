@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use crate::request::ExpectStatus;
 use crate::schedule::Schedule;
 use crate::stats::{
     ErrorClass, Histograms, Shard, Totals, WindowCollector, WindowSummary,
@@ -47,6 +48,24 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+/// A load to run: what to send and how (`config`), and which answers count as successes. A
+/// `Config` alone is a load expecting any 2xx. (Kept beside `Config` rather than in it so that
+/// the code building a `Config` literal for `/predict` stays as it is.)
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub config: Config,
+    pub expect_status: ExpectStatus,
+}
+
+impl From<Config> for Load {
+    fn from(config: Config) -> Self {
+        Load {
+            config,
+            expect_status: ExpectStatus::default(),
+        }
+    }
+}
+
 /// What a run produced: the totals and one summary per second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -68,6 +87,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(1);
 
 struct Shared {
     config: Config,
+    expect_status: ExpectStatus,
     target: Target,
     start: Instant,
     deadline: Instant,
@@ -118,11 +138,11 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 /// Runs the load and calls `on_window` once a second with that second's numbers. When `interrupt`
 /// resolves first, the run stops early and returns what it measured so far (`interrupted_after_s`).
 pub async fn run(
-    config: Config,
+    load: impl Into<Load>,
     mut on_window: impl FnMut(&WindowSummary) + Send,
     interrupt: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<Outcome> {
-    run_with_histograms(config, |w, _| on_window(w), interrupt)
+    run_with_histograms(load, |w, _| on_window(w), interrupt)
         .await
         .map(|(outcome, _)| outcome)
 }
@@ -130,10 +150,14 @@ pub async fn run(
 /// `run`, also handing out the latency histograms: each second's beside its summary, the whole
 /// run's beside the outcome (what a load runner sends, so that runs merge exactly).
 pub async fn run_with_histograms(
-    config: Config,
+    load: impl Into<Load>,
     mut on_window: impl FnMut(&WindowSummary, &hdrhistogram::Histogram<u64>) + Send,
     interrupt: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<(Outcome, Histograms)> {
+    let Load {
+        config,
+        expect_status,
+    } = load.into();
     ensure!(config.connections > 0, "--connections must be at least 1");
     ensure!(!config.bodies.is_empty(), "no request body to send");
     // Past the limit every further connect fails at once: refuse rather than measure that.
@@ -163,6 +187,7 @@ pub async fn run_with_histograms(
             .map(|_| Mutex::new(Shard::default()))
             .collect(),
         config,
+        expect_status,
     });
     let workers: Vec<_> = (0..shared.config.connections)
         .map(|id| tokio::spawn(worker(id, shared.clone())))
@@ -445,7 +470,7 @@ async fn worker(id: usize, shared: Arc<Shared>) {
                     s.record_response(
                         latency,
                         service,
-                        status,
+                        ErrorClass::of_response(status, &shared.expect_status),
                         served_by.as_ref().and_then(|v| v.to_str().ok()),
                     );
                     if !keep_alive {
@@ -641,6 +666,141 @@ mod tests {
             }
         });
         (addr, accepts)
+    }
+
+    /// One request as a server saw it.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: Method,
+        target: String,
+        model: Option<String>,
+        content_type: Option<String>,
+        body: String,
+    }
+
+    /// Records every request it gets; answers 201 to body `{"n":1}`, 404 to `{"n":2}` and 200 to
+    /// anything else.
+    async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: hyper::HeaderMap, body: Bytes| {
+                let log = log.clone();
+                async move {
+                    let text = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    let status = match body.as_str() {
+                        r#"{"n":1}"# => 201,
+                        r#"{"n":2}"# => 404,
+                        _ => 200,
+                    };
+                    lock_seen(&log).push(Seen {
+                        method,
+                        target: uri.to_string(),
+                        model: text("x-model"),
+                        content_type: text("content-type"),
+                        body,
+                    });
+                    (
+                        axum::http::StatusCode::from_u16(status).expect("status"),
+                        "{}",
+                    )
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, seen)
+    }
+
+    fn lock_seen(seen: &Mutex<Vec<Seen>>) -> std::sync::MutexGuard<'_, Vec<Seen>> {
+        seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_request_given_is_the_request_the_server_gets() {
+        let (addr, seen) = recording_server().await;
+        let bodies =
+            crate::request::parse_bodies("{\"n\":1}\n{\"n\":2}\n\n{\"n\":3}\n", "test.jsonl")
+                .expect("bodies");
+        // 30 requests on schedule: the 3 bodies in turn, 10 times each.
+        let schedule = Schedule::constant(60.0, Duration::from_millis(500)).expect("schedule");
+        let load = Load {
+            config: Config {
+                method: Method::PUT,
+                bodies,
+                headers: crate::request::with_json_content_type(vec![
+                    crate::request::parse_header("X-Model: iris-v2").expect("header"),
+                ]),
+                connections: 2,
+                ..config(
+                    format!("http://{addr}/v2/score?explain=1"),
+                    Mode::Open { schedule },
+                )
+            },
+            expect_status: crate::request::ExpectStatus::parse("201,404").expect("statuses"),
+        };
+        let outcome = run(load, |_| {}, std::future::pending())
+            .await
+            .expect("run");
+        let got = lock_seen(&seen).clone();
+        assert_eq!(got.len(), 30, "{got:?}");
+        for s in &got {
+            assert_eq!(s.method, Method::PUT, "{s:?}");
+            assert_eq!(s.target, "/v2/score?explain=1", "{s:?}");
+            assert_eq!(s.model.as_deref(), Some("iris-v2"), "{s:?}");
+            assert_eq!(s.content_type.as_deref(), Some("application/json"), "{s:?}");
+        }
+        for n in 1..=3 {
+            let body = format!("{{\"n\":{n}}}");
+            let times = got.iter().filter(|s| s.body == body).count();
+            assert_eq!(times, 10, "{body} sent {times} times of 30");
+        }
+        // 201 and 404 were expected; the 200s were not, and are counted as such, by class.
+        let t = &outcome.totals;
+        assert_eq!(t.responses, 30, "{t:?}");
+        assert_eq!(t.successes(), 20, "{t:?}");
+        assert_eq!(t.errors.other_status, 10, "{t:?}");
+        assert_eq!(t.errors.total(), 10, "{t:?}");
+        // The same server with the default expectation (any 2xx): the 404s are the errors.
+        let default = run(
+            Config {
+                connections: 1,
+                bodies: vec![Bytes::from_static(br#"{"n":2}"#), Bytes::from_static(b"{}")],
+                ..config(
+                    format!("http://{addr}/"),
+                    Mode::Closed {
+                        duration: Duration::from_millis(300),
+                    },
+                )
+            },
+            |_| {},
+            std::future::pending(),
+        )
+        .await
+        .expect("run");
+        let t = &default.totals;
+        assert!(t.responses >= 10, "{t:?}");
+        assert_eq!(t.errors.http_4xx, t.responses / 2, "{t:?}");
+        assert_eq!(t.errors.total(), t.errors.http_4xx, "{t:?}");
+        // One connection in closed loop: the bodies strictly alternate.
+        let all = lock_seen(&seen).clone();
+        let last = &all[30..];
+        assert!(
+            last.windows(2)
+                .all(|w| w[0].body != w[1].body && w[0].method == Method::POST),
+            "{last:?}"
+        );
     }
 
     #[test]

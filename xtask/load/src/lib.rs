@@ -1,20 +1,22 @@
 //! iris-load: the project's HTTP load engine, as a library. `cargo xtask load` and the load
 //! runner (the `iris-load-runner` binary, run as containers or Kubernetes Job pods) both drive it.
 //!
-//! `client` is the engine, `stats` the numbers, `printer` the presentation, `schedule` the
-//! open-loop arrival times, `nofile` the open-file limit the connections must fit under, `runner`
+//! `client` is the engine, `request` the request's inputs (method, path, headers, bodies, the
+//! statuses expected), `stats` the numbers, `printer` the presentation, `schedule` the open-loop
+//! arrival times, `nofile` the open-file limit the connections must fit under, `runner`
 //! the runner's spec, its JSON-lines output and the exact merge of several runners' results.
 
 pub mod client;
 pub mod nofile;
 pub mod printer;
+pub mod request;
 pub mod runner;
 pub mod schedule;
 pub mod stats;
 
 use anyhow::{Context, ensure};
 
-use client::{Config, Mode, Outcome};
+use client::{Load, Mode, Outcome};
 
 /// The seeds' request: one row, batch form.
 pub const DEFAULT_BODY: &str = r#"{"features": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -79,6 +81,9 @@ pub fn verdict(
             Some(stats::ErrorClass::Http5xx) => {
                 format!("every response from {target} was a 5xx: the server failed every request")
             }
+            Some(stats::ErrorClass::OtherStatus) => format!(
+                "every response from {target} had a status outside the expected ones (see --expect-status)"
+            ),
             None => format!("no request to {target} succeeded"),
         };
         return Some(format!("{why} ({attempts} attempts, 0 successful)"));
@@ -93,7 +98,15 @@ pub fn verdict(
     })
 }
 
-pub fn describe(config: &Config) -> String {
+/// "POST http://host/predict: closed loop for 30s, 50 connections", and the expected statuses
+/// when they are not the default (any 2xx).
+pub fn describe(load: &Load) -> String {
+    let config = &load.config;
+    let expecting = if load.expect_status == request::ExpectStatus::default() {
+        String::new()
+    } else {
+        format!(", expecting {}", load.expect_status)
+    };
     let mode = match &config.mode {
         Mode::Closed { duration } => format!("closed loop for {}s", duration.as_secs_f64()),
         Mode::Open { schedule } => format!(
@@ -102,8 +115,12 @@ pub fn describe(config: &Config) -> String {
             schedule.total_requests()
         ),
     };
+    let bodies = match config.bodies.len() {
+        1 => String::new(),
+        n => format!(", {n} bodies in turn"),
+    };
     format!(
-        "{} {}: {mode}, {} connections",
+        "{} {}: {mode}, {} connections{bodies}{expecting}",
         config.method, config.url, config.connections
     )
 }
@@ -111,16 +128,17 @@ pub fn describe(config: &Config) -> String {
 /// Runs a load from a finished config, with the progress line; `interrupt` ends it early with
 /// what was measured so far.
 pub async fn drive(
-    config: Config,
+    load: impl Into<Load>,
     quiet: bool,
     interrupt: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<Outcome> {
-    let total = match &config.mode {
+    let load = load.into();
+    let total = match &load.config.mode {
         Mode::Closed { duration } => duration.as_secs(),
         Mode::Open { schedule } => schedule.duration().as_secs(),
     };
     let progress = printer::Progress::new(total, quiet);
-    let outcome = client::run(config, |w| progress.window(w), interrupt).await;
+    let outcome = client::run(load, |w| progress.window(w), interrupt).await;
     progress.finish();
     outcome
 }
@@ -171,6 +189,15 @@ mod tests {
             why.contains("was a 4xx") && why.contains("0 successful"),
             "{why}"
         );
+        let redirected = totals(
+            40,
+            ErrorCounts {
+                other_status: 40,
+                ..Default::default()
+            },
+        );
+        let why = verdict(&redirected, None, t).expect("fails");
+        assert!(why.contains("outside the expected ones"), "{why}");
         let mixed = totals(
             10,
             ErrorCounts {

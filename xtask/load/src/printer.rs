@@ -15,6 +15,7 @@ pub fn error_label(class: ErrorClass) -> &'static str {
         ErrorClass::Reset => "reset",
         ErrorClass::Http4xx => "4xx",
         ErrorClass::Http5xx => "5xx",
+        ErrorClass::OtherStatus => "other status",
     }
 }
 

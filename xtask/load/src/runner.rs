@@ -23,7 +23,8 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 use hyper::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Config, Mode, Outcome};
+use crate::client::{Config, Load, Mode, Outcome};
+use crate::request::ExpectStatus;
 use crate::schedule::Schedule;
 #[cfg(test)]
 use crate::stats::LatencySummary;
@@ -35,6 +36,9 @@ pub const SPEC_ENV: &str = "IRIS_LOAD_SPEC";
 /// in each of its pods.
 pub const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 
+/// The most bytes one environment variable can have on Linux (`MAX_ARG_STRLEN`, 32 pages).
+pub const ENV_MAX: usize = 128 * 1024;
+
 /// A load shared by `runners` runners.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
@@ -43,6 +47,9 @@ pub struct Spec {
     /// Request bodies (text), used in turn.
     pub bodies: Vec<String>,
     pub headers: Vec<(String, String)>,
+    /// The statuses that count as successes (absent from specs made before it: any 2xx).
+    #[serde(default)]
+    pub expect_status: ExpectStatus,
     /// Connections of all runners together.
     pub connections: usize,
     pub mode: SpecMode,
@@ -73,8 +80,9 @@ pub enum Start {
 }
 
 impl Spec {
-    /// The spec of a load `config` shared by `runners` runners.
-    pub fn new(config: &Config, runners: u32, start: Start) -> anyhow::Result<Self> {
+    /// The spec of a load shared by `runners` runners.
+    pub fn new(load: &Load, runners: u32, start: Start) -> anyhow::Result<Self> {
+        let config = &load.config;
         ensure!(runners >= 1, "a shared load needs at least one runner");
         ensure!(
             config.connections >= runners as usize,
@@ -114,6 +122,7 @@ impl Spec {
             method: config.method.to_string(),
             bodies,
             headers,
+            expect_status: load.expect_status.clone(),
             connections: config.connections,
             mode,
             max_requests_per_conn: config.max_requests_per_conn,
@@ -133,7 +142,7 @@ impl Spec {
     }
 
     /// Runner `index`'s share of the load.
-    pub fn config_for(&self, index: u32) -> anyhow::Result<Config> {
+    pub fn config_for(&self, index: u32) -> anyhow::Result<Load> {
         ensure!(
             index < self.runners,
             "runner index {index} is out of range: the load has {} runners (0 to {})",
@@ -168,7 +177,7 @@ impl Spec {
                 ))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Config {
+        let config = Config {
             url: crate::parse_url(&self.url)?,
             method: self
                 .method
@@ -181,7 +190,30 @@ impl Spec {
             max_requests_per_conn: self.max_requests_per_conn,
             conn_max_age: self.conn_max_age_ms.map(Duration::from_millis),
             timeout: Duration::from_millis(self.timeout_ms),
+        };
+        Ok(Load {
+            config,
+            expect_status: self.expect_status.clone(),
         })
+    }
+
+    /// The spec as the value of `SPEC_ENV`, refused when Linux could not pass it: one
+    /// environment variable (`NAME=value`) holds at most `ENV_MAX` bytes, and the spec carries
+    /// every request body.
+    pub fn env_value(&self) -> anyhow::Result<String> {
+        let text = serde_json::to_string(self)?;
+        let bodies: usize = self.bodies.iter().map(String::len).sum();
+        ensure!(
+            SPEC_ENV.len() + 1 + text.len() < ENV_MAX,
+            "the load runners' spec is {} KiB, {} KiB of it the {} request bodies, but it travels \
+             in the environment variable {SPEC_ENV}, which holds at most {} KiB: send fewer or \
+             smaller bodies from the runners",
+            text.len() / 1024,
+            bodies / 1024,
+            self.bodies.len(),
+            ENV_MAX / 1024
+        );
+        Ok(text)
     }
 }
 
@@ -624,33 +656,66 @@ mod tests {
 
     #[test]
     fn shares_add_up_to_the_load() {
-        let closed = config(
-            11,
-            Mode::Closed {
-                duration: Duration::from_secs(3),
+        // A request other than the default, so that each part of it is seen to travel.
+        let closed = Load {
+            config: Config {
+                method: hyper::Method::PUT,
+                url: "http://127.0.0.1:8080/v2/score?x=1".parse().expect("url"),
+                bodies: vec![Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"[2]")],
+                headers: vec![
+                    crate::request::header("x-model", "iris-v2").expect("header"),
+                    crate::request::header("content-type", "text/plain").expect("header"),
+                ],
+                ..config(
+                    11,
+                    Mode::Closed {
+                        duration: Duration::from_secs(3),
+                    },
+                )
             },
-        );
+            expect_status: ExpectStatus::parse("201,404").expect("statuses"),
+        };
         let spec = Spec::new(&closed, 3, Start::At { unix_ms: 5 }).expect("spec");
-        let spec: Spec =
-            serde_json::from_str(&serde_json::to_string(&spec).expect("json")).expect("back");
-        let shares: Vec<Config> = (0..3).map(|i| spec.config_for(i).expect("share")).collect();
+        let spec: Spec = serde_json::from_str(&spec.env_value().expect("env")).expect("back");
+        let shares: Vec<Load> = (0..3).map(|i| spec.config_for(i).expect("share")).collect();
         assert_eq!(
-            shares.iter().map(|c| c.connections).collect::<Vec<_>>(),
+            shares
+                .iter()
+                .map(|l| l.config.connections)
+                .collect::<Vec<_>>(),
             [4, 4, 3]
         );
-        assert!(shares.iter().all(|c| c.url == closed.url
-            && c.bodies == closed.bodies
-            && c.headers == closed.headers
-            && c.conn_max_age == closed.conn_max_age
-            && c.max_requests_per_conn == closed.max_requests_per_conn));
+        let c = &closed.config;
+        assert!(shares.iter().all(|l| l.config.url == c.url
+            && l.config.method == c.method
+            && l.config.bodies == c.bodies
+            && l.config.headers == c.headers
+            && l.config.conn_max_age == c.conn_max_age
+            && l.config.max_requests_per_conn == c.max_requests_per_conn
+            && l.expect_status == closed.expect_status));
+        // A spec from before `expect_status` expects any 2xx.
+        let mut old: serde_json::Value = serde_json::to_value(&spec).expect("json");
+        old.as_object_mut().expect("object").remove("expect_status");
+        let old: Spec = serde_json::from_value(old).expect("old spec");
+        assert_eq!(old.expect_status, ExpectStatus::default());
+        // Bodies past what one environment variable holds are refused, saying so.
+        let big = Load::from(Config {
+            bodies: vec![Bytes::from(vec![b'1'; ENV_MAX])],
+            ..c.clone()
+        });
+        let err = Spec::new(&big, 1, Start::At { unix_ms: 0 })
+            .expect("spec")
+            .env_value()
+            .expect_err("too big");
+        assert!(err.to_string().contains("at most 128 KiB"), "{err}");
         assert!(spec.config_for(3).is_err());
         let schedule = Schedule::parse_stages("2s:101,1s:7").expect("stages");
-        let open = config(
+        let open = Load::from(config(
             4,
             Mode::Open {
                 schedule: schedule.clone(),
             },
-        );
+        ));
         let spec = Spec::new(
             &open,
             4,
@@ -661,7 +726,7 @@ mod tests {
         )
         .expect("spec");
         let total: u64 = (0..4)
-            .map(|i| match spec.config_for(i).expect("share").mode {
+            .map(|i| match spec.config_for(i).expect("share").config.mode {
                 Mode::Open { schedule } => schedule.total_requests(),
                 Mode::Closed { .. } => 0,
             })

@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::request::ExpectStatus;
+
 /// Latencies are recorded in microseconds, up to a minute.
 const MAX_MICROS: u64 = 60_000_000;
 
@@ -23,15 +25,33 @@ pub enum ErrorClass {
     Http4xx,
     /// A response with a 5xx status.
     Http5xx,
+    /// A response with another status outside the expected ones (a 3xx, or a 2xx other than
+    /// those expected): the server answered, but not as the load meant it to.
+    OtherStatus,
 }
 
-pub const ERROR_CLASSES: [ErrorClass; 5] = [
+pub const ERROR_CLASSES: [ErrorClass; 6] = [
     ErrorClass::Connect,
     ErrorClass::Timeout,
     ErrorClass::Reset,
     ErrorClass::Http4xx,
     ErrorClass::Http5xx,
+    ErrorClass::OtherStatus,
 ];
+
+impl ErrorClass {
+    /// The class of a response with `status`, or None when it is one of the `expected`.
+    pub fn of_response(status: u16, expected: &ExpectStatus) -> Option<ErrorClass> {
+        if expected.contains(status) {
+            return None;
+        }
+        Some(match status {
+            400..=499 => ErrorClass::Http4xx,
+            500..=599 => ErrorClass::Http5xx,
+            _ => ErrorClass::OtherStatus,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorCounts {
@@ -40,6 +60,9 @@ pub struct ErrorCounts {
     pub reset: u64,
     pub http_4xx: u64,
     pub http_5xx: u64,
+    /// Absent from results made before `expect_status`: none then (a 1xx/3xx was a success).
+    #[serde(default)]
+    pub other_status: u64,
 }
 
 impl ErrorCounts {
@@ -50,6 +73,7 @@ impl ErrorCounts {
             ErrorClass::Reset => self.reset += n,
             ErrorClass::Http4xx => self.http_4xx += n,
             ErrorClass::Http5xx => self.http_5xx += n,
+            ErrorClass::OtherStatus => self.other_status += n,
         }
     }
 
@@ -60,6 +84,7 @@ impl ErrorCounts {
             ErrorClass::Reset => self.reset,
             ErrorClass::Http4xx => self.http_4xx,
             ErrorClass::Http5xx => self.http_5xx,
+            ErrorClass::OtherStatus => self.other_status,
         }
     }
 
@@ -140,11 +165,12 @@ impl Default for Shard {
 pub const LATE_SEND: Duration = Duration::from_millis(5);
 
 impl Shard {
+    /// A response; `error` is its class when its status was not one of the expected ones.
     pub fn record_response(
         &mut self,
         latency: Duration,
         service: Duration,
-        status: u16,
+        error: Option<ErrorClass>,
         served_by: Option<&str>,
     ) {
         let (l, s) = (micros(latency), micros(service));
@@ -152,11 +178,6 @@ impl Shard {
         let _ = self.latency.record(l);
         let _ = self.service.record(s);
         let _ = self.window.latency.record(l);
-        let error = match status {
-            400..=499 => Some(ErrorClass::Http4xx),
-            500..=599 => Some(ErrorClass::Http5xx),
-            _ => None,
-        };
         for counts in [&mut self.counts, &mut self.window.counts] {
             counts.responses += 1;
             if let Some(class) = error {
@@ -335,13 +356,13 @@ impl Totals {
         self.responses + self.errors.connect + self.errors.timeout + self.errors.reset
     }
 
-    /// Responses that were not errors (not 4xx/5xx).
+    /// Responses with an expected status.
     pub fn successes(&self) -> u64 {
         self.responses
-            .saturating_sub(self.errors.http_4xx + self.errors.http_5xx)
+            .saturating_sub(self.errors.http_4xx + self.errors.http_5xx + self.errors.other_status)
     }
 
-    /// Errors of every class (4xx/5xx responses included) over attempts.
+    /// Errors of every class (responses with an unexpected status included) over attempts.
     pub fn error_rate(&self) -> Option<f64> {
         let attempts = self.attempts();
         (attempts > 0).then(|| self.errors.total() as f64 / attempts as f64)
@@ -430,10 +451,11 @@ mod tests {
         for i in 0..100u64 {
             let shard = &mut shards[(i % 2) as usize];
             let d = Duration::from_micros(1000 + i * 10);
+            let status = if i < 98 { 200 } else { 503 };
             shard.record_response(
                 d,
                 d / 2,
-                if i < 98 { 200 } else { 503 },
+                ErrorClass::of_response(status, &ExpectStatus::default()),
                 Some(if i % 4 == 0 { "a" } else { "b" }),
             );
         }
@@ -470,9 +492,48 @@ mod tests {
     }
 
     #[test]
+    fn a_status_is_an_error_of_its_class_unless_expected() {
+        let any_2xx = ExpectStatus::default();
+        let class = |s| ErrorClass::of_response(s, &any_2xx);
+        assert_eq!(class(200), None);
+        assert_eq!(class(204), None);
+        assert_eq!(class(302), Some(ErrorClass::OtherStatus));
+        assert_eq!(class(101), Some(ErrorClass::OtherStatus));
+        assert_eq!(class(404), Some(ErrorClass::Http4xx));
+        assert_eq!(class(503), Some(ErrorClass::Http5xx));
+        let created_or_gone = ExpectStatus::parse("201,404").expect("parse");
+        let class = |s| ErrorClass::of_response(s, &created_or_gone);
+        assert_eq!(class(404), None);
+        assert_eq!(class(201), None);
+        assert_eq!(class(200), Some(ErrorClass::OtherStatus));
+        assert_eq!(class(400), Some(ErrorClass::Http4xx));
+        let mut s = Shard::default();
+        for status in [201, 200, 404, 500] {
+            s.record_response(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+                class(status),
+                None,
+            );
+        }
+        let t = merge_totals(std::slice::from_mut(&mut s));
+        assert_eq!((t.responses, t.successes()), (4, 2));
+        assert_eq!(
+            (t.errors.other_status, t.errors.http_4xx, t.errors.http_5xx),
+            (1, 0, 1)
+        );
+        // Results written before the class existed still read.
+        let old: ErrorCounts = serde_json::from_str(
+            r#"{"connect":0,"timeout":1,"reset":0,"http_4xx":2,"http_5xx":0}"#,
+        )
+        .expect("old counts");
+        assert_eq!((old.total(), old.other_status), (3, 0));
+    }
+
+    #[test]
     fn out_of_range_latencies_are_clamped_not_lost() {
         let mut s = Shard::default();
-        s.record_response(Duration::from_secs(3600), Duration::ZERO, 200, None);
+        s.record_response(Duration::from_secs(3600), Duration::ZERO, None, None);
         let t = merge_totals(std::slice::from_mut(&mut s));
         assert_eq!(t.responses, 1);
         // HdrHistogram reports the top of the value's bucket (3 significant figures).

@@ -126,7 +126,7 @@ pub fn predict(
     let request = c.limits.cpu_request.context(
         "the Deployment sets no CPU request: the HPA's utilization target has nothing to be relative to",
     )?;
-    let config = scenario.load_config("http://127.0.0.1/predict")?;
+    let config = scenario.load_config("http://127.0.0.1/predict")?.config;
     let (load, described) = match &config.mode {
         Mode::Open { schedule } => {
             let peak = schedule

@@ -88,7 +88,7 @@ async fn run(index: u32) -> anyhow::Result<bool> {
         .with_context(|| format!("{SPEC_ENV} is not set: it holds the runner's spec (JSON)"))?;
     let spec: Spec =
         serde_json::from_str(&text).with_context(|| format!("{SPEC_ENV} is not a spec"))?;
-    let config = spec.config_for(index)?;
+    let load = spec.config_for(index)?;
     let mut stop = std::pin::pin!(stop_signal().await?);
     emit(&Event::Ready {
         runner: index,
@@ -143,8 +143,7 @@ async fn run(index: u32) -> anyhow::Result<bool> {
             Err(e) => eprintln!("iris-load-runner {index}: second {}: {e:#}", w.second),
         }
     };
-    let (outcome, histograms) =
-        iris_load::client::run_with_histograms(config, windows, stop).await?;
+    let (outcome, histograms) = iris_load::client::run_with_histograms(load, windows, stop).await?;
     let interrupted = outcome.interrupted_after_s.is_some();
     emit(&done_event(index, outcome, &histograms)?);
     Ok(interrupted)
