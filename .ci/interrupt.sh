@@ -26,7 +26,15 @@ name=iris-int
 out=target/e2e-interrupt
 work=$(mktemp -d)
 kind_network_before=$(docker network ls -q --filter name='^kind$')
+# `--reuse` keeps the app's images for the next run, by design; this script removes those its
+# runs built (the main job's leftovers check counts them).
+images_before=$(docker images -q --no-trunc | sort -u)
 cleanup() {
+    local ref
+    for ref in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^(iris-serve|iris-load-runner):' || true); do
+        grep -q -x "$(docker image inspect --format '{{.Id}}' "$ref")" <<<"$images_before" ||
+            docker rmi "$ref" >/dev/null 2>&1 || true
+    done
     # Only if a check failed half-way: the harness deletes its own cluster otherwise.
     if [ -n "$(docker ps -aq --filter "label=io.x-k8s.kind.cluster=$name")" ]; then
         echo "deleting the cluster a failed check left" >&2
