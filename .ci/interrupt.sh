@@ -175,9 +175,15 @@ want=$(awk '/maxReplicas:/ { print $2; exit }' manifests/app/hpa.yaml)
 got=$(docker exec "$name-control-plane" kubectl --kubeconfig /etc/kubernetes/admin.conf \
     get hpa -n iris-serve iris-serve -o jsonpath='{.spec.maxReplicas}')
 [ "$got" = "$want" ] || fail "--keep left the HPA at maxReplicas $got, the manifest has $want"
-curl -fsS -X POST -H 'content-type: application/json' \
-    -d '{"features": [5.1, 3.5, 1.4, 0.2]}' http://127.0.0.1:30080/predict || fail "the kept app does not answer"
-echo
+python3 - <<'PY' || fail "the kept app does not answer"
+import urllib.request
+request = urllib.request.Request(
+    "http://127.0.0.1:30080/predict",
+    data=b'{"features": [5.1, 3.5, 1.4, 0.2]}',
+    headers={"content-type": "application/json"},
+)
+print(urllib.request.urlopen(request, timeout=10).read().decode())
+PY
 "$xtask" cluster down --cluster-name "$name"
 [ -z "$(docker ps -aq --filter "label=io.x-k8s.kind.cluster=$name")" ] || fail "cluster down left containers"
 
