@@ -71,10 +71,10 @@ pub struct Args {
     #[arg(long, requires = "offline")]
     pub bundle: Option<PathBuf>,
     /// Run against this context of an existing cluster (from --kubeconfig or $KUBECONFIG/~/.kube/config, read only).
-    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "metrics_server_image", "bundle"])]
+    #[arg(long, conflicts_with_all = KIND_ONLY)]
     pub context: Option<String>,
     /// The kubeconfig of an existing cluster (with --context, or its current context).
-    #[arg(long, conflicts_with_all = ["reuse", "workers", "node_image", "metrics_server_image", "bundle"])]
+    #[arg(long, conflicts_with_all = KIND_ONLY)]
     pub kubeconfig: Option<PathBuf>,
     /// Existing cluster: an image the cluster can pull (skips the build).
     #[arg(long)]
@@ -137,6 +137,35 @@ impl Args {
         self.context.is_some() || self.kubeconfig.is_some()
     }
 
+    /// On kind, the flags that only an existing cluster uses are refused, never ignored: the
+    /// harness builds both images, loads them into the nodes and sends the load to the host port.
+    fn refuse_existing_only_flags_on_kind(&self) -> anyhow::Result<()> {
+        if self.existing_cluster() {
+            return Ok(());
+        }
+        let given: Vec<&str> = [
+            ("--image", self.image.is_some()),
+            ("--push", self.push.is_some()),
+            ("--url", self.url.is_some()),
+            ("--use-existing-namespace", self.use_existing_namespace),
+            ("--load-image", self.load_image.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        ensure!(
+            given.is_empty(),
+            "{} {} only to an existing cluster (--context or --kubeconfig). On kind the harness \
+             builds the server and the load runner, loads them into the nodes and sends the load to \
+             127.0.0.1:{}: leave {} out, or name the cluster with --context/--kubeconfig",
+            given.join(", "),
+            if given.len() == 1 { "applies" } else { "apply" },
+            self.host_port,
+            if given.len() == 1 { "it" } else { "them" }
+        );
+        Ok(())
+    }
+
     fn gates(&self) -> Gates {
         Gates {
             max_p99_ms: self.max_p99_ms,
@@ -146,7 +175,21 @@ impl Args {
     }
 }
 
+/// Flags of the kind cluster the harness makes, refused with --context/--kubeconfig (clap does
+/// not count a default value as given).
+const KIND_ONLY: [&str; 8] = [
+    "reuse",
+    "workers",
+    "node_image",
+    "metrics_server_image",
+    "bundle",
+    "replace",
+    "cluster_name",
+    "host_port",
+];
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    args.refuse_existing_only_flags_on_kind()?;
     let runtime = tokio::runtime::Runtime::new()?;
     // A signal winds the run down: the step stops, what was measured is written (a partial
     // report), logs are exported and what the run created is deleted; exit 130.
@@ -904,6 +947,71 @@ pub fn registry_credentials(
 
 #[cfg(test)]
 mod tests {
+    /// `cargo xtask e2e` as the command line gives it.
+    #[derive(Debug, clap::Parser)]
+    struct E2eCommand {
+        #[command(flatten)]
+        args: super::Args,
+    }
+
+    fn parse(flags: &[&str]) -> Result<super::Args, clap::Error> {
+        use clap::Parser as _;
+        E2eCommand::try_parse_from(std::iter::once("e2e").chain(flags.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    /// No flag is accepted and then ignored: the existing cluster's flags are refused on kind,
+    /// kind's flags with --context or --kubeconfig (their defaults do not count).
+    #[test]
+    fn flags_of_the_other_kind_of_cluster_are_refused_not_ignored() {
+        let on_kind =
+            parse(&["--image", "mine:1", "--url", "http://127.0.0.1:1/x"]).expect("parse");
+        let err = on_kind
+            .refuse_existing_only_flags_on_kind()
+            .expect_err("ignored on kind")
+            .to_string();
+        assert!(
+            err.starts_with(
+                "--image, --url apply only to an existing cluster (--context or --kubeconfig)"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("leave them out"), "{err}");
+        let one = parse(&["--use-existing-namespace"]).expect("parse");
+        let err = one
+            .refuse_existing_only_flags_on_kind()
+            .expect_err("ignored")
+            .to_string();
+        assert!(
+            err.starts_with("--use-existing-namespace applies only"),
+            "{err}"
+        );
+        for plain in [
+            &[][..],
+            &["--context", "c", "--image", "mine:1", "--url", "http://x/p"][..],
+        ] {
+            parse(plain)
+                .expect("parse")
+                .refuse_existing_only_flags_on_kind()
+                .expect("accepted");
+        }
+        for kind_only in [
+            &["--cluster-name", "other"][..],
+            &["--host-port", "31000"][..],
+            &["--replace"][..],
+            &["--reuse"][..],
+        ] {
+            let mut flags = vec!["--context", "c"];
+            flags.extend_from_slice(kind_only);
+            let err = parse(&flags).expect_err("a kind flag with --context");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flags:?}: {err}"
+            );
+        }
+    }
+
     use super::*;
 
     #[tokio::test]
