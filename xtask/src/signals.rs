@@ -3,15 +3,39 @@
 
 use std::future::Future;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+/// SIGINT and SIGTERM, handled from the moment this is made (no longer ending the process).
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next of the two to arrive, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
 
 pub async fn interruptible<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::install()?;
     tokio::select! {
         result = work => result,
-        _ = int.recv() => Err(Interrupted("interrupted (SIGINT); what this run created was cleaned up".into()).into()),
-        _ = term.recv() => Err(Interrupted("terminated (SIGTERM); what this run created was cleaned up".into()).into()),
+        name = signals.next() => {
+            let what = if name == "SIGINT" { "interrupted" } else { "terminated" };
+            Err(Interrupted(format!("{what} ({name}); what this run created was cleaned up")).into())
+        }
     }
 }
 
@@ -25,24 +49,17 @@ static FIRST: std::sync::OnceLock<tokio::sync::watch::Receiver<Option<&'static s
 /// what the run created is deleted by its guards. A second signal drops `work` at once (its
 /// guards still delete what it created). Either way the result is an [`Interrupted`] error.
 pub async fn graceful<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::install()?;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let first = FIRST.get_or_init(|| rx).clone();
     let (second_tx, second_rx) = tokio::sync::oneshot::channel::<&'static str>();
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = signals.next().await;
         eprintln!(
             "\n{name}: stopping the current step; what was measured is written, logs are exported and what this run created is deleted (again to skip the logs and the report)"
         );
         let _ = tx.send(Some(name));
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = signals.next().await;
         eprintln!("\nsecond {name}: deleting what this run created, without logs or report");
         let _ = second_tx.send(name);
     });
@@ -99,19 +116,12 @@ pub async fn or_interrupted<T>(
 /// SIGTERM; from then on, a second one ends the process at once (exit 130). The handlers are
 /// installed when this is called, before the work starts.
 pub fn first_signal() -> anyhow::Result<impl Future<Output = ()> + Send> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::install()?;
     Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
+        signals.next().await;
         eprintln!("stopping: finishing the summary (press Ctrl-C again to quit without it)");
         tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+            signals.next().await;
             eprintln!("second signal: quitting without a summary");
             std::process::exit(INTERRUPTED_EXIT);
         });
