@@ -19,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::claim::{self, NamespaceClaim};
 use crate::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
-use crate::deploy::{self, AppSettings, NAMESPACE};
+use crate::deploy::{self, App, AppSettings};
 use crate::doctor::{self, Needs};
 use crate::report::{self, Report, Settings, Versions};
 use crate::runners::{self, LoadFrom, LoadSource};
@@ -76,7 +76,19 @@ pub struct Args {
     /// The kubeconfig of an existing cluster (with --context, or its current context).
     #[arg(long, conflicts_with_all = KIND_ONLY)]
     pub kubeconfig: Option<PathBuf>,
-    /// Existing cluster: an image the cluster can pull (skips the build).
+    /// Test your own service: a folder of its manifests (a Deployment, a Service selecting its
+    /// pods, a HorizontalPodAutoscaler scaling it, and any other namespaced objects it needs),
+    /// applied in the run's namespace. Needs --image. Default: manifests/app, the Iris server.
+    #[arg(long)]
+    pub app: Option<PathBuf>,
+    /// With --app: the Service port the load goes to (name or number), when it has several.
+    #[arg(long, requires = "app")]
+    pub port: Option<String>,
+    /// With --app: the container whose image is set to --image, when the pod has several.
+    #[arg(long, requires = "app")]
+    pub container: Option<String>,
+    /// The app's image. On kind: an image in the local Docker engine, loaded into the nodes
+    /// (nothing of ours is built). On an existing cluster: one the cluster can pull.
     #[arg(long)]
     pub image: Option<String>,
     /// Existing cluster: build locally and push to this repository (e.g. ghcr.io/me/iris-serve);
@@ -144,7 +156,6 @@ impl Args {
             return Ok(());
         }
         let given: Vec<&str> = [
-            ("--image", self.image.is_some()),
             ("--push", self.push.is_some()),
             ("--url", self.url.is_some()),
             ("--use-existing-namespace", self.use_existing_namespace),
@@ -156,14 +167,66 @@ impl Args {
         ensure!(
             given.is_empty(),
             "{} {} only to an existing cluster (--context or --kubeconfig). On kind the harness \
-             builds the server and the load runner, loads them into the nodes and sends the load to \
-             127.0.0.1:{}: leave {} out, or name the cluster with --context/--kubeconfig",
+             loads the app's image (--image, or the server it builds) and the load runner into the \
+             nodes and sends the load to 127.0.0.1:{}: leave {} out, or name the cluster with \
+             --context/--kubeconfig",
             given.join(", "),
             if given.len() == 1 { "applies" } else { "apply" },
             self.host_port,
             if given.len() == 1 { "it" } else { "them" }
         );
         Ok(())
+    }
+
+    /// The app under test: `--app DIR` (names read from its manifests) or ours. What only our
+    /// server supports is refused with a user's app, never ignored.
+    fn app(&self) -> anyhow::Result<App> {
+        let Some(dir) = &self.app else {
+            return App::ours();
+        };
+        ensure!(
+            self.image.is_some(),
+            "--app {} needs --image REF: the image of your service ({}); the harness builds only \
+             its own server",
+            dir.display(),
+            if self.existing_cluster() {
+                "one the cluster can pull"
+            } else {
+                "in the local Docker engine; it is loaded into the kind nodes"
+            }
+        );
+        ensure!(
+            !self.calibrate,
+            "--calibrate measures this repository's server in a container; with --app leave it out"
+        );
+        ensure!(
+            !self.monitoring,
+            "--monitoring applies the PodMonitor of this repository's server \
+             (manifests/monitoring/podmonitor.yaml); with --app leave it out and deploy your own"
+        );
+        let app = App::from_dir(
+            dir,
+            &deploy::Choices {
+                port: self.port.clone(),
+                container: self.container.clone(),
+            },
+        )?;
+        if self.scenario.is_none() {
+            eprintln!(
+                "note: no --scenario: the default scenarios ({}) send the Iris request (POST /predict with an Iris body) to {}; give your own file with a `request:` block for your service",
+                scenario::DEFAULT_FILE,
+                app.describe()
+            );
+        }
+        eprintln!(
+            "  app under test: {}: HPA {}, Service {} port {}, container {}",
+            app.describe(),
+            app.hpa,
+            app.service,
+            app.service_port,
+            app.container
+        );
+        Ok(app)
     }
 
     fn gates(&self) -> Gates {
@@ -190,10 +253,12 @@ const KIND_ONLY: [&str; 8] = [
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     args.refuse_existing_only_flags_on_kind()?;
+    // The app folder is read and checked before anything is created.
+    let app = args.app()?;
     let runtime = tokio::runtime::Runtime::new()?;
     // A signal winds the run down: the step stops, what was measured is written (a partial
     // report), logs are exported and what the run created is deleted; exit 130.
-    let report = runtime.block_on(crate::signals::graceful(e2e(args)))?;
+    let report = runtime.block_on(crate::signals::graceful(e2e(args, app)))?;
     if report.passed() {
         Ok(())
     } else {
@@ -240,13 +305,13 @@ impl Drop for RunGuard {
     }
 }
 
-async fn e2e(args: &Args) -> anyhow::Result<Report> {
+async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     let started = Instant::now();
     let scenarios = ScenarioFile::select(args.scenario.as_deref())?;
     let run_id = run_id();
     let out_dir = project_root().join(&args.out).join(&run_id);
     if args.existing_cluster() {
-        return existing(args, &scenarios, &run_id, &out_dir).await;
+        return existing(args, app, &scenarios, &run_id, &out_dir).await;
     }
     let mut steps = Steps::new(10);
     steps.start("doctor");
@@ -324,15 +389,21 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         let prepared =
             crate::signals::or_interrupted("the image build, image load and deploy", async {
                 steps.start("image build");
-                let built = image::build(&docker).await?;
-                if built.built && !keep_cluster {
-                    guard.images.push(built.reference.clone());
-                }
-                let calibration =
-                    crate::calibrate::for_run(&built.reference, args.calibrate).await?;
+                // The user's image is theirs: loaded into the nodes, never built or removed.
+                let reference = match &args.image {
+                    Some(reference) => reference.clone(),
+                    None => {
+                        let built = image::build(&docker).await?;
+                        if built.built && !keep_cluster {
+                            guard.images.push(built.reference.clone());
+                        }
+                        built.reference
+                    }
+                };
+                let calibration = crate::calibrate::for_run(&reference, args.calibrate).await?;
                 steps.start("image load");
                 crate::signals::test_pause("e2e-image-load").await;
-                image::load(&docker, &built.reference, &cluster.name).await?;
+                image::load(&docker, &reference, &cluster.name).await?;
                 let load_from = match args.load_source() {
                     LoadSource::Host => LoadFrom::Host,
                     LoadSource::Cluster => {
@@ -350,22 +421,23 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
                 steps.start("deploy");
                 crate::signals::test_pause("e2e-deploy").await;
                 let settings = AppSettings {
-                    image: built.reference.clone(),
+                    app: app.clone(),
+                    image: reference.clone(),
                     pull_policy: "Never".to_owned(),
                     max_replicas: None,
                     fixed_node_port: true,
                 };
                 deploy::deploy(&cluster.client, &settings).await?;
                 if args.monitoring {
-                    monitoring::apply_and_report(&cluster.client, NAMESPACE).await?;
+                    monitoring::apply_and_report(&cluster.client, &app.namespace).await?;
                 }
-                anyhow::Ok((built, calibration, load_from, settings))
+                anyhow::Ok((reference, calibration, load_from, settings))
             })
             .await;
-        let (built, calibration, load_from, settings) = prepared?;
+        let (reference, calibration, load_from, settings) = prepared?;
         steps.start("scenarios");
         let url = match load_from {
-            LoadFrom::Host => format!("http://127.0.0.1:{}/predict", args.host_port),
+            LoadFrom::Host => format!("http://127.0.0.1:{}{}", args.host_port, default_path(&app)),
             LoadFrom::Cluster { .. } => in_cluster_url(&settings)?,
         };
         let (results, interrupted) = run_scenarios(
@@ -383,7 +455,7 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         let versions = Versions {
             iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
             model_sha256: iris_serve::model::Model::embedded()?.sha256,
-            image: built.reference.clone(),
+            image: reference.clone(),
             // The kind that ran, which may be a newer v0.x than the pin.
             kind: tools::kind_version(&kind).or(Some(tools::KIND_VERSION.to_owned())),
             node_image: args.node_image.clone().or(up
@@ -426,16 +498,18 @@ async fn e2e(args: &Args) -> anyhow::Result<Report> {
         teardown.failed(Some(&cluster.client)).await;
     }
     if end.keep {
-        if let Err(e) = deploy::restore_hpa(&cluster.client).await {
+        if let Err(e) = deploy::restore_hpa(&cluster.client, &app).await {
             eprintln!("could not restore the HPA's maximum: {e:#}");
         }
         teardown.disarm();
         if result.is_ok() {
             eprintln!(
-                "cluster {} left running: KUBECONFIG={} kubectl get pods -n {NAMESPACE}; the app is at http://127.0.0.1:{}/predict",
+                "cluster {} left running: KUBECONFIG={} kubectl get pods -n {}; the app is at http://127.0.0.1:{}{}",
                 cluster.name,
                 cluster.kubeconfig.display(),
-                args.host_port
+                app.namespace,
+                args.host_port,
+                default_path(&app)
             );
         }
     }
@@ -460,7 +534,7 @@ async fn run_scenarios(
         if let Some(name) = crate::signals::has_fired() {
             return Ok((results, Some(format!("{name} before scenario {}", s.name))));
         }
-        let witness = crate::witness::Witness::start(client);
+        let witness = crate::witness::Witness::start(client, &settings.app);
         match scenario::run(client, s, settings, url, load_from, gates).await {
             Ok(result) => results.push(witness.finish(result).await),
             Err(e) if e.is::<crate::signals::Interrupted>() => {
@@ -545,11 +619,20 @@ pub(crate) fn report_settings(
     url: &str,
     metrics: &cluster::MetricsServer,
 ) -> anyhow::Result<Settings> {
-    let mut objects = deploy::app_objects(settings)?;
-    let resources = manifests::deployment(&mut objects)
-        .and_then(|d| d.spec.as_ref())
+    let app = &settings.app;
+    let objects = deploy::app_objects(settings)?;
+    let resources = objects
+        .iter()
+        .find_map(|o| match o {
+            manifests::Object::Deployment(d)
+                if d.metadata.name.as_ref() == Some(&app.deployment) =>
+            {
+                d.spec.as_ref()
+            }
+            _ => None,
+        })
         .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
+        .and_then(|p| p.containers.iter().find(|c| c.name == app.container))
         .and_then(|c| c.resources.as_ref())
         .map(serde_json::to_value)
         .transpose()?
@@ -571,6 +654,7 @@ pub(crate) fn report_settings(
         hpa,
         metric_resolution: metrics.resolution.clone(),
         target_url: url.to_owned(),
+        app: (!app.ours).then(|| app.describe()),
     })
 }
 
@@ -638,6 +722,7 @@ fn unreachable(server: &str, context: &str, source: &str, error: &str) -> anyhow
 
 async fn existing(
     args: &Args,
+    app: App,
     scenarios: &[scenario::Scenario],
     run_id: &str,
     out_dir: &Path,
@@ -722,7 +807,8 @@ async fn existing(
     };
     // Last before deploying: from here on the namespace is this run's to delete (if it made it).
     let namespace =
-        claim::claim_namespace(&client, NAMESPACE, run_id, args.use_existing_namespace).await?;
+        claim::claim_namespace(&client, &app.namespace, run_id, args.use_existing_namespace)
+            .await?;
     let borrowed = matches!(namespace, NamespaceClaim::Borrowed { .. });
     let mut guard = RunGuard {
         keep: args.keep,
@@ -733,6 +819,7 @@ async fn existing(
     let result = async {
         steps.start("deploy");
         let settings = AppSettings {
+            app: app.clone(),
             image: image.clone(),
             pull_policy: "IfNotPresent".to_owned(),
             max_replicas: None,
@@ -745,14 +832,14 @@ async fn existing(
                 in_cluster_url(&settings)?
             }
             (None, Some(ip)) => {
-                let port = deploy::node_port(&client).await?;
+                let port = deploy::node_port(&client, &app).await?;
                 eprintln!("  the API server gave the Service nodePort {port}");
-                node_url(ip, port)
+                node_url(ip, port, &app)
             }
             (None, None) => unreachable!("checked above"),
         };
         if args.monitoring {
-            monitoring::apply_and_report(&client, NAMESPACE).await?;
+            monitoring::apply_and_report(&client, &app.namespace).await?;
         }
         steps.start("scenarios");
         let (results, interrupted) = run_scenarios(
@@ -802,13 +889,14 @@ async fn existing(
     // The app stays deployed (`--keep`, or a borrowed namespace, never deleted): with the HPA as
     // the manifest has it, not as the last scenario left it.
     if (args.keep || borrowed)
-        && let Err(e) = deploy::restore_hpa(&client).await
+        && let Err(e) = deploy::restore_hpa(&client, &app).await
     {
         eprintln!("could not restore the HPA's maximum: {e:#}");
     }
     if args.keep && !borrowed {
         eprintln!(
-            "--keep: namespace {NAMESPACE} left in place; delete it with `kubectl delete namespace {NAMESPACE}`"
+            "--keep: namespace {0} left in place; delete it with `kubectl delete namespace {0}`",
+            app.namespace
         );
         guard.namespace = None;
     }
@@ -816,32 +904,27 @@ async fn existing(
     result
 }
 
-/// `http://<address>:<nodePort>/predict`.
-/// The app's Service as clients inside the cluster reach it (its port from the manifest).
+/// The app's Service as clients inside the cluster reach it: its DNS name and the port the
+/// load goes to.
 fn in_cluster_url(settings: &AppSettings) -> anyhow::Result<String> {
-    let objects = deploy::app_objects(settings)?;
-    let port = objects
-        .iter()
-        .find_map(|o| match o {
-            manifests::Object::Service(s) => s
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.as_ref())
-                .and_then(|p| p.first())
-                .map(|p| p.port),
-            _ => None,
-        })
-        .context("the app's manifests have no Service port")?;
+    let app = &settings.app;
     Ok(runners::service_url(
-        deploy::NAME,
-        NAMESPACE,
-        u16::try_from(port)?,
-        "/predict",
+        &app.service,
+        &app.namespace,
+        app.service_port,
+        default_path(app),
     ))
 }
 
-pub fn node_url(address: &str, node_port: u16) -> String {
-    format!("http://{address}:{node_port}/predict")
+/// The path the load goes to unless the scenario's `request.path` says otherwise: our server's
+/// `/predict`; `/` for a user's app.
+fn default_path(app: &App) -> &'static str {
+    if app.ours { "/predict" } else { "/" }
+}
+
+/// `http://<address>:<nodePort><path>`.
+pub fn node_url(address: &str, node_port: u16, app: &App) -> String {
+    format!("http://{address}:{node_port}{}", default_path(app))
 }
 
 /// The first node's ExternalIP, else its InternalIP.
@@ -963,19 +1046,72 @@ mod tests {
     /// No flag is accepted and then ignored: the existing cluster's flags are refused on kind,
     /// kind's flags with --context or --kubeconfig (their defaults do not count).
     #[test]
+    fn a_users_app_needs_its_image_and_refuses_what_only_our_server_has() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = dir.path().to_str().expect("utf-8");
+        let err = format!(
+            "{:#}",
+            parse(&["--app", app])
+                .expect("parse")
+                .app()
+                .expect_err("no image")
+        );
+        assert!(
+            err.contains("needs --image REF") && err.contains("loaded into the kind nodes"),
+            "{err}"
+        );
+        for (flag, want) in [
+            ("--calibrate", "--calibrate measures"),
+            ("--monitoring", "--monitoring applies"),
+        ] {
+            let err = format!(
+                "{:#}",
+                parse(&["--app", app, "--image", "m:1", flag])
+                    .expect("parse")
+                    .app()
+                    .expect_err(flag)
+            );
+            assert!(err.starts_with(want), "{err}");
+        }
+        // An empty folder: what is missing is named.
+        let err = format!(
+            "{:#}",
+            parse(&["--app", app, "--image", "m:1"])
+                .expect("parse")
+                .app()
+                .expect_err("empty")
+        );
+        assert!(err.contains("has no HorizontalPodAutoscaler"), "{err}");
+        for without_app in [&["--port", "http"][..], &["--container", "api"][..]] {
+            let err = parse(without_app).expect_err("needs --app");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{err}"
+            );
+        }
+        assert!(parse(&[]).expect("parse").app().expect("ours").ours);
+    }
+
+    #[test]
     fn flags_of_the_other_kind_of_cluster_are_refused_not_ignored() {
         let on_kind =
-            parse(&["--image", "mine:1", "--url", "http://127.0.0.1:1/x"]).expect("parse");
+            parse(&["--push", "r.example/me", "--url", "http://127.0.0.1:1/x"]).expect("parse");
         let err = on_kind
             .refuse_existing_only_flags_on_kind()
             .expect_err("ignored on kind")
             .to_string();
         assert!(
             err.starts_with(
-                "--image, --url apply only to an existing cluster (--context or --kubeconfig)"
+                "--push, --url apply only to an existing cluster (--context or --kubeconfig)"
             ),
             "{err}"
         );
+        // --image is the app's image on kind too: loaded into the nodes, nothing built.
+        parse(&["--image", "mine:1"])
+            .expect("parse")
+            .refuse_existing_only_flags_on_kind()
+            .expect("--image on kind");
         assert!(err.contains("leave them out"), "{err}");
         let one = parse(&["--use-existing-namespace"]).expect("parse");
         let err = one
@@ -1098,12 +1234,16 @@ mod tests {
         assert_eq!(node_address(&nodes).as_deref(), Some("34.1.2.3"));
         assert_eq!(node_address(&nodes[..1]).as_deref(), Some("10.0.0.5"));
         assert_eq!(node_address(&[]), None);
-        assert_eq!(node_url("10.0.0.5", 31457), "http://10.0.0.5:31457/predict");
+        assert_eq!(
+            node_url("10.0.0.5", 31457, &App::ours().expect("app")),
+            "http://10.0.0.5:31457/predict"
+        );
     }
 
     #[test]
     fn report_settings_record_requests_limits_hpa_and_resolution() {
         let settings = AppSettings {
+            app: crate::deploy::App::ours().expect("manifests/app"),
             image: "iris-serve:x".into(),
             pull_policy: "Never".into(),
             max_replicas: None,

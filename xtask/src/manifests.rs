@@ -34,6 +34,48 @@ pub enum Object {
     Deployment(Box<Deployment>),
     HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
     APIService(APIService),
+    /// Any other kind, in a user's app folder: applied as it is written, its resource found
+    /// through the API server's discovery (which also says whether it is namespaced).
+    Other(Box<Other>),
+}
+
+/// An object of a kind the harness has no type for (a ConfigMap, a Secret, a
+/// PodDisruptionBudget, a custom resource ...).
+#[derive(Debug, Clone)]
+pub struct Other {
+    pub api_version: String,
+    pub kind: String,
+    pub value: Value,
+}
+
+/// Kinds that are cluster-scoped in Kubernetes itself (and in the common add-ons): refused in an
+/// app folder when it is read, before any cluster exists. Discovery catches the rest at apply.
+const CLUSTER_SCOPED: [&str; 17] = [
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "APIService",
+    "StorageClass",
+    "CSIDriver",
+    "CSINode",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ClusterIssuer",
+];
+
+fn cluster_scoped(what: &str, kind: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: {kind} is cluster-scoped; an app folder holds only namespaced objects, which the \
+         run applies in its own namespace: remove it from the folder (install it in the cluster \
+         beforehand if the app needs it)"
+    )
 }
 
 impl Object {
@@ -49,6 +91,15 @@ impl Object {
             Object::Deployment(_) => "Deployment",
             Object::HorizontalPodAutoscaler(_) => "HorizontalPodAutoscaler",
             Object::APIService(_) => "APIService",
+            Object::Other(_) => "",
+        }
+    }
+
+    /// The kind as written (an [`Other`]'s own).
+    pub fn kind_name(&self) -> String {
+        match self {
+            Object::Other(o) => o.kind.clone(),
+            _ => self.kind().to_owned(),
         }
     }
 
@@ -64,6 +115,10 @@ impl Object {
             Object::Deployment(o) => o.name_any(),
             Object::HorizontalPodAutoscaler(o) => o.name_any(),
             Object::APIService(o) => o.name_any(),
+            Object::Other(o) => o.value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 
@@ -80,11 +135,31 @@ impl Object {
             Object::Deployment(o) => serde_json::to_value(o)?,
             Object::HorizontalPodAutoscaler(o) => serde_json::to_value(o)?,
             Object::APIService(o) => serde_json::to_value(o)?,
+            Object::Other(o) => o.value.clone(),
         })
     }
 
-    fn api_resource(&self) -> ApiResource {
+    /// Puts a namespaced object in `namespace` (cluster-scoped ones are left as they are).
+    pub fn set_namespace(&mut self, namespace: &str) {
+        let ns = Some(namespace.to_owned());
         match self {
+            Object::Namespace(_)
+            | Object::ClusterRole(_)
+            | Object::ClusterRoleBinding(_)
+            | Object::APIService(_) => {}
+            Object::ServiceAccount(o) => o.metadata.namespace = ns,
+            Object::Role(o) => o.metadata.namespace = ns,
+            Object::RoleBinding(o) => o.metadata.namespace = ns,
+            Object::Service(o) => o.metadata.namespace = ns,
+            Object::Deployment(o) => o.metadata.namespace = ns,
+            Object::HorizontalPodAutoscaler(o) => o.metadata.namespace = ns,
+            Object::Other(o) => o.value["metadata"]["namespace"] = Value::from(namespace),
+        }
+    }
+
+    /// The typed kinds' resource; an [`Other`]'s comes from discovery (see [`apply`]).
+    fn api_resource(&self) -> Option<ApiResource> {
+        Some(match self {
             Object::Namespace(_) => ApiResource::erase::<Namespace>(&()),
             Object::ServiceAccount(_) => ApiResource::erase::<ServiceAccount>(&()),
             Object::ClusterRole(_) => ApiResource::erase::<ClusterRole>(&()),
@@ -97,7 +172,8 @@ impl Object {
                 ApiResource::erase::<HorizontalPodAutoscaler>(&())
             }
             Object::APIService(_) => ApiResource::erase::<APIService>(&()),
-        }
+            Object::Other(_) => return None,
+        })
     }
 
     fn namespace(&self) -> Option<String> {
@@ -112,13 +188,14 @@ impl Object {
             Object::Service(o) => o.namespace(),
             Object::Deployment(o) => o.namespace(),
             Object::HorizontalPodAutoscaler(o) => o.namespace(),
+            Object::Other(o) => o.value["metadata"]["namespace"].as_str().map(str::to_owned),
         }
     }
 
     pub fn describe(&self) -> String {
         match self.namespace() {
-            Some(ns) => format!("{} {ns}/{}", self.kind(), self.name()),
-            None => format!("{} {}", self.kind(), self.name()),
+            Some(ns) => format!("{} {ns}/{}", self.kind_name(), self.name()),
+            None => format!("{} {}", self.kind_name(), self.name()),
         }
     }
 }
@@ -179,6 +256,17 @@ fn is_empty(v: &Value) -> bool {
 
 /// Every document of a multi-document YAML text, as typed objects.
 pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
+    parse_documents(text, source, false)
+}
+
+/// A user's app folder's YAML: the kinds the harness reads (Deployment, Service,
+/// HorizontalPodAutoscaler ...) typed and strict, any other namespaced kind as written;
+/// cluster-scoped kinds refused.
+pub fn parse_app_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
+    parse_documents(text, source, true)
+}
+
+fn parse_documents(text: &str, source: &str, app: bool) -> anyhow::Result<Vec<Object>> {
     let mut objects = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc)
@@ -190,6 +278,12 @@ pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
         let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
         let name = value["metadata"]["name"].as_str().unwrap_or("?");
         let what = format!("{source}: {kind} {name}");
+        if app && CLUSTER_SCOPED.contains(&kind.as_str()) {
+            return Err(cluster_scoped(&what, &kind));
+        }
+        if app && (kind.is_empty() || api_version.is_empty() || name == "?") {
+            bail!("{what}: every object needs apiVersion, kind and metadata.name");
+        }
         let object = match (api_version.as_str(), kind.as_str()) {
             ("v1", "Namespace") => Object::Namespace(strict(&value, &what)?),
             ("v1", "ServiceAccount") => Object::ServiceAccount(strict(&value, &what)?),
@@ -211,6 +305,11 @@ pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
             ("apiregistration.k8s.io/v1", "APIService") => {
                 Object::APIService(strict(&value, &what)?)
             }
+            _ if app => Object::Other(Box::new(Other {
+                api_version,
+                kind,
+                value,
+            })),
             _ => bail!(
                 "{what}: apiVersion {api_version:?} kind {kind:?} is not one this harness knows"
             ),
@@ -222,8 +321,27 @@ pub fn parse_yaml(text: &str, source: &str) -> anyhow::Result<Vec<Object>> {
 
 /// All YAML files of a folder under `manifests/`, in file-name order.
 pub fn load_dir(relative: &str) -> anyhow::Result<Vec<Object>> {
-    let dir = project_root().join(relative);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let objects = read_dir(&project_root().join(relative), parse_yaml)?;
+    validate(&objects).with_context(|| format!("{relative}: not a valid set of manifests"))?;
+    Ok(objects)
+}
+
+/// A user's app folder: its YAML files in file-name order, read with [`parse_app_yaml`], every
+/// namespaced object put in `namespace` (the run's, whatever the files say).
+pub fn load_app_dir(dir: &Path, namespace: &str) -> anyhow::Result<Vec<Object>> {
+    let mut objects = read_dir(dir, parse_app_yaml)?;
+    for o in &mut objects {
+        o.set_namespace(namespace);
+    }
+    validate(&objects).with_context(|| format!("{}: not a valid app", dir.display()))?;
+    Ok(objects)
+}
+
+fn read_dir(
+    dir: &Path,
+    parse: fn(&str, &str) -> anyhow::Result<Vec<Object>>,
+) -> anyhow::Result<Vec<Object>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -232,12 +350,21 @@ pub fn load_dir(relative: &str) -> anyhow::Result<Vec<Object>> {
     files.sort();
     let mut objects = Vec::new();
     for file in files {
-        objects.extend(load_file(&file)?);
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        objects.extend(parse(&text, &source_name(&file))?);
     }
-    validate(&objects).with_context(|| format!("{relative}: not a valid set of manifests"))?;
     // Namespaces first, so everything in them can be created.
     objects.sort_by_key(|o| !matches!(o, Object::Namespace(_)));
     Ok(objects)
+}
+
+/// A file's name as messages give it: relative to the project when it is inside.
+fn source_name(path: &Path) -> String {
+    path.strip_prefix(project_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// A readiness probe must wait this long (seconds) and tolerate this many failures before it
@@ -250,8 +377,9 @@ pub const MIN_READINESS_FAILURES: i32 = 3;
 /// - no Deployment sets `spec.replicas`: the HPA owns the count, and the harness force-applies
 ///   the manifests before every scenario, which would take it back (the rule holds for every
 ///   Deployment, so one moved out from under an HPA cannot bring the field back unnoticed);
-/// - every container of a Deployment an HPA scales has a readiness probe with
-///   `timeoutSeconds >= 3` and `failureThreshold >= 3` (Kubernetes' defaults are 1 and 3).
+/// - every container of a Deployment an HPA scales has a CPU request (the utilization is
+///   relative to it) and a readiness probe with `timeoutSeconds >= 3` and
+///   `failureThreshold >= 3` (Kubernetes' defaults are 1 and 3).
 pub fn validate(objects: &[Object]) -> anyhow::Result<()> {
     let autoscaled: Vec<(Option<String>, &str)> = objects
         .iter()
@@ -282,6 +410,19 @@ pub fn validate(objects: &[Object]) -> anyhow::Result<()> {
             continue;
         }
         for c in spec.template.spec.iter().flat_map(|p| &p.containers) {
+            let cpu_request = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .is_some_and(|r| r.contains_key("cpu"));
+            if !cpu_request {
+                bail!(
+                    "{what}: container {} has no CPU request (resources.requests.cpu); the HPA's \
+                     CPU utilization is relative to every container's request, and without one it \
+                     cannot act: set one",
+                    c.name
+                );
+            }
             let Some(probe) = &c.readiness_probe else {
                 bail!(
                     "{what}: container {} has no readinessProbe; an autoscaled pod needs one",
@@ -492,20 +633,12 @@ pub fn restricted(pod: &PodSpec, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn load_file(path: &Path) -> anyhow::Result<Vec<Object>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let source = path
-        .strip_prefix(project_root())
-        .unwrap_or(path)
-        .display()
-        .to_string();
-    parse_yaml(&text, &source)
-}
-
 /// Server-side apply, forcing ownership of the fields we set.
 pub async fn apply(client: &Client, object: &Object) -> anyhow::Result<()> {
-    let resource = object.api_resource();
+    let resource = match object.api_resource() {
+        Some(r) => r,
+        None => discover(client, object).await?,
+    };
     let api: Api<DynamicObject> = match object.namespace() {
         Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
         None => Api::all_with(client.clone(), &resource),
@@ -519,6 +652,27 @@ pub async fn apply(client: &Client, object: &Object) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("applying {}", object.describe()))?;
     Ok(())
+}
+
+/// An [`Other`]'s resource from the API server's discovery; a cluster-scoped one is refused (an
+/// app's objects live in the run's namespace, and go with it).
+async fn discover(client: &Client, object: &Object) -> anyhow::Result<ApiResource> {
+    let what = object.describe();
+    let (api_version, kind) = match object {
+        Object::Other(o) => (o.api_version.as_str(), o.kind.as_str()),
+        _ => unreachable!("typed objects have their resource"),
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| {
+            format!("{what}: the API server does not serve apiVersion {api_version} kind {kind} (a CRD not installed, or a typo?)")
+        })?;
+    if caps.scope != kube::discovery::Scope::Namespaced {
+        return Err(cluster_scoped(&what, kind));
+    }
+    Ok(resource)
 }
 
 pub fn deployment(objects: &mut [Object]) -> Option<&mut Deployment> {
@@ -584,7 +738,7 @@ mod tests {
 
     fn deployment_yaml(replicas: &str, probe: &str) -> String {
         format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  namespace: ns\nspec:\n{replicas}  selector: {{}}\n  template:\n    spec:\n      containers:\n        - name: c\n{probe}"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  namespace: ns\nspec:\n{replicas}  selector: {{}}\n  template:\n    spec:\n      containers:\n        - name: c\n          resources: {{requests: {{cpu: 100m}}}}\n{probe}"
         )
     }
 

@@ -267,6 +267,7 @@ mod tests {
 
     fn app() -> Vec<Object> {
         deploy::app_objects(&AppSettings {
+            app: deploy::App::ours().expect("manifests/app"),
             image: "iris-serve:test".to_owned(),
             pull_policy: "Never".to_owned(),
             max_replicas: None,

@@ -276,19 +276,18 @@ pub fn addressed(pods: &[Pod]) -> Vec<String> {
         .collect()
 }
 
-/// Watches the app until `stop` fires, sampling every `every`; with `metrics_port`, each sample
-/// also scrapes every pod's `/metrics` on that port through the API server.
-#[allow(clippy::too_many_arguments)]
+/// Watches the app (its HPA, Deployment and pods) until `stop` fires, sampling every `every`;
+/// with `metrics_port`, each sample also scrapes every pod's `/metrics` on that port through the
+/// API server.
 pub async fn observe(
     client: Client,
-    namespace: &str,
-    name: &str,
-    selector: &str,
+    app: crate::deploy::App,
     metrics_port: Option<u16>,
     load_start_unix_s: f64,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Observation {
+    let (namespace, selector) = (app.namespace.as_str(), app.selector.as_str());
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -311,14 +310,14 @@ pub async fn observe(
             break;
         }
         let t_s = unix_now_s() - load_start_unix_s;
-        let hpa = hpas.get_opt(name).await.ok().flatten();
+        let hpa = hpas.get_opt(&app.hpa).await.ok().flatten();
         let (hpa_current, hpa_desired, cpu_utilization, hpa_conditions) = hpa
             .as_ref()
             .map(hpa_fields)
             .unwrap_or((None, None, None, Vec::new()));
         let (able_to_scale, scaling_limited) =
             hpa.as_ref().map(hpa_reasons).unwrap_or((None, None));
-        let status = match deployments.get_opt(name).await {
+        let status = match deployments.get_opt(&app.deployment).await {
             Ok(Some(d)) => d.status,
             _ => None,
         };
@@ -919,9 +918,7 @@ mod tests {
     ) -> Observation {
         observe(
             client,
-            "iris-serve",
-            "iris-serve",
-            "app.kubernetes.io/name=iris-serve",
+            crate::deploy::App::ours().expect("manifests/app"),
             Some(8080),
             start,
             Duration::from_secs(1),

@@ -51,6 +51,9 @@ pub struct Settings {
     pub hpa: serde_json::Value,
     pub metric_resolution: String,
     pub target_url: String,
+    /// The app under test when it is not this repository's Iris server (`--app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 impl Report {
@@ -266,12 +269,18 @@ pub fn render_markdown(report: &Report) -> String {
     let v = &report.versions;
     let _ = writeln!(
         out,
-        "Run `{}` on {} ({} nodes): image `{}`, model sha256 `{}`, kind {}, node image `{}`, Kubernetes {}, metrics-server {} (resolution {}).\n",
+        "Run `{}` on {} ({} nodes): {}, kind {}, node image `{}`, Kubernetes {}, metrics-server {} (resolution {}).\n",
         report.run_id,
         report.settings.cluster,
         report.settings.nodes,
-        v.image,
-        &v.model_sha256.get(..12).unwrap_or(&v.model_sha256),
+        match &report.settings.app {
+            Some(app) => format!("app under test {app}, image `{}`", v.image),
+            None => format!(
+                "image `{}`, model sha256 `{}`",
+                v.image,
+                v.model_sha256.get(..12).unwrap_or(&v.model_sha256)
+            ),
+        },
         v.kind.as_deref().unwrap_or("-"),
         v.node_image.as_deref().unwrap_or("-"),
         v.kubernetes.as_deref().unwrap_or("-"),
@@ -338,6 +347,9 @@ pub fn render_markdown(report: &Report) -> String {
         if let Some(m) = &s.server {
             server_lines(&mut out, s, m);
         }
+        if let Some(why) = &s.server_not_measured {
+            let _ = writeln!(out, "- Each pod's own counts and latency: {why}.");
+        }
         if let Some(i) = &s.derived.traffic_imbalance {
             let _ = writeln!(
                 out,
@@ -374,15 +386,23 @@ pub fn render_markdown(report: &Report) -> String {
                 .as_ref()
                 .and_then(|m| m.pods.get(&p.name))
                 .map_or(String::new(), own_count);
+            // Who served a response is known from our server's x-served-by header only.
+            let served = if s.load.totals.pods.is_empty() && s.server_not_measured.is_some() {
+                "requests served not measured".to_owned()
+            } else {
+                format!(
+                    "served {} requests",
+                    s.load.totals.pods.get(&p.name).copied().unwrap_or(0)
+                )
+            };
             let _ = writeln!(
                 out,
-                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, served {} requests{own}",
+                "- pod `{}` on `{}`: created {}, scheduled {}, Ready {}{leaving}, {served}{own}",
                 p.name,
                 p.node.as_deref().unwrap_or("-"),
                 opt_s(p.created_s),
                 opt_s(p.scheduled_s),
                 opt_s(p.ready_s),
-                s.load.totals.pods.get(&p.name).copied().unwrap_or(0)
             );
         }
         for g in &s.gates {
@@ -1624,6 +1644,7 @@ pub mod tests {
     pub fn realistic_report() -> Report {
         let scenarios = ScenarioFile::select(None).expect("scenarios");
         let settings = crate::deploy::AppSettings {
+            app: crate::deploy::App::ours().expect("manifests/app"),
             image: "iris-serve:4f1c9a27d0b3e685".into(),
             pull_policy: "Never".into(),
             max_replicas: None,
@@ -1665,6 +1686,7 @@ pub mod tests {
             server: Some(server),
             load_start_unix_s: None,
             witness: None,
+            server_not_measured: None,
         };
 
         // bottleneck: one pod throttled at its limit under 2,000 connections for 60 s; the HPA
@@ -1763,6 +1785,7 @@ pub mod tests {
             server: Some(server),
             load_start_unix_s: None,
             witness: None,
+            server_not_measured: None,
         };
 
         let phases: Vec<(String, f64)> = [
@@ -1868,6 +1891,7 @@ pub mod tests {
             hpa,
             crate::scenario::autoscaling(
                 &crate::deploy::AppSettings {
+                    app: crate::deploy::App::ours().expect("manifests/app"),
                     image: "x".into(),
                     pull_policy: "Never".into(),
                     max_replicas: None,

@@ -15,7 +15,7 @@ use kube::api::Api;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::poll_until;
-use crate::deploy::{self, AppSettings, NAME, NAMESPACE};
+use crate::deploy::{self, App, AppSettings};
 use crate::load::client::{Config, Load, Mode, Outcome};
 use crate::load::request::{self, ExpectStatus};
 use crate::load::schedule::{Schedule, parse_duration};
@@ -24,7 +24,6 @@ use crate::project_root;
 use crate::runners::{self, LoadFrom};
 
 pub const DEFAULT_FILE: &str = "xtask/scenarios.yaml";
-pub const SELECTOR: &str = "app.kubernetes.io/name=iris-serve";
 /// Connections when a scenario names none.
 pub const DEFAULT_CONNECTIONS: usize = 100;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -656,6 +655,9 @@ pub struct ScenarioResult {
     /// reports from before the scrapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<crate::podmetrics::ServerMetrics>,
+    /// Why there are no per-pod server counts (an app that is not ours), said instead of zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_not_measured: Option<String>,
     /// The load's start on the Unix clock: the origin of every `_s` time here. Absent in reports
     /// from before the witness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -695,15 +697,15 @@ pub fn settled(
     }
 }
 
-pub async fn wait_settled(client: &Client) -> anyhow::Result<()> {
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), NAMESPACE);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+pub async fn wait_settled(client: &Client, app: &App) -> anyhow::Result<()> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &app.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &app.namespace);
     poll_until(
         "the app to settle at its minimum replicas",
         SETTLE_TIMEOUT,
         || async {
-            let h = hpas.get_opt(NAME).await?;
-            let d = deployments.get_opt(NAME).await?;
+            let h = hpas.get_opt(&app.hpa).await?;
+            let d = deployments.get_opt(&app.deployment).await?;
             Ok(settled(h.as_ref(), d.as_ref()))
         },
     )
@@ -767,38 +769,32 @@ pub fn autoscaling(
     })
 }
 
-/// The port the server container listens on: the app Deployment's container port named `http`.
-pub fn metrics_port(settings: &AppSettings) -> anyhow::Result<u16> {
-    deploy::app_objects(settings)?
-        .iter()
-        .find_map(|o| match o {
-            crate::manifests::Object::Deployment(d) => d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| {
-                    p.containers
-                        .iter()
-                        .flat_map(|c| c.ports.iter().flatten())
-                        .find(|p| p.name.as_deref() == Some("http"))
-                })
-                .and_then(|p| u16::try_from(p.container_port).ok()),
-            _ => None,
-        })
-        .context("the app Deployment in manifests/app has no container port named `http`")
+/// Where each pod's own counts come from: our server's `/metrics` on the container port behind
+/// the Service; a user's app: nowhere yet, and the report says why instead of showing zeros.
+pub fn server_metrics_port(app: &App) -> Result<u16, String> {
+    if app.ours {
+        Ok(app.container_port)
+    } else {
+        Err(format!(
+            "not measured: {} is not this repository's server, whose /metrics (iris_serve_*) and \
+             x-served-by header give each pod's own counts",
+            app.describe()
+        ))
+    }
 }
 
 /// Scrapes every addressed app pod once: the baseline the scenario's counts start from.
-async fn scrape_app(client: &Client, port: u16) -> Vec<crate::podmetrics::Scrape> {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+async fn scrape_app(client: &Client, app: &App, port: u16) -> Vec<crate::podmetrics::Scrape> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), &app.namespace);
     match pods
-        .list(&kube::api::ListParams::default().labels(SELECTOR))
+        .list(&kube::api::ListParams::default().labels(&app.selector))
         .await
     {
         Ok(list) => {
             crate::podmetrics::scrape_all(
                 client,
-                NAMESPACE,
+                &app.namespace,
                 &observe::addressed(&list.items),
                 port,
                 0.0,
@@ -831,7 +827,7 @@ pub async fn run(
         &format!("the settle before scenario {}", scenario.name),
         async {
             deploy::deploy(client, &settings).await?;
-            wait_settled(client).await
+            wait_settled(client, &settings.app).await
         },
     )
     .await?;
@@ -848,17 +844,19 @@ pub async fn run(
         metrics.resolution,
         hpa.scale_down_within_s()
     );
-    let port = metrics_port(&settings)?;
+    let app = &settings.app;
+    let port = server_metrics_port(app);
     // The scrape before the load, on the Unix clock until the load's start is known.
-    let mut baseline = scrape_app(client, port).await;
+    let mut baseline = match port {
+        Ok(port) => scrape_app(client, app, port).await,
+        Err(_) => Vec::new(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let observe_from = |load_start: f64| {
         tokio::spawn(observe::observe(
             client.clone(),
-            NAMESPACE,
-            NAME,
-            SELECTOR,
-            Some(port),
+            app.clone(),
+            port.clone().ok(),
             load_start,
             Duration::from_secs(1),
             stop_rx,
@@ -882,7 +880,7 @@ pub async fn run(
             let job = runners::job_name(&scenario.name);
             let result = runners::run(
                 client,
-                NAMESPACE,
+                &app.namespace,
                 &job,
                 image,
                 *pods,
@@ -940,7 +938,9 @@ pub async fn run(
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
     let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
-    let server = crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
+    let server = port
+        .is_ok()
+        .then(|| crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s));
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
@@ -955,7 +955,8 @@ pub async fn run(
         load_end_s,
         autoscaling: Some(hpa),
         load_from: Some(source),
-        server: Some(server),
+        server,
+        server_not_measured: port.err(),
         load_start_unix_s: Some(load_start),
         witness: None,
     })
@@ -1276,6 +1277,7 @@ mod tests {
     #[test]
     fn the_hpa_comes_from_the_manifest_and_sets_the_observation() {
         let settings = AppSettings {
+            app: App::ours().expect("manifests/app"),
             image: "x".into(),
             pull_policy: "Never".into(),
             max_replicas: None,
@@ -1283,8 +1285,8 @@ mod tests {
         };
         let hpa = autoscaling(&settings, 15.0).expect("hpa");
         assert_eq!(hpa, crate::fixture::manifests_hpa());
-        // The servers' /metrics are read on the container port the manifest names `http`.
-        assert_eq!(metrics_port(&settings).expect("port"), 8080);
+        // The servers' /metrics are read on the container port behind the Service's port.
+        assert_eq!(server_metrics_port(&settings.app), Ok(8080));
         let all = ScenarioFile::select(None).expect("default file");
         // autoscale names no time: the scale-down's 120 s.
         assert_eq!(all[0].observe_after(&hpa).expect("after").as_secs(), 120);

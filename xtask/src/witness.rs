@@ -47,9 +47,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::{NAME, NAMESPACE};
 use crate::observe::{Derived, rescale_new_size, unix_now_s};
-use crate::scenario::{GateResult, SELECTOR, ScenarioResult};
+use crate::scenario::{GateResult, ScenarioResult};
 
 /// The tolerance of every comparison, in seconds.
 pub const TOLERANCE_S: f64 = 1.0;
@@ -263,8 +262,8 @@ pub struct Witness {
 
 impl Witness {
     /// Starts watching the app's HPA events and pods on its own task.
-    pub fn start(client: &Client) -> Witness {
-        Self::start_for(client.clone(), NAMESPACE, NAME, SELECTOR)
+    pub fn start(client: &Client, app: &crate::deploy::App) -> Witness {
+        Self::start_for(client.clone(), &app.namespace, &app.hpa, &app.selector)
     }
 
     fn start_for(client: Client, namespace: &str, hpa: &str, selector: &str) -> Witness {
@@ -1270,7 +1269,12 @@ mod tests {
             "fixtures: Kubernetes 1.36 API server (core/v1 Event and Pod lists and watch streams)"
         );
         let (client, mut api) = MockApi::new();
-        let witness = Witness::start_for(client, "iris-serve", "iris-serve", SELECTOR);
+        let witness = Witness::start_for(
+            client,
+            "iris-serve",
+            "iris-serve",
+            "app.kubernetes.io/name=iris-serve",
+        );
         let event_list = list(
             "EventList",
             "5000",

@@ -113,6 +113,7 @@ pub struct Limits {
 
 /// The server container's limits and CPU request as manifests/app/deployment.yaml has them.
 pub fn manifest_limits() -> anyhow::Result<Limits> {
+    let app = deploy::App::ours()?;
     let mut objects = manifests::load_dir(deploy::APP_DIR)?;
     let deployment =
         manifests::deployment(&mut objects).context("manifests/app has no Deployment")?;
@@ -120,8 +121,8 @@ pub fn manifest_limits() -> anyhow::Result<Limits> {
         .spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == deploy::CONTAINER))
-        .with_context(|| format!("the Deployment has no container {}", deploy::CONTAINER))?;
+        .and_then(|p| p.containers.iter().find(|c| c.name == app.container))
+        .with_context(|| format!("the Deployment has no container {}", app.container))?;
     let resources = container.resources.clone().unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
     let what = "manifests/app/deployment.yaml: the server container's resources.limits";

@@ -22,6 +22,7 @@ use crate::scenario::{Scenario, ScenarioResult};
 pub fn manifests_autoscaling() -> anyhow::Result<Autoscaling> {
     crate::scenario::autoscaling(
         &crate::deploy::AppSettings {
+            app: crate::deploy::App::ours()?,
             image: "calibration".into(),
             pull_policy: "Never".into(),
             max_replicas: None,
