@@ -1116,6 +1116,41 @@ data: {LOG_LEVEL: info}
         );
     }
 
+    /// The example of a seed project's own stack, run live in CI (`.ci/live-e2e.sh`).
+    #[test]
+    fn the_fastapi_example_is_an_app_and_its_scenarios_parse() {
+        let dir = project_root().join("manifests/examples/fastapi-iris");
+        let app = App::from_dir(&dir, &Choices::default()).expect("the example");
+        assert_eq!(
+            (
+                app.deployment.as_str(),
+                app.container.as_str(),
+                app.service_port,
+                app.container_port
+            ),
+            ("fastapi-iris", "app", 80, 8000)
+        );
+        let kinds: Vec<String> = app
+            .objects()
+            .expect("objects")
+            .iter()
+            .map(Object::kind_name)
+            .collect();
+        for kind in ["ConfigMap", "PodDisruptionBudget"] {
+            assert!(kinds.iter().any(|k| k == kind), "{kinds:?}");
+        }
+        // Their pod is locked down too, though only advised for a user's app.
+        let objects = app.objects().expect("objects");
+        manifests::restricted(pod_spec(&objects, "fastapi-iris").expect("pod"), "example")
+            .expect("restricted");
+        let file = dir.join("scenarios.yaml");
+        let scenarios = crate::scenario::ScenarioFile::select(file.to_str()).expect("scenarios");
+        for s in &scenarios {
+            let load = s.load_config("http://127.0.0.1:30080/").expect("load");
+            assert_eq!(load.config.url.path(), "/predict");
+        }
+    }
+
     #[test]
     fn ours_reads_the_same_names_as_before() {
         let app = App::ours().expect("ours");

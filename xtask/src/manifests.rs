@@ -281,6 +281,14 @@ fn parse_documents(text: &str, source: &str, app: bool) -> anyhow::Result<Vec<Ob
         if app && CLUSTER_SCOPED.contains(&kind.as_str()) {
             return Err(cluster_scoped(&what, &kind));
         }
+        // A scenario file or a tool's settings next to the manifests: not an object at all.
+        if app && kind.is_empty() && api_version.is_empty() {
+            eprintln!(
+                "  {source}: document {} has no apiVersion and no kind: not a Kubernetes object, left out",
+                i + 1
+            );
+            continue;
+        }
         if app && (kind.is_empty() || api_version.is_empty() || name == "?") {
             bail!("{what}: every object needs apiVersion, kind and metadata.name");
         }
