@@ -2,7 +2,10 @@
 # The product's main job, live: `cargo xtask e2e` on a real 3-node kind cluster (1 control plane,
 # 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
 # xtask/scenarios.yaml, gates on; then the autoscale scenario again with the load sent from runner
-# pods inside the cluster (`--load-from cluster --load-pods 2`); then .ci/existing-cluster.sh (the
+# pods inside the cluster (`--load-from cluster --load-pods 2`); then the seeds' own stack, the
+# FastAPI example of manifests/examples/fastapi-iris (`--app`, its image built offline by
+# .ci/fastapi-image.sh, `--image`), and a side-by-side table of it and the Iris server's run
+# (`cargo xtask report --beside`); then .ci/existing-cluster.sh (the
 # same job against a kind cluster made with plain kind) and .ci/interrupt.sh (Ctrl-C at every
 # step, --reuse, --keep). Fails when a run fails, and when the runs leave anything
 # behind: a container, network or volume, or an image beyond those that were there before it
@@ -29,6 +32,12 @@ for setting in fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=
     if [ "$(sysctl -n "$key")" -lt "$want" ]; then sysctl -qw "$setting"; fi
 done
 
+# The FastAPI example's image (cached by its inputs): built before the snapshot, like the node
+# image, so the leftovers check counts only what the runs make.
+log "the FastAPI example's image, built offline (.ci/fastapi-image.sh)"
+fastapi_env=$(bash .ci/fastapi-image.sh)
+eval "$fastapi_env"
+
 snapshot() {
     {
         docker ps -aq --no-trunc | sed 's/^/container /'
@@ -50,6 +59,26 @@ e2e() {
 }
 # The main job as users run it: every scenario, the load from this machine through the NodePort.
 e2e "$@"
+main_report=$(ls -td "$out"/*/report.json 2>/dev/null | head -n1 || true)
+# The seeds' own stack as the app under test: their manifests, their image, their request.
+fastapi_out=target/e2e-fastapi
+log "cargo xtask e2e --app manifests/examples/fastapi-iris --image $IRIS_FASTAPI_IMAGE"
+PATH="$(dirname "$IRIS_KIND"):$PATH" cargo xtask e2e \
+    --node-image "$IRIS_NODE_IMAGE" \
+    --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
+    --out "$fastapi_out" \
+    --app manifests/examples/fastapi-iris --image "$IRIS_FASTAPI_IMAGE" \
+    --scenario manifests/examples/fastapi-iris/scenarios.yaml || status=$?
+fastapi_report=$(ls -td "$fastapi_out"/*/report.json 2>/dev/null | head -n1 || true)
+if [ -n "$main_report" ] && [ -n "$fastapi_report" ]; then
+    log "the Iris server and the FastAPI service, side by side"
+    cargo xtask report "$main_report" --beside "$fastapi_report" --out target/e2e-comparison \
+        >/dev/null || status=$?
+    cat target/e2e-comparison/comparison.md
+else
+    echo "no side-by-side table: a run wrote no report.json" >&2
+    status=1
+fi
 # Then the load from inside the cluster: two runner pods spread over the workers, merged exactly.
 e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
 # Then against a cluster the harness did not create, as a platform team runs it.

@@ -283,10 +283,19 @@ fn parse_documents(text: &str, source: &str, app: bool) -> anyhow::Result<Vec<Ob
         }
         // A scenario file or a tool's settings next to the manifests: not an object at all.
         if app && kind.is_empty() && api_version.is_empty() {
-            eprintln!(
+            // Said once per document: the folder is read again at every deploy.
+            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let note = format!(
                 "  {source}: document {} has no apiVersion and no kind: not a Kubernetes object, left out",
                 i + 1
             );
+            let mut said = SAID
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !said.contains(&note) {
+                eprintln!("{note}");
+                said.push(note);
+            }
             continue;
         }
         if app && (kind.is_empty() || api_version.is_empty() || name == "?") {

@@ -1230,19 +1230,84 @@ pub struct Args {
     /// JSON, so that re-rendering a committed fixture does not overwrite tracked files).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Other runs' report.json (repeatable): their rows beside this one's in one table,
+    /// `comparison.md`, one row per app and scenario (e.g. the Iris server and your service, on
+    /// the same cluster and load).
+    #[arg(long)]
+    pub beside: Vec<PathBuf>,
+}
+
+fn read_report(path: &Path) -> anyhow::Result<Report> {
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a report.json of this version", path.display()))
+}
+
+/// What a report's app is called in a comparison.
+fn app_label(report: &Report) -> String {
+    match &report.settings.app {
+        Some(app) => format!("{app}, image `{}`", report.versions.image),
+        None => format!(
+            "the Iris server (Rust, manifests/app), image `{}`",
+            report.versions.image
+        ),
+    }
+}
+
+/// Several runs' tables as one: a column naming the app (and its run), then the same columns as
+/// each report's own table; what differs between the runs' clusters is said under it.
+pub fn render_comparison(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## iris-serve e2e: side by side\n");
+    let header = rows(&reports[0]).0;
+    let _ = writeln!(out, "| app | load | {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|---|---|{}|",
+        header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for (i, report) in reports.iter().enumerate() {
+        for (r, s) in rows(report).1.into_iter().zip(&report.scenarios) {
+            // The load as the scenario file gave it, to the URL the run used.
+            let load = s
+                .scenario
+                .load_config(&report.settings.target_url)
+                .map_or_else(|e| format!("({e})"), |l| crate::load::describe(&l));
+            let _ = writeln!(
+                out,
+                "| {} [{}] | {load} | {} |",
+                app_label(report),
+                i + 1,
+                r.cells.join(" | ")
+            );
+        }
+    }
+    let _ = writeln!(out);
+    for (i, report) in reports.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}. run `{}` ({}) on {} ({} nodes), Kubernetes {}, load to {}: {}",
+            i + 1,
+            report.run_id,
+            if report.passed() { "passed" } else { "FAILED" },
+            report.settings.cluster,
+            report.settings.nodes,
+            report.versions.kubernetes.as_deref().unwrap_or("-"),
+            report.settings.target_url,
+            app_label(report)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nEach row is that run's own table row, as its report.md has it; with the load its scenario file gave: a scenario's name is the same, its load need not be (a Python server takes a fraction of the Rust one's connections before its p99 passes its gate)."
+    );
+    out
 }
 
 /// Renders a saved report again (after a renderer change, or for another folder).
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let report: Report = serde_json::from_slice(
-        &std::fs::read(&args.json).with_context(|| format!("reading {}", args.json.display()))?,
-    )
-    .with_context(|| {
-        format!(
-            "{} is not a report.json of this version",
-            args.json.display()
-        )
-    })?;
+    let report = read_report(&args.json)?;
     let dir = args
         .out
         .clone()
@@ -1252,6 +1317,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::write(dir.join("timeline.svg"), render_svg(&report)?)?;
     print!("{}", render_terminal(&report, true));
     eprintln!("wrote {0}/report.md and {0}/timeline.svg", dir.display());
+    if !args.beside.is_empty() {
+        let mut all = vec![report];
+        for path in &args.beside {
+            all.push(read_report(path)?);
+        }
+        let comparison = render_comparison(&all);
+        std::fs::write(dir.join("comparison.md"), &comparison)?;
+        print!("\n{comparison}");
+        eprintln!("wrote {}/comparison.md", dir.display());
+    }
     Ok(())
 }
 
@@ -1263,6 +1338,49 @@ pub mod tests {
     use crate::load::stats::{LatencySummary, Totals, WindowSummary};
     use crate::observe::{Observation, PodState, PodTimeline, Sample};
     use crate::scenario::{ScenarioFile, ScenarioResult};
+
+    #[test]
+    fn reports_side_by_side_name_their_app_and_keep_their_rows() {
+        let ours = fixture();
+        let mut theirs = fixture();
+        theirs.settings.app = Some("Deployment fastapi-iris from /x/fastapi-iris".into());
+        theirs.versions.image = "fastapi-iris:91dae1cc2b49".into();
+        let table = render_comparison(&[ours.clone(), theirs.clone()]);
+        let lines: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert!(
+            lines[1].contains(
+                "| POST http://127.0.0.1:30080/predict: closed loop for 150s, 1000 connections |"
+            ),
+            "{table}"
+        );
+        // The header, then each run's rows in order.
+        assert_eq!(
+            lines.len(),
+            1 + ours.scenarios.len() + theirs.scenarios.len(),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("| the Iris server (Rust, manifests/app)"),
+            "{table}"
+        );
+        assert!(
+            lines[ours.scenarios.len() + 1]
+                .starts_with("| Deployment fastapi-iris from /x/fastapi-iris, image `fastapi-iris:91dae1cc2b49` [2] |"),
+            "{table}"
+        );
+        let own = rows(&ours).1;
+        assert!(
+            lines[1].ends_with(&format!("{} |", own[0].cells.join(" | "))),
+            "{table}"
+        );
+        // The user's app is named in its own report's header line too, instead of our model.
+        let md = render_markdown(&theirs);
+        assert!(
+            md.contains("app under test Deployment fastapi-iris"),
+            "{md}"
+        );
+        assert!(!md.contains("model sha256"), "{md}");
+    }
 
     pub fn fixture() -> Report {
         let path = crate::project_root().join("xtask/fixtures/report.json");

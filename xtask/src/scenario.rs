@@ -832,6 +832,8 @@ pub async fn run(
     )
     .await?;
     let config = scenario.load_config(url)?;
+    // Where the requests go: the scenario's path, if it has one, on `url`.
+    let target = config.config.url.to_string();
     let header = crate::load::describe(&config);
     eprintln!("  scenario {}: {header}", scenario.name);
     // The cluster's own metrics-server decides how fast the HPA can see the load go.
@@ -871,7 +873,7 @@ pub async fn run(
                 crate::signals::fired().await;
             };
             let outcome = crate::load::drive(config, false, stop).await;
-            let source = format!("this machine, to {url}");
+            let source = format!("this machine, to {target}");
             (load_start, Some(observer), outcome, source)
         }
         LoadFrom::Cluster { image, pods } => {
