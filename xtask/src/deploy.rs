@@ -57,6 +57,9 @@ pub struct App {
     pub service_port: u16,
     /// The container port behind it (where a pod's `/metrics` is scraped).
     pub container_port: u16,
+    /// Where each pod's own counts come from: ours for our server, the user's histogram
+    /// (`--server-metrics`), or nowhere.
+    pub server_metrics: Option<crate::podmetrics::Source>,
 }
 
 /// Which port or container of a user's app, when it has several.
@@ -65,6 +68,8 @@ pub struct Choices {
     /// A Service port's name or number.
     pub port: Option<String>,
     pub container: Option<String>,
+    /// The app's own Prometheus histogram (`--server-metrics`).
+    pub server_metrics: Option<crate::podmetrics::Source>,
 }
 
 impl App {
@@ -305,6 +310,11 @@ impl App {
             selector,
             service_port: u16::try_from(port.port).context("the Service port")?,
             container_port: u16::try_from(container_port).context("the container port")?,
+            server_metrics: if ours {
+                Some(crate::podmetrics::Source::Ours)
+            } else {
+                choices.server_metrics.clone()
+            },
         })
     }
 
@@ -964,7 +974,7 @@ data: {LOG_LEVEL: info}
             &files,
             &Choices {
                 port: Some("9090".into()),
-                container: None,
+                ..Choices::default()
             },
         )
         .expect("--port 9090");
@@ -976,7 +986,7 @@ data: {LOG_LEVEL: info}
             &files,
             &Choices {
                 port: Some("http".into()),
-                container: None,
+                ..Choices::default()
             },
         )
         .expect("--port http");
@@ -985,7 +995,7 @@ data: {LOG_LEVEL: info}
             &files,
             &Choices {
                 port: Some("grpc".into()),
-                container: None,
+                ..Choices::default()
             },
         );
         assert!(
@@ -1010,8 +1020,8 @@ data: {LOG_LEVEL: info}
         let chosen = app(
             &files,
             &Choices {
-                port: None,
                 container: Some("api".into()),
+                ..Choices::default()
             },
         )
         .expect("--container api");

@@ -87,6 +87,12 @@ pub struct Args {
     /// With --app: the container whose image is set to --image, when the pod has several.
     #[arg(long, requires = "app")]
     pub container: Option<String>,
+    /// With --app: the app's own Prometheus histogram of request durations, `NAME[,label=value]`
+    /// (its `NAME_count` and `NAME_bucket` series with those labels, scraped from each pod's
+    /// `/metrics` on the Service's target port): each pod's count and latency in the report.
+    /// Without it those read "not measured".
+    #[arg(long, requires = "app", value_parser = parse_server_metrics)]
+    pub server_metrics: Option<crate::podmetrics::Source>,
     /// The app's image. On kind: an image in the local Docker engine, loaded into the nodes
     /// (nothing of ours is built). On an existing cluster: one the cluster can pull.
     #[arg(long)]
@@ -209,6 +215,7 @@ impl Args {
             &deploy::Choices {
                 port: self.port.clone(),
                 container: self.container.clone(),
+                server_metrics: self.server_metrics.clone(),
             },
         )?;
         if self.scenario.is_none() {
@@ -236,6 +243,10 @@ impl Args {
             expect_scale_up_within_s: self.expect_scale_up_within_s,
         }
     }
+}
+
+fn parse_server_metrics(text: &str) -> Result<crate::podmetrics::Source, String> {
+    crate::podmetrics::Source::parse(text).map_err(|e| format!("{e:#}"))
 }
 
 /// Flags of the kind cluster the harness makes, refused with --context/--kubeconfig (clap does

@@ -269,7 +269,7 @@ impl ServerCounter {
         Counts {
             by_status: [(200, total)].into(),
             buckets,
-            in_flight,
+            in_flight: Some(in_flight),
         }
     }
 }

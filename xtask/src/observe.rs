@@ -277,12 +277,12 @@ pub fn addressed(pods: &[Pod]) -> Vec<String> {
 }
 
 /// Watches the app (its HPA, Deployment and pods) until `stop` fires, sampling every `every`;
-/// with `metrics_port`, each sample also scrapes every pod's `/metrics` on that port through the
-/// API server.
+/// with `metrics`, each sample also scrapes every pod's `/metrics` on that port through the API
+/// server and reads the series of that source.
 pub async fn observe(
     client: Client,
     app: crate::deploy::App,
-    metrics_port: Option<u16>,
+    metrics: Option<(u16, crate::podmetrics::Source)>,
     load_start_unix_s: f64,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -341,12 +341,13 @@ pub async fn observe(
                     timeline.gone_s = Some(t_s);
                 }
             }
-            if let Some(port) = metrics_port {
+            if let Some((port, source)) = &metrics {
                 let scrapes = crate::podmetrics::scrape_all(
                     &client,
                     namespace,
                     &addressed(&list.items),
-                    port,
+                    *port,
+                    source,
                     load_start_unix_s,
                 )
                 .await;
@@ -919,7 +920,7 @@ mod tests {
         observe(
             client,
             crate::deploy::App::ours().expect("manifests/app"),
-            Some(8080),
+            Some((8080, crate::podmetrics::Source::Ours)),
             start,
             Duration::from_secs(1),
             stop,

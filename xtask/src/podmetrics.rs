@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use kube::Client;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,68 @@ const DURATION_BUCKET: &str = "iris_serve_http_request_duration_seconds_bucket";
 const IN_FLIGHT: &str = "iris_serve_http_requests_in_flight";
 /// A scrape that takes longer is a failed one: the next tick comes a second later anyway.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a pod's own counts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// This repository's server: `iris_serve_http_requests_total` by status and the duration
+    /// histogram on the route `/predict`, and its in-flight gauge.
+    Ours,
+    /// A user's app's Prometheus histogram (`--server-metrics NAME[,label=value...]`): its
+    /// `NAME_count` and `NAME_bucket` series whose labels include these, added up.
+    Histogram {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+}
+
+impl Source {
+    /// `NAME[,label=value...]`, the histogram's base name (what comes before `_bucket`).
+    pub fn parse(text: &str) -> anyhow::Result<Source> {
+        let mut parts = text.split(',');
+        let name = parts.next().unwrap_or_default().trim();
+        let valid_name = name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+        anyhow::ensure!(
+            !name.is_empty() && valid_name,
+            "--server-metrics {text:?}: {name:?} is not a Prometheus metric name; give the histogram's name, e.g. http_request_duration_seconds,handler=/predict"
+        );
+        for suffix in ["_bucket", "_count", "_sum"] {
+            anyhow::ensure!(
+                !name.ends_with(suffix),
+                "--server-metrics {text:?}: give the histogram's name without {suffix} ({})",
+                name.trim_end_matches(suffix)
+            );
+        }
+        let mut labels = BTreeMap::new();
+        for part in parts {
+            let (k, v) = part.split_once('=').with_context(|| {
+                format!("--server-metrics {text:?}: {part:?} is not label=value")
+            })?;
+            anyhow::ensure!(
+                !k.trim().is_empty() && k.trim() != "le",
+                "--server-metrics {text:?}: {part:?} is not a label to select by"
+            );
+            labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Ok(Source::Histogram {
+            name: name.to_owned(),
+            labels,
+        })
+    }
+
+    /// The series it reads, as PromQL would select them.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Ours => format!("{REQUESTS}{{route=\"{ROUTE}\"}} and {DURATION_BUCKET}"),
+            Source::Histogram { name, labels } => {
+                let sel: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                format!("{name}{{{}}}", sel.join(","))
+            }
+        }
+    }
+}
 
 /// One sample line of the text format: `name{label="value",...} value [timestamp]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,13 +174,78 @@ pub struct Counts {
     pub by_status: BTreeMap<u16, f64>,
     /// The duration histogram's cumulative buckets: (upper bound in seconds, count), `+Inf` last.
     pub buckets: Vec<(f64, f64)>,
-    /// Requests being handled on every route, the scrape itself not counted.
-    pub in_flight: f64,
+    /// Requests being handled on every route, the scrape itself not counted; none from an app
+    /// that has no such gauge.
+    pub in_flight: Option<f64>,
 }
 
 impl Counts {
     pub fn total(&self) -> f64 {
         self.by_status.values().sum()
+    }
+
+    /// The series `source` names, from a parsed text.
+    pub fn of_source(lines: &[Line], source: &Source) -> Result<Counts, String> {
+        match source {
+            Source::Ours => Self::of(lines),
+            Source::Histogram { name, labels } => Self::of_histogram(lines, name, labels),
+        }
+    }
+
+    /// A histogram's series whose labels include `labels`, added up by bucket; its count is
+    /// every response, whatever the status (status 0 here: "all"). Absent series are an error
+    /// that names them: the flag named a histogram the app does not export.
+    fn of_histogram(
+        lines: &[Line],
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Counts, String> {
+        let (count, bucket) = (format!("{name}_count"), format!("{name}_bucket"));
+        let selected = |l: &Line| labels.iter().all(|(k, v)| l.labels.get(k) == Some(v));
+        let mut counts = Counts::default();
+        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        let mut found = false;
+        for l in lines.iter().filter(|l| selected(l)) {
+            if l.name == count {
+                found = true;
+                *counts.by_status.entry(0).or_default() += l.value;
+            } else if l.name == bucket {
+                let le = l
+                    .labels
+                    .get("le")
+                    .and_then(|v| match v.as_str() {
+                        "+Inf" => Some(f64::INFINITY),
+                        v => v.parse::<f64>().ok(),
+                    })
+                    .ok_or_else(|| format!("{bucket} without an `le` label"))?;
+                buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += l.value;
+            }
+        }
+        if !found {
+            let mut names: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.name.ends_with("_bucket"))
+                .map(|l| l.name.trim_end_matches("_bucket"))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            return Err(format!(
+                "no series {} in the app's /metrics (its histograms: {})",
+                Source::Histogram {
+                    name: count,
+                    labels: labels.clone()
+                }
+                .describe(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        counts.buckets = buckets.into_values().collect();
+        counts.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(counts)
     }
 
     /// The load route's series from a parsed text. A series the server has not created yet (no
@@ -152,7 +280,8 @@ impl Counts {
             }
         }
         // The gauge counts the /metrics request that is reading it.
-        counts.in_flight = (in_flight.ok_or(format!("no {IN_FLIGHT} in the text"))? - 1.0).max(0.0);
+        counts.in_flight =
+            Some((in_flight.ok_or(format!("no {IN_FLIGHT} in the text"))? - 1.0).max(0.0));
         counts.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         Ok(counts)
     }
@@ -180,6 +309,7 @@ pub async fn scrape(
     namespace: &str,
     pod: &str,
     port: u16,
+    source: &Source,
     load_start_unix_s: f64,
 ) -> Scrape {
     let request = http::Request::get(proxy_path(namespace, pod, port))
@@ -191,7 +321,7 @@ pub async fn scrape(
     let counts = match request {
         Ok(request) => {
             match tokio::time::timeout(SCRAPE_TIMEOUT, client.request_text(request)).await {
-                Ok(Ok(text)) => parse(&text).and_then(|lines| Counts::of(&lines)),
+                Ok(Ok(text)) => parse(&text).and_then(|lines| Counts::of_source(&lines, source)),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {}s", SCRAPE_TIMEOUT.as_secs())),
             }
@@ -211,11 +341,12 @@ pub async fn scrape_all(
     namespace: &str,
     pods: &[String],
     port: u16,
+    source: &Source,
     load_start_unix_s: f64,
 ) -> Vec<Scrape> {
     futures::future::join_all(
         pods.iter()
-            .map(|p| scrape(client, namespace, p, port, load_start_unix_s)),
+            .map(|p| scrape(client, namespace, p, port, source, load_start_unix_s)),
     )
     .await
 }
@@ -233,7 +364,9 @@ pub struct PodPoint {
     /// Responses per second on the load's route by status class (`2xx`, `4xx`, `5xx`, ...).
     pub rps: BTreeMap<String, f64>,
     /// In-flight requests at the scrape that ends the interval.
-    pub in_flight: f64,
+    /// None from an app without an in-flight gauge (reports before it: always a number).
+    #[serde(default)]
+    pub in_flight: Option<f64>,
     /// Server-side latency over the interval, from the histogram's bucket deltas.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -273,6 +406,9 @@ pub struct ServerMetrics {
     /// Responses on the load's route the servers counted, from the scrape before the load to
     /// the last one.
     pub counted: u64,
+    /// The series read, when not this repository's server's (`--server-metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl ServerMetrics {
@@ -375,6 +511,10 @@ fn ms(seconds: Option<f64>) -> Option<f64> {
 }
 
 fn class(status: u16) -> String {
+    // A histogram's count has no status: every response.
+    if status == 0 {
+        return "all".to_owned();
+    }
     format!("{}xx", status / 100)
 }
 
@@ -587,7 +727,7 @@ mod tests {
         let fresh = counts("fresh");
         // No /predict yet: the series do not exist, which is zero. The gauge counts the scrape.
         assert_eq!((fresh.total(), fresh.buckets.len()), (0.0, 0));
-        assert_eq!(fresh.in_flight, 0.0);
+        assert_eq!(fresh.in_flight, Some(0.0));
         let c = counts("after-43");
         assert_eq!(c.by_status, [(200, 40.0), (422, 3.0)].into());
         // exponential_buckets(0.0001, 2.0, 16) and +Inf, in order; the probes' and the
@@ -600,13 +740,85 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
         );
-        assert_eq!(c.in_flight, 0.0);
+        assert_eq!(c.in_flight, Some(0.0));
         let lines = parse(&recorded("after-43")).expect("parses");
         let build = lines
             .iter()
             .find(|l| l.name == "iris_serve_build_info")
             .expect("build info");
         assert_eq!(build.labels["version"], "0.1.0");
+    }
+
+    #[test]
+    fn server_metrics_flag_names_a_histogram_and_its_labels() {
+        let s = Source::parse("http_request_duration_seconds,handler=/predict").expect("valid");
+        assert_eq!(
+            s,
+            Source::Histogram {
+                name: "http_request_duration_seconds".into(),
+                labels: [("handler".to_owned(), "/predict".to_owned())].into(),
+            }
+        );
+        assert_eq!(
+            s.describe(),
+            "http_request_duration_seconds{handler=\"/predict\"}"
+        );
+        assert_eq!(
+            Source::parse("a:b_c").expect("no labels").describe(),
+            "a:b_c{}"
+        );
+        for (bad, says) in [
+            ("", "is not a Prometheus metric name"),
+            ("9lives", "is not a Prometheus metric name"),
+            ("http-latency", "is not a Prometheus metric name"),
+            ("x_bucket", "without _bucket (x)"),
+            ("x_count,handler=/p", "without _count (x)"),
+            ("x,handler", "\"handler\" is not label=value"),
+            ("x,le=0.1", "is not a label to select by"),
+            ("x,=v", "is not a label to select by"),
+        ] {
+            let e = Source::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fastapi_apps_histogram_gives_its_counts() {
+        // Recorded from the fastapi-iris example's own /metrics (prometheus_client 0.26.0).
+        let lines = parse(&recorded("fastapi-43")).expect("parses");
+        let predict = Source::parse("http_request_duration_seconds,handler=/predict").expect("ok");
+        let c = Counts::of_source(&lines, &predict).expect("the route's histogram");
+        // Its count is every response on the route, 200s and 422s alike: status 0, "all".
+        assert_eq!(c.by_status, [(0, 43.0)].into());
+        assert_eq!(class(0), "all");
+        assert_eq!(c.in_flight, None);
+        // prometheus_client's 15 default bounds and +Inf, in order, cumulative.
+        assert_eq!(c.buckets.len(), 15);
+        assert_eq!(c.buckets[0].0, 0.005);
+        assert_eq!(c.buckets[14], (f64::INFINITY, 43.0));
+        assert!(
+            c.buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+        );
+        // Without a label every handler's series are added up, bucket by bucket.
+        let all = Source::parse("http_request_duration_seconds").expect("ok");
+        let c = Counts::of_source(&lines, &all).expect("all handlers");
+        assert_eq!(c.total(), 44.0);
+        assert_eq!(c.buckets[14], (f64::INFINITY, 44.0));
+        // A name or label the app does not have is an error naming what it does export.
+        for wrong in [
+            "http_request_latency_seconds",
+            "http_request_duration_seconds,handler=/infer",
+        ] {
+            let e = Counts::of_source(&lines, &Source::parse(wrong).expect("ok")).expect_err(wrong);
+            assert!(
+                e.contains("its histograms: http_request_duration_seconds"),
+                "{e}"
+            );
+        }
+        // Ours is refused on it, as before: our names are never read from someone else's app.
+        assert!(Counts::of_source(&lines, &Source::Ours).is_err());
     }
 
     #[test]
@@ -857,7 +1069,15 @@ mod tests {
             seen.sort();
             seen
         });
-        let scrapes = scrape_all(&client, "iris-serve", &["a".into(), "b".into()], 8080, 0.0).await;
+        let scrapes = scrape_all(
+            &client,
+            "iris-serve",
+            &["a".into(), "b".into()],
+            8080,
+            &Source::Ours,
+            0.0,
+        )
+        .await;
         let paths = server.await.expect("mock");
         assert_eq!(
             paths,

@@ -386,9 +386,15 @@ pub fn render_markdown(report: &Report) -> String {
                 .as_ref()
                 .and_then(|m| m.pods.get(&p.name))
                 .map_or(String::new(), own_count);
-            // Who served a response is known from our server's x-served-by header only.
-            let served = if s.load.totals.pods.is_empty() && s.server_not_measured.is_some() {
-                "requests served not measured".to_owned()
+            // Who served a response is known from our server's x-served-by header; for an app
+            // without it, its own histogram's count (`own`) or, lacking that, its CPU.
+            let served = if s.load.totals.pods.is_empty() && s.server.is_some() {
+                "no x-served-by header".to_owned()
+            } else if s.load.totals.pods.is_empty() && s.server_not_measured.is_some() {
+                format!(
+                    "requests served not measured (no x-served-by header); {}",
+                    pod_cpu(&s.observation.samples, &p.name, s.load_end_s)
+                )
             } else {
                 format!(
                     "served {} requests",
@@ -433,16 +439,41 @@ pub fn render_markdown(report: &Report) -> String {
     out
 }
 
+/// A pod's CPU from metrics-server while the load ran: where the app tells nothing of its
+/// traffic, the honest stand-in, labelled as what it is.
+fn pod_cpu(samples: &[crate::observe::Sample], pod: &str, load_end_s: f64) -> String {
+    let cpu: Vec<f64> = samples
+        .iter()
+        .filter(|x| (0.0..=load_end_s).contains(&x.t_s))
+        .filter_map(|x| x.pod_cpu_m.get(pod).copied())
+        .collect();
+    if cpu.is_empty() {
+        return "no CPU reading from metrics-server during the load".to_owned();
+    }
+    format!(
+        "its CPU from metrics-server during the load: mean {:.0}m, peak {:.0}m ({} readings)",
+        cpu.iter().sum::<f64>() / cpu.len() as f64,
+        cpu.iter().copied().fold(0.0, f64::max),
+        cpu.len()
+    )
+}
+
 /// A pod's own count beside the generator's, with its busiest second and most in flight.
 fn own_count(p: &crate::podmetrics::PodServer) -> String {
     let most =
         |f: fn(&crate::podmetrics::PodPoint) -> f64| p.points.iter().map(f).fold(0.0, f64::max);
+    // An app without an in-flight gauge: not said, rather than zero.
+    let in_flight = p
+        .points
+        .iter()
+        .filter_map(|x| x.in_flight)
+        .reduce(f64::max)
+        .map_or(String::new(), |n| format!(" and {n:.0} in flight"));
     format!(
-        " (its server counted {}{}, at most {:.0}/s and {:.0} in flight)",
+        " (its server counted {}{}, at most {:.0}/s{in_flight})",
         if p.incomplete.is_empty() { "" } else { ">=" },
         p.counted,
         most(crate::podmetrics::PodPoint::total_rps),
-        most(|x| x.in_flight)
     )
 }
 
@@ -461,7 +492,11 @@ fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::Ser
     };
     let _ = writeln!(
         out,
-        "- The servers' own metrics ({scrapes} scrapes of {} through the API server, {failed} failed: gaps, not zeros): {latency}.",
+        "- {} ({scrapes} scrapes of {} through the API server, {failed} failed: gaps, not zeros): {latency}.",
+        match &m.source {
+            Some(series) => format!("The app's own histogram `{series}`"),
+            None => "The servers' own metrics".to_owned(),
+        },
         match m.pods.len() {
             1 => "1 pod".to_owned(),
             n => format!("{n} pods"),

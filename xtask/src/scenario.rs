@@ -20,6 +20,7 @@ use crate::load::client::{Config, Load, Mode, Outcome};
 use crate::load::request::{self, ExpectStatus};
 use crate::load::schedule::{Schedule, parse_duration};
 use crate::observe::{self, Autoscaling, Derived, Observation};
+use crate::podmetrics::Source;
 use crate::project_root;
 use crate::runners::{self, LoadFrom};
 
@@ -769,22 +770,27 @@ pub fn autoscaling(
     })
 }
 
-/// Where each pod's own counts come from: our server's `/metrics` on the container port behind
-/// the Service; a user's app: nowhere yet, and the report says why instead of showing zeros.
-pub fn server_metrics_port(app: &App) -> Result<u16, String> {
-    if app.ours {
-        Ok(app.container_port)
-    } else {
-        Err(format!(
+/// Where each pod's own counts come from: our server's `/metrics`; a user's app's histogram
+/// when `--server-metrics` names it (on the container port behind the Service, `/metrics`);
+/// otherwise nowhere, and the report says why instead of showing zeros.
+pub fn server_metrics(app: &App) -> Result<(u16, Source), String> {
+    match &app.server_metrics {
+        Some(source) => Ok((app.container_port, source.clone())),
+        None => Err(format!(
             "not measured: {} is not this repository's server, whose /metrics (iris_serve_*) and \
-             x-served-by header give each pod's own counts",
+             x-served-by header give each pod's own counts; name the app's Prometheus histogram \
+             with --server-metrics NAME[,label=value]",
             app.describe()
-        ))
+        )),
     }
 }
 
 /// Scrapes every addressed app pod once: the baseline the scenario's counts start from.
-async fn scrape_app(client: &Client, app: &App, port: u16) -> Vec<crate::podmetrics::Scrape> {
+async fn scrape_app(
+    client: &Client,
+    app: &App,
+    (port, source): &(u16, Source),
+) -> Vec<crate::podmetrics::Scrape> {
     let pods: Api<k8s_openapi::api::core::v1::Pod> =
         Api::namespaced(client.clone(), &app.namespace);
     match pods
@@ -796,7 +802,8 @@ async fn scrape_app(client: &Client, app: &App, port: u16) -> Vec<crate::podmetr
                 client,
                 &app.namespace,
                 &observe::addressed(&list.items),
-                port,
+                *port,
+                source,
                 0.0,
             )
             .await
@@ -847,10 +854,10 @@ pub async fn run(
         hpa.scale_down_within_s()
     );
     let app = &settings.app;
-    let port = server_metrics_port(app);
+    let port = server_metrics(app);
     // The scrape before the load, on the Unix clock until the load's start is known.
-    let mut baseline = match port {
-        Ok(port) => scrape_app(client, app, port).await,
+    let mut baseline = match &port {
+        Ok(metrics) => scrape_app(client, app, metrics).await,
         Err(_) => Vec::new(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -940,9 +947,13 @@ pub async fn run(
         crate::load::printer::summary(&format!("scenario {}", scenario.name), &outcome)
     );
     let derived = observe::derive(&observation, &outcome.windows, load_end_s, &hpa);
-    let server = port
-        .is_ok()
-        .then(|| crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s));
+    let server = port.as_ref().ok().map(|(_, source)| {
+        let mut m = crate::podmetrics::derive(&observation.scrapes, &observation.pods, load_end_s);
+        if *source != Source::Ours {
+            m.source = Some(source.describe());
+        }
+        m
+    });
     let gates = judge(
         &scenario.gates.overridden_by(gate_flags),
         &outcome,
@@ -1288,7 +1299,7 @@ mod tests {
         let hpa = autoscaling(&settings, 15.0).expect("hpa");
         assert_eq!(hpa, crate::fixture::manifests_hpa());
         // The servers' /metrics are read on the container port behind the Service's port.
-        assert_eq!(server_metrics_port(&settings.app), Ok(8080));
+        assert_eq!(server_metrics(&settings.app), Ok((8080, Source::Ours)));
         let all = ScenarioFile::select(None).expect("default file");
         // autoscale names no time: the scale-down's 120 s.
         assert_eq!(all[0].observe_after(&hpa).expect("after").as_secs(), 120);
