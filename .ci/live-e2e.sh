@@ -62,14 +62,21 @@ e2e "$@"
 main_report=$(ls -td "$out"/*/report.json 2>/dev/null | head -n1 || true)
 # The seeds' own stack as the app under test: their manifests, their image, their request.
 fastapi_out=target/e2e-fastapi
-log "cargo xtask e2e --app manifests/examples/fastapi-iris --image $IRIS_FASTAPI_IMAGE"
+log "cargo xtask e2e --app manifests/examples/fastapi-iris --image $IRIS_FASTAPI_IMAGE --server-metrics ..."
 PATH="$(dirname "$IRIS_KIND"):$PATH" cargo xtask e2e \
     --node-image "$IRIS_NODE_IMAGE" \
     --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
     --out "$fastapi_out" \
     --app manifests/examples/fastapi-iris --image "$IRIS_FASTAPI_IMAGE" \
+    --server-metrics http_request_duration_seconds,handler=/predict \
     --scenario manifests/examples/fastapi-iris/scenarios.yaml || status=$?
 fastapi_report=$(ls -td "$fastapi_out"/*/report.json 2>/dev/null | head -n1 || true)
+# One FastAPI pod's capacity without a cluster, as its Deployment runs it (port, user, env,
+# /tmp, limits) and sent its scenario's request; the prediction for its scenarios beside it.
+log "cargo xtask calibrate --app manifests/examples/fastapi-iris --image $IRIS_FASTAPI_IMAGE"
+cargo xtask calibrate --app manifests/examples/fastapi-iris --image "$IRIS_FASTAPI_IMAGE" \
+    --scenario manifests/examples/fastapi-iris/scenarios.yaml --out target/calibrate-fastapi \
+    --start-rate 40 --growth 1.5 --connections 64 --max-p99-ms 500 || status=$?
 if [ -n "$main_report" ] && [ -n "$fastapi_report" ]; then
     log "the Iris server and the FastAPI service, side by side"
     cargo xtask report "$main_report" --beside "$fastapi_report" --out target/e2e-comparison \

@@ -128,7 +128,8 @@ pub struct Args {
     pub load_image: Option<String>,
     /// Without a calibration of this image under the Deployment's limits in target/calibrate/,
     /// measure one before the scenarios (`cargo xtask calibrate`), for the report's predicted-versus-observed section.
-    #[arg(long)]
+    /// Not with --app: calibrate a user's app first with `cargo xtask calibrate --app DIR`.
+    #[arg(long, conflicts_with = "app")]
     pub calibrate: bool,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
@@ -411,7 +412,8 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                         built.reference
                     }
                 };
-                let calibration = crate::calibrate::for_run(&reference, args.calibrate).await?;
+                let calibration =
+                    crate::calibrate::for_run(&args.app()?, &reference, args.calibrate).await?;
                 steps.start("image load");
                 crate::signals::test_pause("e2e-image-load").await;
                 image::load(&docker, &reference, &cluster.name).await?;
@@ -776,13 +778,14 @@ async fn existing(
     let (image, calibration) = match (&args.image, &args.push) {
         (Some(image), _) => (
             image.clone(),
-            crate::calibrate::for_run(image, args.calibrate).await?,
+            crate::calibrate::for_run(&args.app()?, image, args.calibrate).await?,
         ),
         (None, Some(repo)) => {
             let docker = docker::connect().await?;
             let built = image::build(&docker).await?;
             // Calibrated under the local build's name: the pushed reference is a digest.
-            let calibration = crate::calibrate::for_run(&built.reference, args.calibrate).await?;
+            let calibration =
+                crate::calibrate::for_run(&args.app()?, &built.reference, args.calibrate).await?;
             (push(&docker, &built.reference, repo).await?, calibration)
         }
         (None, None) => unreachable!("checked above"),

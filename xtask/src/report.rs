@@ -483,6 +483,11 @@ fn server_lines(out: &mut String, s: &ScenarioResult, m: &crate::podmetrics::Ser
     let (scrapes, failed) = m.scrapes();
     let client = s.load.totals.latency.as_ref().map(|l| l.p99_ms);
     let latency = match (m.p50_ms, m.p99_ms, client) {
+        // Interpolated within a bucket wider than the difference (an app's own histogram with
+        // Prometheus's default bounds: 1 s, 2.5 s, 5 s ...): no split can be read from it.
+        (Some(p50), Some(p99), Some(c)) if p99 > c => format!(
+            "in the handler p50 {p50:.1} ms, p99 {p99:.1} ms, above the client's p99 {c:.1} ms: the p99 is interpolated within a histogram bucket wider than that difference, too coarse to tell the handler's time from queueing"
+        ),
         (Some(p50), Some(p99), Some(c)) => format!(
             "in the handler p50 {p50:.1} ms, p99 {p99:.1} ms against the client's p99 {c:.1} ms: {:.1} ms of the client's p99 is queueing and network outside the handler",
             c - p99

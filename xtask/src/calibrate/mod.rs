@@ -29,13 +29,25 @@ pub const OUT_DIR: &str = "target/calibrate";
 /// The label on calibration containers (valued with this process's id), so a leftover one can be
 /// told apart.
 pub const LABEL: &str = "iris-serve.dev/calibrate";
-const SERVER_PORT: &str = "8080/tcp";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// The server image (default: build it, or reuse the unchanged build, as `image build` does).
+    /// The server image (default: build it, or reuse the unchanged build, as `image build` does);
+    /// with --app, the app's image in the local Docker engine.
     #[arg(long)]
     pub image: Option<String>,
+    /// A user's app folder, as `e2e --app`: its Deployment's container gives the limits, the
+    /// port (the Service's target), the readiness probe's path, the user, env and /tmp-style
+    /// emptyDir mounts; the container keeps its own command. Needs --image and --scenario (the
+    /// request each stage sends: its path, method, headers and body).
+    #[arg(long, requires_all = ["image", "scenario"])]
+    pub app: Option<PathBuf>,
+    /// With --app: the Service port (name or number) when it has several.
+    #[arg(long, requires = "app")]
+    pub port: Option<String>,
+    /// With --app: the container when the pod has several.
+    #[arg(long, requires = "app")]
+    pub container: Option<String>,
     /// CPU limit in cores, e.g. 0.25 (default: the server container's limit in manifests/app/deployment.yaml).
     #[arg(long, value_parser = parse_cpus)]
     pub cpus: Option<f64>,
@@ -71,6 +83,7 @@ pub struct Args {
     pub connections: usize,
     /// Print the prediction for this scenario (a name from xtask/scenarios.yaml, or a file) from
     /// the latest calibration of the same image and limits, measuring first only when there is none.
+    /// With --app: the app's scenario file, whose first scenario's request the stages send.
     #[arg(long)]
     pub scenario: Option<String>,
     /// Where calibration.json, calibration.md and calibration.svg go.
@@ -113,19 +126,44 @@ pub struct Limits {
 
 /// The server container's limits and CPU request as manifests/app/deployment.yaml has them.
 pub fn manifest_limits() -> anyhow::Result<Limits> {
-    let app = deploy::App::ours()?;
-    let mut objects = manifests::load_dir(deploy::APP_DIR)?;
-    let deployment =
-        manifests::deployment(&mut objects).context("manifests/app has no Deployment")?;
-    let container = deployment
+    app_limits(&deploy::App::ours()?)
+}
+
+/// The app's Deployment's pod and the container under test, as its folder has them.
+fn app_pod(
+    app: &deploy::App,
+) -> anyhow::Result<(
+    k8s_openapi::api::core::v1::PodSpec,
+    k8s_openapi::api::core::v1::Container,
+    Vec<manifests::Object>,
+)> {
+    let mut objects = app.objects()?;
+    let deployment = manifests::deployment(&mut objects)
+        .with_context(|| format!("{} has no Deployment", app.dir.display()))?;
+    let pod = deployment
         .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == app.container))
+        .and_then(|s| s.template.spec.clone())
+        .context("the Deployment has no pod template")?;
+    let container = pod
+        .containers
+        .iter()
+        .find(|c| c.name == app.container)
+        .cloned()
         .with_context(|| format!("the Deployment has no container {}", app.container))?;
+    Ok((pod, container, objects))
+}
+
+/// The app container's limits and CPU request as its Deployment has them.
+pub fn app_limits(app: &deploy::App) -> anyhow::Result<Limits> {
+    let (_, container, _) = app_pod(app)?;
     let resources = container.resources.clone().unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
-    let what = "manifests/app/deployment.yaml: the server container's resources.limits";
+    let what = format!(
+        "{}: the container {}'s resources.limits",
+        app.dir.join("deployment").display(),
+        app.container
+    );
     let cpu = limits
         .get("cpu")
         .with_context(|| format!("{what} has no cpu (or pass --cpus)"))?;
@@ -392,6 +430,173 @@ fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// What a calibration starts and sends: this repository's server and its Iris request, or a
+/// user's app (`--app`) as its Deployment runs it and its scenario's request.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The container port the app listens on.
+    pub port: u16,
+    /// The container's command: ours gets its arguments; a user's keeps its image's.
+    pub cmd: Option<Vec<String>>,
+    /// `uid[:gid]`; None: the image's own user.
+    pub user: Option<String>,
+    pub env: Vec<String>,
+    /// Writable mounts (the pod's emptyDir volumes) on the read-only root file system.
+    pub tmpfs: Vec<String>,
+    /// The path that answers 200 once it is ready (its readiness probe's).
+    pub ready_path: String,
+    /// What each stage sends (the URL's host and port are the container's published one).
+    pub path: String,
+    pub method: hyper::Method,
+    pub bodies: Vec<bytes::Bytes>,
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    pub expect_status: crate::load::request::ExpectStatus,
+    /// Names the app in messages.
+    pub what: String,
+}
+
+impl Target {
+    /// This repository's server under its own arguments and the Iris request.
+    pub fn ours() -> Target {
+        Target {
+            port: 8080,
+            cmd: Some(
+                ["--addr", "0.0.0.0:8080", "--drain-seconds", "0"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            user: Some("65532:65532".to_owned()),
+            env: vec!["RUST_LOG=warn".to_owned()],
+            tmpfs: Vec::new(),
+            ready_path: "/ready".to_owned(),
+            path: "/predict".to_owned(),
+            method: hyper::Method::POST,
+            bodies: vec![bytes::Bytes::from_static(
+                crate::load::DEFAULT_BODY.as_bytes(),
+            )],
+            headers: vec![(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            )],
+            expect_status: Default::default(),
+            what: "the iris-serve image".to_owned(),
+        }
+    }
+
+    /// The app `args` name (ours without --app) and what a calibration of it starts and sends.
+    pub fn of_args(args: &Args) -> anyhow::Result<(Target, deploy::App)> {
+        let Some(dir) = &args.app else {
+            return Ok((Target::ours(), deploy::App::ours()?));
+        };
+        let app = deploy::App::from_dir(
+            dir,
+            &deploy::Choices {
+                port: args.port.clone(),
+                container: args.container.clone(),
+                server_metrics: None,
+            },
+        )?;
+        let scenario = match &args.scenario {
+            Some(choice) => crate::scenario::ScenarioFile::select(Some(choice))?
+                .into_iter()
+                .next()
+                .context("the scenario file has no scenario")?,
+            None => bail!("--app needs --scenario FILE: its request is what each stage sends"),
+        };
+        Ok((Target::of_app(&app, &scenario)?, app))
+    }
+
+    /// A user's app as its Deployment runs its container, sent the scenario's request.
+    pub fn of_app(
+        app: &deploy::App,
+        scenario: &crate::scenario::Scenario,
+    ) -> anyhow::Result<Target> {
+        let (pod, container, objects) = app_pod(app)?;
+        let ready_path = container
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+            .with_context(|| {
+                format!(
+                    "the container {} has no httpGet readiness probe with a path: calibrate waits on it before the first stage",
+                    app.container
+                )
+            })?;
+        let security = container.security_context.clone().unwrap_or_default();
+        let pod_security = pod.security_context.clone().unwrap_or_default();
+        let uid = security.run_as_user.or(pod_security.run_as_user);
+        let gid = security.run_as_group.or(pod_security.run_as_group);
+        let user = uid.map(|u| match gid {
+            Some(g) => format!("{u}:{g}"),
+            None => u.to_string(),
+        });
+        // Its env: literal values, and every key of a ConfigMap of the folder it takes whole.
+        let mut env = Vec::new();
+        for from in container.env_from.iter().flatten() {
+            let Some(name) = from.config_map_ref.as_ref().map(|c| &c.name) else {
+                continue;
+            };
+            let data = objects.iter().find_map(|o| match o {
+                manifests::Object::Other(c)
+                    if c.kind == "ConfigMap" && c.value["metadata"]["name"] == name.as_str() =>
+                {
+                    c.value["data"].as_object().cloned()
+                }
+                _ => None,
+            });
+            let prefix = from.prefix.clone().unwrap_or_default();
+            env.extend(data.unwrap_or_default().into_iter().map(|(k, v)| {
+                format!(
+                    "{prefix}{k}={}",
+                    v.as_str().map_or(v.to_string(), str::to_owned)
+                )
+            }));
+        }
+        env.extend(
+            container
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| e.value.as_ref().map(|v| format!("{}={v}", e.name))),
+        );
+        // The pod's emptyDir volumes, where the container mounts them.
+        let empty: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter(|v| v.empty_dir.is_some())
+            .map(|v| v.name.as_str())
+            .collect();
+        let tmpfs = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| empty.contains(&m.name.as_str()))
+            .map(|m| m.mount_path.clone())
+            .collect();
+        let load = scenario.load_config("http://127.0.0.1/")?;
+        let config = load.config;
+        Ok(Target {
+            port: app.container_port,
+            cmd: None,
+            user,
+            env,
+            tmpfs,
+            ready_path,
+            path: config
+                .url
+                .path_and_query()
+                .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+            method: config.method,
+            bodies: config.bodies,
+            headers: config.headers,
+            expect_status: load.expect_status,
+            what: format!("{}'s container {}", app.describe(), app.container),
+        })
+    }
+}
+
 /// The container the calibration runs; removed (with its anonymous volumes) when dropped, so on
 /// success, error, panic and Ctrl-C alike.
 pub struct Server {
@@ -424,7 +629,21 @@ pub async fn start_server(
     image: &str,
     limits: Option<&Limits>,
 ) -> anyhow::Result<Server> {
+    start(docker, image, limits, &Target::ours()).await
+}
+
+/// Starts `target`'s container from `image` as [`start_server`] does ours; returns once its
+/// readiness path answers 200.
+pub async fn start(
+    docker: &Docker,
+    image: &str,
+    limits: Option<&Limits>,
+    target: &Target,
+) -> anyhow::Result<Server> {
     let name = container_name();
+    let port_key = format!("{}/tcp", target.port);
+    let mut env = target.env.clone();
+    env.push(format!("POD_NAME={name}"));
     let created = docker
         .create_container(
             Some(CreateContainerOptions {
@@ -433,14 +652,10 @@ pub async fn start_server(
             }),
             ContainerCreateBody {
                 image: Some(image.to_owned()),
-                user: Some("65532:65532".to_owned()),
-                cmd: Some(
-                    ["--addr", "0.0.0.0:8080", "--drain-seconds", "0"]
-                        .map(str::to_owned)
-                        .to_vec(),
-                ),
-                env: Some(vec![format!("POD_NAME={name}"), "RUST_LOG=warn".to_owned()]),
-                exposed_ports: Some(vec![SERVER_PORT.to_owned()]),
+                user: target.user.clone(),
+                cmd: target.cmd.clone(),
+                env: Some(env),
+                exposed_ports: Some(vec![port_key.clone()]),
                 labels: Some(HashMap::from([(
                     LABEL.to_owned(),
                     std::process::id().to_string(),
@@ -449,8 +664,15 @@ pub async fn start_server(
                     nano_cpus: limits.map(|l| (l.cpus * 1e9).round() as i64),
                     memory: limits.map(|l| l.memory_bytes as i64),
                     memory_swap: limits.map(|l| l.memory_bytes as i64),
+                    tmpfs: Some(
+                        target
+                            .tmpfs
+                            .iter()
+                            .map(|p| (p.clone(), "size=64m".to_owned()))
+                            .collect(),
+                    ),
                     port_bindings: Some(HashMap::from([(
-                        SERVER_PORT.to_owned(),
+                        port_key.clone(),
                         Some(vec![PortBinding {
                             host_ip: Some("127.0.0.1".to_owned()),
                             host_port: Some(String::new()),
@@ -463,7 +685,11 @@ pub async fn start_server(
         )
         .await
         .with_context(|| {
-            format!("creating the calibration container from {image} (is it built? `cargo xtask image build`)")
+            if target.cmd.is_some() {
+                format!("creating the calibration container from {image} (is it built? `cargo xtask image build`)")
+            } else {
+                format!("creating the calibration container from {image} (is it in the local Docker engine? `docker images {image}`)")
+            }
         })?;
     // From here the guard owns the container.
     let mut server = Server {
@@ -490,37 +716,38 @@ pub async fn start_server(
     let port = inspect
         .network_settings
         .and_then(|n| n.ports)
-        .and_then(|p| p.get(SERVER_PORT).cloned().flatten())
+        .and_then(|p| p.get(&port_key).cloned().flatten())
         .and_then(|b| b.into_iter().find_map(|b| b.host_port))
         .and_then(|p| p.parse::<u16>().ok());
     let Some(port) = port else {
         // A stopped container's ports are gone: say why it stopped instead.
         if state.running != Some(true) {
-            bail!("{}", exited(&server, state.exit_code));
+            bail!("{}", exited(&server, target, state.exit_code));
         }
         bail!("container {} has no published port", server.name);
     };
     server.addr = ([127, 0, 0, 1], port).into();
-    wait_ready(docker, &server).await?;
+    wait_ready(docker, &server, target).await?;
     Ok(server)
 }
 
-fn exited(server: &Server, code: Option<i64>) -> String {
+fn exited(server: &Server, target: &Target, code: Option<i64>) -> String {
     format!(
-        "the server in container {} exited (code {}) before it was ready: is {} the iris-serve image?",
+        "the server in container {} exited (code {}) before it was ready: is {} {}?",
         server.name,
         code.unwrap_or(-1),
-        server.image
+        server.image,
+        target.what
     )
 }
 
-/// Polls `/ready` until it answers 200; fails at once when the container stops.
-async fn wait_ready(docker: &Docker, server: &Server) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Polls the readiness path until it answers 200; fails at once when the container stops.
+async fn wait_ready(docker: &Docker, server: &Server, target: &Target) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let addr = server.addr;
+        let (addr, path) = (server.addr, target.ready_path.clone());
         let ready = tokio::task::spawn_blocking(move || {
-            crate::bench::wait_http_ok(addr, "/ready", Duration::from_millis(200))
+            crate::bench::wait_http_ok(addr, &path, Duration::from_millis(200))
         })
         .await?;
         if ready.is_ok() {
@@ -535,12 +762,13 @@ async fn wait_ready(docker: &Docker, server: &Server) -> anyhow::Result<()> {
             .state
             .unwrap_or_default();
         if state.running != Some(true) {
-            bail!("{}", exited(server, state.exit_code));
+            bail!("{}", exited(server, target, state.exit_code));
         }
         if Instant::now() > deadline {
             bail!(
-                "the server in container {} did not answer 200 on /ready within 30s",
-                server.name
+                "the server in container {} did not answer 200 on {} within 60s",
+                server.name,
+                target.ready_path
             );
         }
     }
@@ -573,17 +801,17 @@ async fn cpu_counters(docker: &Docker, id: &str) -> anyhow::Result<(u64, u64, u6
     ))
 }
 
-fn stage_config(addr: std::net::SocketAddr, rate: f64, args: &Args) -> anyhow::Result<Config> {
-    Ok(Config {
-        url: format!("http://{addr}/predict").parse()?,
-        method: hyper::Method::POST,
-        bodies: vec![bytes::Bytes::from_static(
-            crate::load::DEFAULT_BODY.as_bytes(),
-        )],
-        headers: vec![(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        )],
+fn stage_config(
+    addr: std::net::SocketAddr,
+    rate: f64,
+    args: &Args,
+    target: &Target,
+) -> anyhow::Result<crate::load::client::Load> {
+    let config = Config {
+        url: format!("http://{addr}{}", target.path).parse()?,
+        method: target.method.clone(),
+        bodies: target.bodies.clone(),
+        headers: target.headers.clone(),
         connections: args.connections,
         mode: Mode::Open {
             schedule: Schedule::constant(rate, args.stage)?,
@@ -592,6 +820,10 @@ fn stage_config(addr: std::net::SocketAddr, rate: f64, args: &Args) -> anyhow::R
         conn_max_age: None,
         // Far past any objective: a stage that breaks it ends within a second of its schedule.
         timeout: Duration::from_secs(2),
+    };
+    Ok(crate::load::client::Load {
+        config,
+        expect_status: target.expect_status.clone(),
     })
 }
 
@@ -599,6 +831,7 @@ fn stage_config(addr: std::net::SocketAddr, rate: f64, args: &Args) -> anyhow::R
 async fn run_stage(
     docker: &Docker,
     server: &Server,
+    target: &Target,
     rate: f64,
     kind: &str,
     args: &Args,
@@ -607,7 +840,7 @@ async fn run_stage(
     let (cpu0, periods0, throttled0) = cpu_counters(docker, &server.id).await?;
     let t0 = Instant::now();
     let outcome: Outcome = crate::load::drive(
-        stage_config(server.addr, rate, args)?,
+        stage_config(server.addr, rate, args, target)?,
         true,
         std::future::pending(),
     )
@@ -677,28 +910,31 @@ pub async fn measure(
         "--stage must be at least 1s"
     );
     let objective = args.objective();
-    let server = start_server(docker, image, Some(limits)).await?;
+    let (target, _) = Target::of_args(args)?;
+    let server = start(docker, image, Some(limits), &target).await?;
     eprintln!(
-        "calibrating {image} in container {} ({} CPU, {} MiB) at http://{}/predict, {}s stages; \
+        "calibrating {image} in container {} ({} CPU, {} MiB) at {} http://{}{}, {}s stages; \
          the load generator shares this host's {} cores with it",
         server.name,
         limits.cpus,
         limits.memory_bytes / (1024 * 1024),
+        target.method,
         server.addr,
+        target.path,
         args.stage.as_secs_f64(),
         num_cpus()
     );
     crate::signals::test_pause("calibrate-stages").await;
     let mut stages: Vec<Stage> = Vec::new();
     while let Some((rate, kind)) = next_rate(&stages, args) {
-        let mut stage = run_stage(docker, &server, rate, kind, args, &objective).await?;
+        let mut stage = run_stage(docker, &server, &target, rate, kind, args, &objective).await?;
         print_stage(&stage);
         if spare_cpu(&stage, limits.cpus) {
             // Broken while the container had CPU to spare: the host was busy elsewhere (the
             // generator, the port proxy, other work on the machine). Once more before it counts.
             eprintln!("  the container had CPU to spare: measuring that rate once more");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            stage = run_stage(docker, &server, rate, kind, args, &objective).await?;
+            stage = run_stage(docker, &server, &target, rate, kind, args, &objective).await?;
             stage.retried = true;
             print_stage(&stage);
         }
@@ -713,6 +949,7 @@ pub async fn measure(
             let stage = run_stage(
                 docker,
                 &server,
+                &target,
                 (knee * share).round(),
                 &format!("{:.0}%", share * 100.0),
                 args,
@@ -969,7 +1206,10 @@ pub fn matching(image: &str, limits: &Limits) -> Result<Calibration, String> {
 
 /// The limits of a run: the flags, else the Deployment's.
 pub fn limits_for(args: &Args) -> anyhow::Result<Limits> {
-    let manifest = manifest_limits();
+    let manifest = match &args.app {
+        None => manifest_limits(),
+        Some(_) => Target::of_args(args).and_then(|(_, app)| app_limits(&app)),
+    };
     match (args.cpus, args.memory, manifest) {
         (Some(cpus), Some(memory), m) => Ok(Limits {
             cpus,
@@ -1006,7 +1246,20 @@ pub async fn calibrate(docker: &Docker, args: &Args) -> anyhow::Result<Calibrati
 
 /// For `e2e`: the latest calibration of `image` under the Deployment's limits; with `measure`
 /// (`--calibrate`), one measured now when there is none. Says on stderr which it is.
-pub async fn for_run(image: &str, measure: bool) -> anyhow::Result<Option<Calibration>> {
+pub async fn for_run(
+    app: &deploy::App,
+    image: &str,
+    measure: bool,
+) -> anyhow::Result<Option<Calibration>> {
+    if !app.ours {
+        // e2e refuses --calibrate with --app; a user's app is calibrated on its own.
+        eprintln!(
+            "  no calibration for this run: for {}, run `cargo xtask calibrate --app {} --image {image} --scenario FILE` first",
+            app.describe(),
+            app.dir.display()
+        );
+        return Ok(None);
+    }
     let limits = manifest_limits()?;
     match matching(image, &limits) {
         Ok(c) => {
@@ -1100,7 +1353,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         };
         if let Some(scenarios) = &scenarios {
-            let hpa = predict::manifests_autoscaling()?;
+            let hpa = predict::app_autoscaling(Target::of_args(args)?.1)?;
             for s in scenarios {
                 let p = predict::predict(&calibration, &hpa, s)?;
                 print!("\n{}", predict::render(&p));

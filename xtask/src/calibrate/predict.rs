@@ -20,9 +20,14 @@ use crate::scenario::{Scenario, ScenarioResult};
 
 /// The manifests' HPA (metrics-server's resolution does not matter to a settle point).
 pub fn manifests_autoscaling() -> anyhow::Result<Autoscaling> {
+    app_autoscaling(crate::deploy::App::ours()?)
+}
+
+/// The HPA of an app's folder, as [`manifests_autoscaling`] reads ours.
+pub fn app_autoscaling(app: crate::deploy::App) -> anyhow::Result<Autoscaling> {
     crate::scenario::autoscaling(
         &crate::deploy::AppSettings {
-            app: crate::deploy::App::ours()?,
+            app,
             image: "calibration".into(),
             pull_policy: "Never".into(),
             max_replicas: None,

@@ -26,6 +26,72 @@ fn quantities_parse_as_kubernetes_writes_them() {
 }
 
 #[test]
+fn a_users_app_is_calibrated_as_its_deployment_runs_it() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: Args,
+    }
+    let example = crate::project_root().join("manifests/examples/fastapi-iris");
+    let dir = example.to_str().expect("utf-8");
+    let scenarios = example.join("scenarios.yaml");
+    let scenarios = scenarios.to_str().expect("utf-8");
+    let args = Wrap::try_parse_from([
+        "calibrate",
+        "--app",
+        dir,
+        "--image",
+        "fastapi-iris:t",
+        "--scenario",
+        scenarios,
+    ])
+    .expect("flags")
+    .args;
+    let (target, app) = Target::of_args(&args).expect("the example");
+    // Its port, user, ConfigMap env, emptyDir /tmp and readiness path, from its Deployment;
+    // its own command kept; the scenario's request.
+    assert_eq!(target.port, 8000);
+    assert_eq!(target.cmd, None);
+    assert_eq!(target.user.as_deref(), Some("65532:65532"));
+    assert!(
+        target.env.contains(&"UVICORN_LOG_LEVEL=warning".to_owned()),
+        "{:?}",
+        target.env
+    );
+    assert_eq!(target.tmpfs, ["/tmp"]);
+    assert_eq!(target.ready_path, "/ready");
+    assert_eq!(
+        (target.method.as_str(), target.path.as_str()),
+        ("POST", "/predict")
+    );
+    assert_eq!(target.bodies[0], r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#);
+    // The limits are its container's, not ours.
+    assert_eq!(
+        app_limits(&app).expect("limits"),
+        Limits {
+            cpus: 0.25,
+            memory_bytes: 256 * 1024 * 1024,
+            cpu_request: Some(0.1),
+        }
+    );
+    assert_eq!(limits_for(&args).expect("limits").cpus, 0.25);
+    // --app needs the image and the request; ours is unchanged.
+    for missing in [
+        vec!["calibrate", "--app", dir, "--scenario", scenarios],
+        vec!["calibrate", "--app", dir, "--image", "x"],
+        vec!["calibrate", "--port", "http"],
+    ] {
+        assert!(Wrap::try_parse_from(&missing).is_err(), "{missing:?}");
+    }
+    let ours = Target::ours();
+    assert_eq!(
+        (ours.port, ours.path.as_str(), ours.ready_path.as_str()),
+        (8080, "/predict", "/ready")
+    );
+}
+
+#[test]
 fn the_limits_come_from_the_deployment_and_flags_win() {
     let m = manifest_limits().expect("manifests");
     assert_eq!(
