@@ -129,7 +129,7 @@ pub struct Args {
     /// Without a calibration of this image under the Deployment's limits in target/calibrate/,
     /// measure one before the scenarios (`cargo xtask calibrate`), for the report's predicted-versus-observed section.
     /// Not with --app: calibrate a user's app first with `cargo xtask calibrate --app DIR`.
-    #[arg(long, conflicts_with = "app")]
+    #[arg(long)]
     pub calibrate: bool,
     /// Gate: fail when a scenario's p99 latency is over this (ms); overrides the scenario file.
     #[arg(long)]
@@ -204,7 +204,8 @@ impl Args {
         );
         ensure!(
             !self.calibrate,
-            "--calibrate measures this repository's server in a container; with --app leave it out"
+            "--calibrate measures this repository's server in a container; with --app leave it out and \
+             calibrate your app first: cargo xtask calibrate --app DIR --image REF --scenario FILE"
         );
         ensure!(
             !self.monitoring,
