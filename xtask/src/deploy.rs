@@ -146,6 +146,28 @@ impl App {
             target.kind,
             target.name
         );
+        // The harness waits for, reports and checks the HPA's CPU utilization: without such a
+        // metric the run would wait out its deploy timeout instead.
+        let cpu_utilization = hpa
+            .spec
+            .as_ref()
+            .and_then(|s| s.metrics.as_ref())
+            .is_some_and(|m| {
+                m.iter().any(|m| {
+                    m.resource.as_ref().is_some_and(|r| {
+                        r.name == "cpu"
+                            && r.target.type_ == "Utilization"
+                            && r.target.average_utilization.is_some()
+                    })
+                })
+            });
+        ensure!(
+            cpu_utilization,
+            "HorizontalPodAutoscaler {} has no metric of type Resource on cpu with a Utilization target: \
+             the harness reads and checks the HPA's CPU utilization; add one, e.g. \
+             metrics: [{{type: Resource, resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}}}]",
+            hpa.name_any()
+        );
         let deployment = objects
             .iter()
             .find_map(|o| match o {
@@ -355,6 +377,24 @@ impl App {
         )?))
     }
 
+    /// The images of the Deployment's pod other than the container under test's (its other
+    /// containers and init containers), as `container=image`.
+    pub fn other_images(&self) -> anyhow::Result<Vec<String>> {
+        let mut objects = self.objects()?;
+        let pod = manifests::deployment(&mut objects)
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.template.spec.clone())
+            .unwrap_or_default();
+        Ok(pod
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&pod.containers)
+            .filter(|c| c.name != self.container)
+            .map(|c| format!("{}={}", c.name, c.image.as_deref().unwrap_or("-")))
+            .collect())
+    }
+
     /// What the report and messages call it.
     pub fn describe(&self) -> String {
         if self.ours {
@@ -514,6 +554,54 @@ pub async fn restore_hpa(client: &Client, app: &App) -> anyhow::Result<()> {
     manifests::apply(client, &hpa).await?;
     eprintln!("  restored {} as in the manifest", hpa.describe());
     Ok(())
+}
+
+/// On a cluster kept by an earlier run (`--reuse`): the namespace that run left (ours, by its
+/// managed-by label) may hold another app, whose NodePort and objects this one would collide
+/// with. Then it is deleted, by its UID, and waited for, before this app is applied; with the same
+/// app it stays (server-side apply updates it in place).
+pub async fn clear_previous_app(client: &Client, app: &App) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let Some(ns) = Api::<Namespace>::all(client.clone())
+        .get_opt(&app.namespace)
+        .await?
+    else {
+        return Ok(());
+    };
+    let managed = ns
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+        .is_some_and(|v| v == "iris-serve-xtask");
+    let (Some(uid), true) = (ns.metadata.uid.clone(), managed) else {
+        return Ok(());
+    };
+    let others: Vec<String> = Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .filter(|n| n != &app.deployment)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "  namespace {} holds Deployment {} from an earlier run on this kept cluster, not {}: deleting it first",
+        app.namespace,
+        others.join(", "),
+        app.deployment
+    );
+    crate::claim::release_namespace(
+        client,
+        &crate::claim::NamespaceClaim::Created {
+            name: app.namespace.clone(),
+            uid,
+        },
+    )
+    .await
 }
 
 /// Applies the app and waits until it serves and autoscaling has a metric.
@@ -1065,6 +1153,27 @@ data: {LOG_LEVEL: info}
                 &Choices::default(),
             );
             assert!(err.contains(want), "want {want:?} in: {err}");
+        }
+        // An HPA on memory only, or on a CPU average value: the harness reads CPU utilization.
+        for hpa in [
+            HPA.replace("name: cpu", "name: memory"),
+            HPA.replace(
+                "{type: Utilization, averageUtilization: 60}",
+                "{type: AverageValue, averageValue: 200m}",
+            ),
+        ] {
+            let err = error(
+                &[
+                    ("d.yaml", DEPLOYMENT),
+                    ("s.yaml", SERVICE),
+                    ("h.yaml", &hpa),
+                ],
+                &Choices::default(),
+            );
+            assert!(
+                err.contains("has no metric of type Resource on cpu with a Utilization target"),
+                "{err}"
+            );
         }
         let cluster_role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: reader\nrules: []\n";
         let err = error(

@@ -220,11 +220,22 @@ impl Args {
                 server_metrics: self.server_metrics.clone(),
             },
         )?;
+        // Offline, the nodes can pull nothing: every image of the pod but the one --image sets
+        // would be missing.
+        let others = app.other_images()?;
+        ensure!(
+            !self.offline || others.is_empty(),
+            "--offline: the pod of {} also runs {}, which the nodes would have to pull; only --image is \
+             loaded into them: run online, or use one container",
+            app.describe(),
+            others.join(", ")
+        );
         if self.scenario.is_none() {
             eprintln!(
-                "note: no --scenario: the default scenarios ({}) send the Iris request (POST /predict with an Iris body) to {}; give your own file with a `request:` block for your service",
+                "note: no --scenario: the default scenarios ({}) send the Iris request (POST with an Iris body) to {} at {}; give your own file with a `request:` block for your service",
                 scenario::DEFAULT_FILE,
-                app.describe()
+                app.describe(),
+                default_path(&app)
             );
         }
         eprintln!(
@@ -385,6 +396,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     };
     // --reuse keeps the cluster (found or made now) for the next run; --keep keeps everything.
     let keep_cluster = args.keep || args.reuse;
+    let was_reused = reused.is_some();
     let cluster: Cluster = match reused {
         Some(c) => c,
         None => cluster::up_with(&up, &kind, &up.preload(&preload), &mut steps).await?,
@@ -414,7 +426,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                     }
                 };
                 let calibration =
-                    crate::calibrate::for_run(&args.app()?, &reference, args.calibrate).await?;
+                    crate::calibrate::for_run(&app, &reference, args.calibrate).await?;
                 steps.start("image load");
                 crate::signals::test_pause("e2e-image-load").await;
                 image::load(&docker, &reference, &cluster.name).await?;
@@ -441,6 +453,9 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                     max_replicas: None,
                     fixed_node_port: true,
                 };
+                if was_reused {
+                    deploy::clear_previous_app(&cluster.client, &app).await?;
+                }
                 deploy::deploy(&cluster.client, &settings).await?;
                 if args.monitoring {
                     monitoring::apply_and_report(&cluster.client, &app.namespace).await?;
@@ -779,14 +794,14 @@ async fn existing(
     let (image, calibration) = match (&args.image, &args.push) {
         (Some(image), _) => (
             image.clone(),
-            crate::calibrate::for_run(&args.app()?, image, args.calibrate).await?,
+            crate::calibrate::for_run(&app, image, args.calibrate).await?,
         ),
         (None, Some(repo)) => {
             let docker = docker::connect().await?;
             let built = image::build(&docker).await?;
             // Calibrated under the local build's name: the pushed reference is a digest.
             let calibration =
-                crate::calibrate::for_run(&args.app()?, &built.reference, args.calibrate).await?;
+                crate::calibrate::for_run(&app, &built.reference, args.calibrate).await?;
             (push(&docker, &built.reference, repo).await?, calibration)
         }
         (None, None) => unreachable!("checked above"),
@@ -801,6 +816,12 @@ async fn existing(
                     let built = image::build_runner(&docker).await?;
                     push(&docker, &built.reference, &format!("{repo}-load-runner")).await?
                 }
+                (None, None) if !app.ours => anyhow::bail!(
+                    "--load-from cluster on an existing cluster needs the load runner's image: \
+                     --load-image REF (one the cluster can pull; `cargo xtask image build` makes \
+                     iris-load-runner:<hash> to push to your registry); or send the load from \
+                     here with --load-from host and --url"
+                ),
                 (None, None) => anyhow::bail!(
                     "--load-from cluster on an existing cluster needs the load runner's image: \
                      --load-image REF (one the cluster can pull) or --push REPO (pushed to \
@@ -1106,6 +1127,53 @@ mod tests {
             );
         }
         assert!(parse(&[]).expect("parse").app().expect("ours").ours);
+        // --server-metrics needs --app, and is checked when parsed.
+        assert!(parse(&["--server-metrics", "x"]).is_err());
+        let err = parse(&[
+            "--app",
+            app,
+            "--image",
+            "m:1",
+            "--server-metrics",
+            "x_bucket",
+        ])
+        .expect_err("a bucket series")
+        .to_string();
+        assert!(err.contains("without _bucket"), "{err}");
+        // Offline, a sidecar's or init container's image could not be pulled: refused, named.
+        let example = crate::project_root().join("manifests/examples/fastapi-iris");
+        for name in ["deployment.yaml", "service.yaml", "hpa.yaml"] {
+            std::fs::copy(example.join(name), dir.path().join(name)).expect("copy");
+        }
+        let deployment = dir.path().join("deployment.yaml");
+        let text = std::fs::read_to_string(&deployment).expect("read");
+        let sidecar = text.replace(
+            "      containers:\n",
+            "      initContainers:\n        - {name: warm, image: busybox:1.37}\n      containers:\n",
+        );
+        assert_ne!(sidecar, text);
+        std::fs::write(&deployment, sidecar).expect("write");
+        let offline = [
+            "--app",
+            app,
+            "--image",
+            "m:1",
+            "--offline",
+            "--scenario",
+            "x.yaml",
+        ];
+        let err = format!(
+            "{:#}",
+            parse(&offline).expect("parse").app().expect_err("offline")
+        );
+        assert!(
+            err.contains("also runs warm=busybox:1.37, which the nodes would have to pull"),
+            "{err}"
+        );
+        parse(&offline[..4])
+            .expect("parse")
+            .app()
+            .expect("online, the node pulls it");
     }
 
     #[test]

@@ -149,7 +149,15 @@ impl Object {
             | Object::APIService(_) => {}
             Object::ServiceAccount(o) => o.metadata.namespace = ns,
             Object::Role(o) => o.metadata.namespace = ns,
-            Object::RoleBinding(o) => o.metadata.namespace = ns,
+            Object::RoleBinding(o) => {
+                // Its ServiceAccounts in the namespace the file named are the ones moved with it.
+                let old = o.metadata.namespace.replace(namespace.to_owned());
+                for s in o.subjects.iter_mut().flatten() {
+                    if s.kind == "ServiceAccount" && (s.namespace.is_none() || s.namespace == old) {
+                        s.namespace = ns.clone();
+                    }
+                }
+            }
             Object::Service(o) => o.metadata.namespace = ns,
             Object::Deployment(o) => o.metadata.namespace = ns,
             Object::HorizontalPodAutoscaler(o) => o.metadata.namespace = ns,
@@ -240,6 +248,8 @@ fn first_difference(written: &Value, typed: &Value, path: String) -> Option<Stri
             .enumerate()
             .find_map(|(i, (wv, tv))| first_difference(wv, tv, format!("{path}[{i}]"))),
         (Value::Number(w), Value::Number(t)) if w.as_f64() == t.as_f64() => None,
+        // A quantity written as a number (`cpu: 1`, `memory: 1e9`) is a string once typed.
+        (Value::Number(w), Value::String(t)) if w.to_string() == *t => None,
         (w, t) if w == t => None,
         _ => Some(path),
     }
@@ -749,6 +759,28 @@ mod tests {
         assert!(parse_yaml(wrong_type, "t.yaml").is_err());
         let unknown = "apiVersion: v9\nkind: Thing\nmetadata:\n  name: x\n";
         assert!(parse_yaml(unknown, "t.yaml").is_err());
+        // Quantities written as numbers are quantities, not typos (the API server takes them).
+        let numbers = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          resources: {requests: {cpu: 1, memory: 268435456}, limits: {cpu: 0.5}}\n";
+        parse_yaml(numbers, "t.yaml").expect("cpu: 1 and cpu: 0.5 are quantities");
+    }
+
+    #[test]
+    fn a_rolebindings_service_accounts_move_with_it() {
+        let text = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\n  namespace: team\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}\nsubjects:\n  - {kind: ServiceAccount, name: app, namespace: team}\n  - {kind: ServiceAccount, name: mon, namespace: monitoring}\n  - {kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}\n";
+        let mut objects = parse_yaml(text, "t.yaml").expect("parses");
+        objects[0].set_namespace("iris-serve");
+        let Object::RoleBinding(rb) = &objects[0] else {
+            panic!("a RoleBinding")
+        };
+        assert_eq!(rb.metadata.namespace.as_deref(), Some("iris-serve"));
+        let namespaces: Vec<Option<&str>> = rb
+            .subjects
+            .iter()
+            .flatten()
+            .map(|s| s.namespace.as_deref())
+            .collect();
+        // Its own namespace's account follows it; another namespace's and a user stay.
+        assert_eq!(namespaces, [Some("iris-serve"), Some("monitoring"), None]);
     }
 
     const HPA: &str = "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: app\n  namespace: ns\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: app}\n  maxReplicas: 3\n";

@@ -451,7 +451,7 @@ fn pod_cpu(samples: &[crate::observe::Sample], pod: &str, load_end_s: f64) -> St
         return "no CPU reading from metrics-server during the load".to_owned();
     }
     format!(
-        "its CPU from metrics-server during the load: mean {:.0}m, peak {:.0}m ({} readings)",
+        "its CPU as metrics-server reported it during the load (each reading a window of about its resolution, so it lags the load): mean {:.0}m, peak {:.0}m ({} readings)",
         cpu.iter().sum::<f64>() / cpu.len() as f64,
         cpu.iter().copied().fold(0.0, f64::max),
         cpu.len()
