@@ -389,6 +389,19 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
             .collect(),
         None => Vec::new(),
     };
+    // The user's image is checked before a cluster is made for it.
+    if let Some(reference) = &args.image {
+        docker::connect()
+            .await?
+            .inspect_image(reference)
+            .await
+            .with_context(|| {
+                format!(
+                    "--image {reference} is not in the local Docker engine (`docker images`): \
+                     build or pull it first; on kind it is loaded from there into the nodes"
+                )
+            })?;
+    }
     let reused = if args.reuse {
         cluster::reusable(&up, &kind).await?
     } else {

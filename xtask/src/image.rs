@@ -404,7 +404,7 @@ pub async fn load(
     docker
         .inspect_image(reference)
         .await
-        .with_context(|| format!("image {reference} is not in the local Docker engine; build it with `cargo xtask image build`"))?;
+        .with_context(|| format!("image {reference} is not in the local Docker engine; build it (`cargo xtask image build` for the Iris server, your own build for your service) or pull it"))?;
 
     let (tag_ref, pinned) = match reference.split_once('@') {
         Some((tag_ref, digest)) => (tag_ref, Some(digest)),

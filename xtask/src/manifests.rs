@@ -308,6 +308,14 @@ fn parse_documents(text: &str, source: &str, app: bool) -> anyhow::Result<Vec<Ob
             }
             continue;
         }
+        // kustomize's own files are instructions to kustomize, not objects for the API server.
+        if app && api_version.starts_with("kustomize.config.k8s.io/") {
+            bail!(
+                "{source}: a {kind} is read by kustomize, not applied: render the folder first \
+                 (`kubectl kustomize DIR > rendered/app.yaml`, or `kustomize build DIR`) and give \
+                 --app the folder of the rendered YAML"
+            );
+        }
         if app && (kind.is_empty() || api_version.is_empty() || name == "?") {
             bail!("{what}: every object needs apiVersion, kind and metadata.name");
         }
@@ -759,6 +767,9 @@ mod tests {
         assert!(parse_yaml(wrong_type, "t.yaml").is_err());
         let unknown = "apiVersion: v9\nkind: Thing\nmetadata:\n  name: x\n";
         assert!(parse_yaml(unknown, "t.yaml").is_err());
+        let kustomization = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [deployment.yaml]\n";
+        let err = parse_app_yaml(kustomization, "kustomization.yaml").expect_err("kustomize");
+        assert!(err.to_string().contains("render the folder first"), "{err}");
         // Quantities written as numbers are quantities, not typos (the API server takes them).
         let numbers = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          resources: {requests: {cpu: 1, memory: 268435456}, limits: {cpu: 0.5}}\n";
         parse_yaml(numbers, "t.yaml").expect("cpu: 1 and cpu: 0.5 are quantities");

@@ -726,7 +726,12 @@ pub fn autoscaling(
             crate::manifests::Object::HorizontalPodAutoscaler(h) => h.spec.clone(),
             _ => None,
         })
-        .context("manifests/app has no HorizontalPodAutoscaler")?;
+        .with_context(|| {
+            format!(
+                "{} has no HorizontalPodAutoscaler",
+                settings.app.dir.display()
+            )
+        })?;
     let target = spec
         .metrics
         .iter()
