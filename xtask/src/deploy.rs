@@ -577,22 +577,43 @@ pub async fn clear_previous_app(client: &Client, app: &App) -> anyhow::Result<()
     let (Some(uid), true) = (ns.metadata.uid.clone(), managed) else {
         return Ok(());
     };
-    let others: Vec<String> = Api::<Deployment>::namespaced(client.clone(), &app.namespace)
-        .list(&kube::api::ListParams::default())
+    // The cluster itself is one a run of ours made (found by `--reuse` by its labels), so what
+    // its namespace holds was put there by runs of ours. Another app's Deployment or Service (a
+    // Service holds the NodePort) means another app.
+    let mine: Vec<String> = app
+        .objects()?
+        .iter()
+        .filter_map(|o| match o {
+            Object::Service(s) => s.metadata.name.clone(),
+            _ => None,
+        })
+        .collect();
+    let list = kube::api::ListParams::default();
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &app.namespace)
+        .list(&list)
         .await?
         .items
         .into_iter()
         .filter_map(|d| d.metadata.name)
         .filter(|n| n != &app.deployment)
-        .collect();
+        .map(|n| format!("Deployment {n}"));
+    let services = Api::<Service>::namespaced(client.clone(), &app.namespace)
+        .list(&list)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .filter(|n| !mine.contains(n))
+        .map(|n| format!("Service {n}"));
+    let others: Vec<String> = deployments.chain(services).collect();
     if others.is_empty() {
         return Ok(());
     }
     eprintln!(
-        "  namespace {} holds Deployment {} from an earlier run on this kept cluster, not {}: deleting it first",
+        "  namespace {} holds {} from an earlier run on this kept cluster, not {}'s: deleting it first",
         app.namespace,
         others.join(", "),
-        app.deployment
+        app.describe()
     );
     crate::claim::release_namespace(
         client,

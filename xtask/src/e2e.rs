@@ -205,7 +205,7 @@ impl Args {
         ensure!(
             !self.calibrate,
             "--calibrate measures this repository's server in a container; with --app leave it out and \
-             calibrate your app first: cargo xtask calibrate --app DIR --image REF --scenario FILE"
+             measure your app's pod on its own: cargo xtask calibrate --app DIR --image REF --scenario FILE"
         );
         ensure!(
             !self.monitoring,

@@ -249,7 +249,11 @@ fn first_difference(written: &Value, typed: &Value, path: String) -> Option<Stri
             .find_map(|(i, (wv, tv))| first_difference(wv, tv, format!("{path}[{i}]"))),
         (Value::Number(w), Value::Number(t)) if w.as_f64() == t.as_f64() => None,
         // A quantity written as a number (`cpu: 1`, `memory: 1e9`) is a string once typed.
-        (Value::Number(w), Value::String(t)) if w.to_string() == *t => None,
+        (Value::Number(w), Value::String(t))
+            if w.as_f64().is_some() && t.parse::<f64>().ok() == w.as_f64() =>
+        {
+            None
+        }
         (w, t) if w == t => None,
         _ => Some(path),
     }
@@ -771,8 +775,8 @@ mod tests {
         let err = parse_app_yaml(kustomization, "kustomization.yaml").expect_err("kustomize");
         assert!(err.to_string().contains("render the folder first"), "{err}");
         // Quantities written as numbers are quantities, not typos (the API server takes them).
-        let numbers = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          resources: {requests: {cpu: 1, memory: 268435456}, limits: {cpu: 0.5}}\n";
-        parse_yaml(numbers, "t.yaml").expect("cpu: 1 and cpu: 0.5 are quantities");
+        let numbers = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n        - name: c\n          resources: {requests: {cpu: 1, memory: 268435456}, limits: {cpu: 1.0, memory: 1e9}}\n";
+        parse_yaml(numbers, "t.yaml").expect("cpu: 1, cpu: 1.0 and memory: 1e9 are quantities");
     }
 
     #[test]

@@ -193,8 +193,11 @@ impl Counts {
     }
 
     /// A histogram's series whose labels include `labels`, added up by bucket; its count is
-    /// every response, whatever the status (status 0 here: "all"). Absent series are an error
-    /// that names them: the flag named a histogram the app does not export.
+    /// every response, whatever the status (status 0 here: "all"). A labelled series is created
+    /// by the first request that has its labels (prometheus_client and most clients), so none
+    /// selected while the histogram has other series is zero: a route not requested yet. No
+    /// series of that name at all is an error that names the app's histograms: the flag named
+    /// one the app does not export.
     fn of_histogram(
         lines: &[Line],
         name: &str,
@@ -204,10 +207,9 @@ impl Counts {
         let selected = |l: &Line| labels.iter().all(|(k, v)| l.labels.get(k) == Some(v));
         let mut counts = Counts::default();
         let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-        let mut found = false;
+        let found = lines.iter().any(|l| l.name == count);
         for l in lines.iter().filter(|l| selected(l)) {
             if l.name == count {
-                found = true;
                 *counts.by_status.entry(0).or_default() += l.value;
             } else if l.name == bucket {
                 let le = l
@@ -549,7 +551,12 @@ pub fn derive(
             .iter()
             .filter_map(|s| s.counts.as_ref().ok().map(|c| (s.t_s, c)));
         let Some((first_t, first)) = ok.next() else {
-            server.incomplete.push("no scrape answered".to_owned());
+            // Why, in the scrape's own words (the first failure; they are usually alike).
+            let why = list.iter().find_map(|s| s.counts.as_ref().err());
+            server.incomplete.push(match why {
+                Some(e) => format!("no scrape answered: {e}"),
+                None => "no scrape answered".to_owned(),
+            });
             out.pods.insert(pod.to_owned(), server);
             continue;
         };
@@ -654,6 +661,15 @@ pub fn count_check(server: &ServerMetrics, totals: &crate::load::stats::Totals) 
     } else if servers - generator <= unanswered {
         format!(
             "the servers counted {servers} responses, {} more than the generator's {generator}: requests it counted as timeouts or resets ({unanswered}) that a server still answered",
+            servers - generator
+        )
+    } else if let Some(series) = &server.source {
+        // A user's histogram may count more than the load's requests (probes, the scrapes
+        // themselves, other routes) when its labels do not select the load's route alone.
+        format!(
+            "the app's histogram counted {servers} responses, {} more than the generator's {generator}: \
+             {series} also counts requests other than the load's (probes, scrapes, other routes); \
+             a label that selects the load's route alone makes the counts comparable",
             servers - generator
         )
     } else {
@@ -806,17 +822,21 @@ mod tests {
         let c = Counts::of_source(&lines, &all).expect("all handlers");
         assert_eq!(c.total(), 44.0);
         assert_eq!(c.buckets[14], (f64::INFINITY, 44.0));
-        // A name or label the app does not have is an error naming what it does export.
-        for wrong in [
-            "http_request_latency_seconds",
-            "http_request_duration_seconds,handler=/infer",
-        ] {
-            let e = Counts::of_source(&lines, &Source::parse(wrong).expect("ok")).expect_err(wrong);
-            assert!(
-                e.contains("its histograms: http_request_duration_seconds"),
-                "{e}"
-            );
-        }
+        // A route not requested yet has no series: zero (the scrape before the load of a pod
+        // that has answered only its probes), not a failed scrape.
+        let unseen = Source::parse("http_request_duration_seconds,handler=/infer").expect("ok");
+        let c = Counts::of_source(&lines, &unseen).expect("zero");
+        assert_eq!((c.total(), c.buckets.len()), (0.0, 0));
+        // A name the app does not export is an error naming what it does export.
+        let e = Counts::of_source(
+            &lines,
+            &Source::parse("http_request_latency_seconds").expect("ok"),
+        )
+        .expect_err("no such histogram");
+        assert!(
+            e.contains("its histograms: http_request_duration_seconds"),
+            "{e}"
+        );
         // Ours is refused on it, as before: our names are never read from someone else's app.
         assert!(Counts::of_source(&lines, &Source::Ours).is_err());
     }
@@ -959,9 +979,13 @@ mod tests {
         );
         assert_eq!(m.scrapes(), (7, 3));
         assert!(!m.complete());
-        // Nothing answered at all: no count, and said so.
+        // Nothing answered at all: no count, and said so, with the scrape's own error (for an
+        // app: the histogram it does not export, named).
         let none = derive(&[failed("x", 1.0)], &[], 0.5);
-        assert_eq!(none.pods["x"].incomplete, ["no scrape answered"]);
+        assert_eq!(
+            none.pods["x"].incomplete,
+            ["no scrape answered: no answer within 2s"]
+        );
     }
 
     /// A generator's totals as a report.json records them.
@@ -1021,6 +1045,17 @@ mod tests {
             (ServerMetrics::default(), 100, 0, 0, Err("at least 0")),
             // More than timeouts and resets explain: a finding, a lower bound or not.
             (server(110, true), 100, 3, 1, Ok("6 responses more")),
+            // ... but not from a user's histogram, which may count probes and scrapes too.
+            (
+                ServerMetrics {
+                    source: Some("h{}".into()),
+                    ..server(110, false)
+                },
+                100,
+                0,
+                0,
+                Err("h{} also counts requests other than the load's"),
+            ),
         ];
         for (m, generator, timeout, reset, want) in cases {
             let check = count_check(&m, &totals(generator, timeout, reset));

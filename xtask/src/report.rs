@@ -306,8 +306,8 @@ pub fn render_markdown(report: &Report) -> String {
         "\nTimes are whole seconds since the load started, all rounded down alike (so their order holds); the API's timestamps are whole seconds, so pod and event times are ±1 s (the real time is within 2 s after the one shown). \
          First scale-up: the HPA's first decision above the count at the load's start. Scale-down: from the load's end to the HPA's decision to go back to its minimum. \
          Imbalance: the busiest pod's responses over a fair share, once every pod was serving (interval below). \
-         Server-counted and server p99: from each pod's own `/metrics`, scraped through the API server's pod proxy once a second and once before the load: the `/predict` responses the servers counted (`>=`: a lower bound, some pod's scrapes are missing; FINDING: a mismatch with the generator's count that no timeout or reset explains), \
-         and the p99 of the time in the handler, interpolated within the histogram's buckets as Prometheus's `histogram_quantile` does (the client's p99 minus it is queueing and network outside the handler)."
+         Server-counted and server p99: from each pod's own `/metrics`, scraped through the API server's pod proxy once a second and once before the load: the responses the servers counted on the load's route (`/predict` for ours; for an app given `--server-metrics`, its histogram's series, named below) (`>=`: a lower bound, some pod's scrapes are missing; FINDING: a mismatch with the generator's count that no timeout or reset explains), \
+         and the p99 of the time in the handler, interpolated within the histogram's buckets as Prometheus's `histogram_quantile` does (the client's p99 minus it is queueing and network outside the handler, when the buckets are finer than that difference)."
     );
     for s in &report.scenarios {
         let _ = writeln!(
@@ -388,7 +388,9 @@ pub fn render_markdown(report: &Report) -> String {
                 .map_or(String::new(), own_count);
             // Who served a response is known from our server's x-served-by header; for an app
             // without it, its own histogram's count (`own`) or, lacking that, its CPU.
-            let served = if s.load.totals.pods.is_empty() && s.server.is_some() {
+            let served = if s.load.totals.pods.is_empty()
+                && s.server.as_ref().is_some_and(|m| m.source.is_some())
+            {
                 "no x-served-by header".to_owned()
             } else if s.load.totals.pods.is_empty() && s.server_not_measured.is_some() {
                 format!(

@@ -104,6 +104,17 @@ impl Default for Args {
 }
 
 impl Args {
+    /// Where this calibration goes: `--out`; a user's app's default is a folder of its own under
+    /// it (`target/calibrate/<app folder name>`), so ours (which e2e reads) is never overwritten.
+    pub fn out_dir(&self) -> PathBuf {
+        match (&self.app, self.out == Path::new(OUT_DIR)) {
+            (Some(app), true) => self
+                .out
+                .join(app.file_name().map_or("app".into(), |n| n.to_owned())),
+            _ => self.out.clone(),
+        }
+    }
+
     pub fn objective(&self) -> Objective {
         Objective {
             max_p99_ms: self.max_p99_ms,
@@ -160,8 +171,9 @@ pub fn app_limits(app: &deploy::App) -> anyhow::Result<Limits> {
     let resources = container.resources.clone().unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
     let what = format!(
-        "{}: the container {}'s resources.limits",
-        app.dir.join("deployment").display(),
+        "{}: Deployment {}, container {}: resources.limits",
+        app.dir.display(),
+        app.deployment,
         app.container
     );
     let cpu = limits
@@ -436,13 +448,17 @@ fn num_cpus() -> usize {
 pub struct Target {
     /// The container port the app listens on.
     pub port: u16,
-    /// The container's command: ours gets its arguments; a user's keeps its image's.
+    /// The container's entrypoint (a user's Deployment's `command`; none: the image's).
+    pub entrypoint: Option<Vec<String>>,
+    /// The container's arguments: ours gets its own; a user's its Deployment's `args`, else
+    /// its image's.
     pub cmd: Option<Vec<String>>,
     /// `uid[:gid]`; None: the image's own user.
     pub user: Option<String>,
     pub env: Vec<String>,
-    /// Writable mounts (the pod's emptyDir volumes) on the read-only root file system.
-    pub tmpfs: Vec<String>,
+    /// Writable mounts (the pod's emptyDir volumes) on the read-only root file system, with
+    /// Docker's tmpfs options (an emptyDir allows exec, as a node's disk does).
+    pub tmpfs: Vec<(String, String)>,
     /// The path that answers 200 once it is ready (its readiness probe's).
     pub ready_path: String,
     /// What each stage sends (the URL's host and port are the container's published one).
@@ -453,6 +469,8 @@ pub struct Target {
     pub expect_status: crate::load::request::ExpectStatus,
     /// Names the app in messages.
     pub what: String,
+    /// This repository's server (built by `cargo xtask image build`).
+    pub ours: bool,
 }
 
 impl Target {
@@ -460,6 +478,7 @@ impl Target {
     pub fn ours() -> Target {
         Target {
             port: 8080,
+            entrypoint: None,
             cmd: Some(
                 ["--addr", "0.0.0.0:8080", "--drain-seconds", "0"]
                     .map(str::to_owned)
@@ -480,6 +499,7 @@ impl Target {
             )],
             expect_status: Default::default(),
             what: "the iris-serve image".to_owned(),
+            ours: true,
         }
     }
 
@@ -512,17 +532,44 @@ impl Target {
         scenario: &crate::scenario::Scenario,
     ) -> anyhow::Result<Target> {
         let (pod, container, objects) = app_pod(app)?;
-        let ready_path = container
+        let probe = container
             .readiness_probe
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
-            .and_then(|h| h.path.clone())
+            .filter(|h| h.path.is_some())
             .with_context(|| {
                 format!(
                     "the container {} has no httpGet readiness probe with a path: calibrate waits on it before the first stage",
                     app.container
                 )
             })?;
+        let ready_path = probe.path.clone().unwrap_or_default();
+        ensure!(
+            probe.scheme.as_deref().is_none_or(|s| s == "HTTP"),
+            "the container {}'s readiness probe is over {}: calibrate sends plain HTTP",
+            app.container,
+            probe.scheme.as_deref().unwrap_or_default()
+        );
+        {
+            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+            let named = container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| matches!(&probe.port, IntOrString::String(n) if p.name.as_deref() == Some(n.as_str())))
+                .map(|p| p.container_port);
+            let port = match &probe.port {
+                IntOrString::Int(n) => Some(*n),
+                IntOrString::String(_) => named,
+            };
+            ensure!(
+                port == Some(i32::from(app.container_port)),
+                "the container {}'s readiness probe is on port {:?}, not the Service's target port {}: calibrate publishes that one port",
+                app.container,
+                probe.port,
+                app.container_port
+            );
+        }
         let security = container.security_context.clone().unwrap_or_default();
         let pod_security = pod.security_context.clone().unwrap_or_default();
         let uid = security.run_as_user.or(pod_security.run_as_user);
@@ -533,7 +580,17 @@ impl Target {
         });
         // Its env: literal values, and every key of a ConfigMap of the folder it takes whole.
         let mut env = Vec::new();
+        let refuse = |what: String| {
+            anyhow::anyhow!(
+                "the container {} takes {what}, which calibrate cannot give it (it reads only the folder's ConfigMaps and literal values): \
+                 calibrate it with a Deployment without it, or measure it on the cluster",
+                app.container
+            )
+        };
         for from in container.env_from.iter().flatten() {
+            if let Some(secret) = &from.secret_ref {
+                return Err(refuse(format!("envFrom the Secret {}", secret.name)));
+            }
             let Some(name) = from.config_map_ref.as_ref().map(|c| &c.name) else {
                 continue;
             };
@@ -545,6 +602,13 @@ impl Target {
                 }
                 _ => None,
             });
+            let optional = from.config_map_ref.as_ref().and_then(|c| c.optional) == Some(true);
+            if data.is_none() && !optional {
+                return Err(refuse(format!(
+                    "envFrom the ConfigMap {name}, not in {}",
+                    app.dir.display()
+                )));
+            }
             let prefix = from.prefix.clone().unwrap_or_default();
             env.extend(data.unwrap_or_default().into_iter().map(|(k, v)| {
                 format!(
@@ -553,33 +617,40 @@ impl Target {
                 )
             }));
         }
-        env.extend(
-            container
-                .env
-                .iter()
-                .flatten()
-                .filter_map(|e| e.value.as_ref().map(|v| format!("{}={v}", e.name))),
-        );
-        // The pod's emptyDir volumes, where the container mounts them.
-        let empty: Vec<&str> = pod
-            .volumes
-            .iter()
-            .flatten()
-            .filter(|v| v.empty_dir.is_some())
-            .map(|v| v.name.as_str())
-            .collect();
-        let tmpfs = container
-            .volume_mounts
-            .iter()
-            .flatten()
-            .filter(|m| empty.contains(&m.name.as_str()))
-            .map(|m| m.mount_path.clone())
-            .collect();
+        for e in container.env.iter().flatten() {
+            if e.value_from.is_some() {
+                return Err(refuse(format!("env {} from valueFrom", e.name)));
+            }
+            env.push(format!(
+                "{}={}",
+                e.name,
+                e.value.clone().unwrap_or_default()
+            ));
+        }
+        // The pod's emptyDir volumes, where the container mounts them; any other volume is
+        // refused rather than left out.
+        let mut tmpfs = Vec::new();
+        for m in container.volume_mounts.iter().flatten() {
+            let volume = pod.volumes.iter().flatten().find(|v| v.name == m.name);
+            let Some(empty) = volume.and_then(|v| v.empty_dir.as_ref()) else {
+                return Err(refuse(format!(
+                    "the volume {} at {} (calibrate mounts emptyDir volumes only)",
+                    m.name, m.mount_path
+                )));
+            };
+            let bytes = empty
+                .size_limit
+                .as_ref()
+                .and_then(|q| parse_memory(&q.0).ok())
+                .unwrap_or(64 * 1024 * 1024);
+            tmpfs.push((m.mount_path.clone(), format!("exec,size={bytes}")));
+        }
         let load = scenario.load_config("http://127.0.0.1/")?;
         let config = load.config;
         Ok(Target {
             port: app.container_port,
-            cmd: None,
+            entrypoint: container.command.clone(),
+            cmd: container.args.clone(),
             user,
             env,
             tmpfs,
@@ -593,6 +664,7 @@ impl Target {
             headers: config.headers,
             expect_status: load.expect_status,
             what: format!("{}'s container {}", app.describe(), app.container),
+            ours: false,
         })
     }
 }
@@ -640,6 +712,26 @@ pub async fn start(
     limits: Option<&Limits>,
     target: &Target,
 ) -> anyhow::Result<Server> {
+    // Pod Security "restricted" runs nothing as root: an image whose user is root, with no
+    // runAsUser in the Deployment to override it, is refused as the kubelet would.
+    if target.user.is_none() {
+        let user = docker
+            .inspect_image(image)
+            .await
+            .with_context(|| {
+                format!("{image} is not in the local Docker engine (`docker images`)")
+            })?
+            .config
+            .and_then(|c| c.user)
+            .unwrap_or_default();
+        let uid = user.split(':').next().unwrap_or_default();
+        ensure!(
+            !(uid.is_empty() || uid == "0" || uid == "root"),
+            "{image} runs as root (its user is {:?}) and {} sets no runAsUser: set runAsUser (and runAsNonRoot: true) in the Deployment, or USER in the image",
+            user,
+            target.what
+        );
+    }
     let name = container_name();
     let port_key = format!("{}/tcp", target.port);
     let mut env = target.env.clone();
@@ -653,6 +745,7 @@ pub async fn start(
             ContainerCreateBody {
                 image: Some(image.to_owned()),
                 user: target.user.clone(),
+                entrypoint: target.entrypoint.clone(),
                 cmd: target.cmd.clone(),
                 env: Some(env),
                 exposed_ports: Some(vec![port_key.clone()]),
@@ -664,13 +757,7 @@ pub async fn start(
                     nano_cpus: limits.map(|l| (l.cpus * 1e9).round() as i64),
                     memory: limits.map(|l| l.memory_bytes as i64),
                     memory_swap: limits.map(|l| l.memory_bytes as i64),
-                    tmpfs: Some(
-                        target
-                            .tmpfs
-                            .iter()
-                            .map(|p| (p.clone(), "size=64m".to_owned()))
-                            .collect(),
-                    ),
+                    tmpfs: Some(target.tmpfs.iter().cloned().collect()),
                     port_bindings: Some(HashMap::from([(
                         port_key.clone(),
                         Some(vec![PortBinding {
@@ -685,7 +772,7 @@ pub async fn start(
         )
         .await
         .with_context(|| {
-            if target.cmd.is_some() {
+            if target.ours {
                 format!("creating the calibration container from {image} (is it built? `cargo xtask image build`)")
             } else {
                 format!("creating the calibration container from {image} (is it in the local Docker engine? `docker images {image}`)")
@@ -1234,7 +1321,7 @@ pub async fn calibrate(docker: &Docker, args: &Args) -> anyhow::Result<Calibrati
     };
     let started = Instant::now();
     let c = measure(docker, &image, &limits, args).await?;
-    let dir = project_root().join(&args.out);
+    let dir = project_root().join(args.out_dir());
     let files = write(&c, &dir)?;
     print!("\n{}", render_table(&c));
     eprintln!("measured in {:.0}s", started.elapsed().as_secs_f64());
@@ -1254,7 +1341,7 @@ pub async fn for_run(
     if !app.ours {
         // e2e refuses --calibrate with --app; a user's app is calibrated on its own.
         eprintln!(
-            "  no calibration for this run: for {}, run `cargo xtask calibrate --app {} --image {image} --scenario FILE` first",
+            "  no calibration for this run: the report's predictions are for this repository's server; for {}, `cargo xtask calibrate --app {} --image {image} --scenario FILE` measures a pod and prints its predictions on their own",
             app.describe(),
             app.dir.display()
         );
@@ -1335,7 +1422,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     Some(i) => i.clone(),
                     None => image::build(&docker).await?.reference,
                 };
-                let dir = project_root().join(&args.out);
+                let dir = project_root().join(args.out_dir());
                 match latest(&dir).filter(|c| c.matches(&image, &limits)) {
                     Some(c) => {
                         eprintln!(

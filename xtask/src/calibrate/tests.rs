@@ -59,7 +59,13 @@ fn a_users_app_is_calibrated_as_its_deployment_runs_it() {
         "{:?}",
         target.env
     );
-    assert_eq!(target.tmpfs, ["/tmp"]);
+    // Its emptyDir at its sizeLimit (64Mi), exec allowed as on a node's disk; no command or
+    // args in the Deployment: the image's.
+    assert_eq!(
+        target.tmpfs,
+        [("/tmp".to_owned(), "exec,size=67108864".to_owned())]
+    );
+    assert_eq!((&target.entrypoint, &target.cmd), (&None, &None));
     assert_eq!(target.ready_path, "/ready");
     assert_eq!(
         (target.method.as_str(), target.path.as_str()),
@@ -84,6 +90,54 @@ fn a_users_app_is_calibrated_as_its_deployment_runs_it() {
     ] {
         assert!(Wrap::try_parse_from(&missing).is_err(), "{missing:?}");
     }
+    // What calibrate cannot give the container is refused, named, not left out.
+    let copy = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "configmap.yaml",
+    ] {
+        std::fs::copy(example.join(name), copy.path().join(name)).expect("copy");
+    }
+    let deployment = std::fs::read_to_string(example.join("deployment.yaml")).expect("read");
+    for (edit, says) in [
+        (
+            deployment.replace(
+                "          envFrom:\n",
+                "          envFrom:\n            - secretRef: {name: keys}\n",
+            ),
+            "envFrom the Secret keys",
+        ),
+        (
+            deployment.replace(
+                "          emptyDir:\n            sizeLimit: 64Mi",
+                "          hostPath: {path: /tmp}",
+            ),
+            "the volume tmp at /tmp",
+        ),
+        (
+            deployment.replace(
+                "              path: /ready\n              port: http",
+                "              path: /ready\n              port: 9000",
+            ),
+            "readiness probe is on port Int(9000)",
+        ),
+    ] {
+        assert_ne!(edit, deployment, "{says}");
+        std::fs::write(copy.path().join("deployment.yaml"), &edit).expect("write");
+        let app = deploy::App::from_dir(copy.path(), &deploy::Choices::default()).expect("app");
+        let scenario = crate::scenario::ScenarioFile::select(Some(scenarios))
+            .expect("scenarios")
+            .remove(0);
+        let err = format!("{:#}", Target::of_app(&app, &scenario).expect_err(says));
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    // Its default folder is its own: ours, which e2e reads, stays.
+    assert_eq!(
+        args.out_dir(),
+        std::path::Path::new("target/calibrate/fastapi-iris")
+    );
     let ours = Target::ours();
     assert_eq!(
         (ours.port, ours.path.as_str(), ours.ready_path.as_str()),
