@@ -306,13 +306,7 @@ impl App {
         let container_port = match &port.target_port {
             None => port.port,
             Some(IntOrString::Int(n)) => *n,
-            Some(IntOrString::String(name)) => container
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some(name))
-                .map(|p| p.container_port)
-                .with_context(|| {
+            Some(IntOrString::String(name)) => named_port(container, name).with_context(|| {
                     format!(
                         "Service {} targets port {name:?}, which container {} of Deployment {} does not name",
                         service.name_any(),
@@ -377,14 +371,42 @@ impl App {
         )?))
     }
 
+    /// The Deployment's pod template and its container under test, with the folder's objects
+    /// they came from (in the run's namespace).
+    pub fn pod(
+        &self,
+    ) -> anyhow::Result<(PodSpec, k8s_openapi::api::core::v1::Container, Vec<Object>)> {
+        let objects = self.objects()?;
+        let pod = objects
+            .iter()
+            .find_map(|o| match o {
+                Object::Deployment(d) if d.name_any() == self.deployment => d.spec.as_ref(),
+                _ => None,
+            })
+            .with_context(|| {
+                format!(
+                    "{} has no Deployment {}",
+                    self.dir.display(),
+                    self.deployment
+                )
+            })?
+            .template
+            .spec
+            .clone()
+            .context("the Deployment has no pod template")?;
+        let container = pod
+            .containers
+            .iter()
+            .find(|c| c.name == self.container)
+            .cloned()
+            .with_context(|| format!("the Deployment has no container {}", self.container))?;
+        Ok((pod, container, objects))
+    }
+
     /// The images of the Deployment's pod other than the container under test's (its other
     /// containers and init containers), as `container=image`.
     pub fn other_images(&self) -> anyhow::Result<Vec<String>> {
-        let mut objects = self.objects()?;
-        let pod = manifests::deployment(&mut objects)
-            .and_then(|d| d.spec.as_ref())
-            .and_then(|s| s.template.spec.clone())
-            .unwrap_or_default();
+        let (pod, _, _) = self.pod()?;
         Ok(pod
             .init_containers
             .iter()
@@ -554,6 +576,16 @@ pub async fn restore_hpa(client: &Client, app: &App) -> anyhow::Result<()> {
     manifests::apply(client, &hpa).await?;
     eprintln!("  restored {} as in the manifest", hpa.describe());
     Ok(())
+}
+
+/// The port a container names `name`.
+pub fn named_port(container: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<i32> {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(name))
+        .map(|p| p.container_port)
 }
 
 /// On a cluster kept by an earlier run (`--reuse`): the namespace that run left (ours, by its

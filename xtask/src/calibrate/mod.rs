@@ -140,34 +140,9 @@ pub fn manifest_limits() -> anyhow::Result<Limits> {
     app_limits(&deploy::App::ours()?)
 }
 
-/// The app's Deployment's pod and the container under test, as its folder has them.
-fn app_pod(
-    app: &deploy::App,
-) -> anyhow::Result<(
-    k8s_openapi::api::core::v1::PodSpec,
-    k8s_openapi::api::core::v1::Container,
-    Vec<manifests::Object>,
-)> {
-    let mut objects = app.objects()?;
-    let deployment = manifests::deployment(&mut objects)
-        .with_context(|| format!("{} has no Deployment", app.dir.display()))?;
-    let pod = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .context("the Deployment has no pod template")?;
-    let container = pod
-        .containers
-        .iter()
-        .find(|c| c.name == app.container)
-        .cloned()
-        .with_context(|| format!("the Deployment has no container {}", app.container))?;
-    Ok((pod, container, objects))
-}
-
 /// The app container's limits and CPU request as its Deployment has them.
 pub fn app_limits(app: &deploy::App) -> anyhow::Result<Limits> {
-    let (_, container, _) = app_pod(app)?;
+    let (_, container, _) = app.pod()?;
     let resources = container.resources.clone().unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
     let what = format!(
@@ -531,7 +506,7 @@ impl Target {
         app: &deploy::App,
         scenario: &crate::scenario::Scenario,
     ) -> anyhow::Result<Target> {
-        let (pod, container, objects) = app_pod(app)?;
+        let (pod, container, objects) = app.pod()?;
         let probe = container
             .readiness_probe
             .as_ref()
@@ -552,15 +527,9 @@ impl Target {
         );
         {
             use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-            let named = container
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| matches!(&probe.port, IntOrString::String(n) if p.name.as_deref() == Some(n.as_str())))
-                .map(|p| p.container_port);
             let port = match &probe.port {
                 IntOrString::Int(n) => Some(*n),
-                IntOrString::String(_) => named,
+                IntOrString::String(name) => deploy::named_port(&container, name),
             };
             ensure!(
                 port == Some(i32::from(app.container_port)),
