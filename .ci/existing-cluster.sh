@@ -11,6 +11,8 @@
 #      outside it is as before (kind, namespace, name, uid and content, volatile fields aside);
 #      the kubeconfig file is byte for byte as before;
 #   4. a stopped API server is named in the error (server, context, what to check).
+# The cluster has the Prometheus Operator's PodMonitor CRD (from its Go module, hash pinned below),
+# so run 3 uses --monitoring: its PodMonitor must pass the real API server's validation.
 # The cluster is deleted at the end, whatever happened.
 #
 #   bash .ci/existing-cluster.sh     (after `eval "$(bash .ci/kind-node.sh)"`; root, Docker)
@@ -56,6 +58,20 @@ started=$SECONDS
 sed "s#image: registry.k8s.io/metrics-server/metrics-server:.*#image: $IRIS_METRICS_SERVER_IMAGE#" \
     manifests/metrics-server/metrics-server.yaml | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=240s
+# The PodMonitor CRD as the Prometheus Operator ships it, from its Go module (the module proxy
+# serves it; go checks it against the checksum database, and its hash against this pin).
+PROMETHEUS_OPERATOR_VERSION=v0.94.1
+PROMETHEUS_OPERATOR_H1="h1:QEIb2wenPH+SdMN1xMf8l4Pmj00YYXXI6HlbLlQWkww="
+operator=$(cd "$work" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+    python3 -c 'import json, sys
+d = json.load(sys.stdin)
+if d.get("Sum") != sys.argv[1]:
+    sys.exit("prometheus-operator module: %s, pinned %s" % (d.get("Error") or d.get("Sum"), sys.argv[1]))
+print(d["Dir"])' "$PROMETHEUS_OPERATOR_H1")
+kubectl apply --server-side -f - >/dev/null \
+    <"$operator/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+kubectl wait --for=condition=Established crd/podmonitors.monitoring.coreos.com --timeout=60s
+echo "PodMonitor CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION applied"
 echo "cluster ready in $((SECONDS - started)) s"
 
 log "the app's images, preloaded into the nodes (standing for a registry the cluster pulls from)"
@@ -146,10 +162,25 @@ grep -q "Load from this machine, to http://127.0.0.1:30090/predict" "$report" ||
 # The platform team's own clean-up of its namespace.
 kubectl delete namespace iris-serve --wait=true --timeout=180s >/dev/null
 
-log "3. the default on an existing cluster: the run's own namespace, the load from 2 runner pods inside"
-e2e --scenario autoscale
+log "3. the default on an existing cluster: the run's own namespace, the load from 2 runner pods inside, --monitoring"
+# The API server validates PodMonitors against the CRD's schema: a wrong one is refused.
+cat >"$work/bad-podmonitor.yaml" <<'EOF'
+apiVersion: monitoring.coreos.com/v1
+kind: PodMonitor
+metadata: {name: wrong, namespace: default}
+spec:
+  selector: {matchLabels: {app: x}}
+  podMetricsEndpoints: [{port: 8080, interval: often}]
+EOF
+if kubectl apply --dry-run=server -f - <"$work/bad-podmonitor.yaml" >"$work/bad.log" 2>&1; then
+    fail "the API server accepted a PodMonitor its CRD forbids"
+fi
+echo "the API server refuses a wrong PodMonitor: $(tr '\n' ' ' <"$work/bad.log" | cut -c1-240)"
+e2e --scenario autoscale --monitoring 2>&1 | tee "$work/monitoring.log"
 report=$(ls -td "$out"/*/ | head -n1)report.md
 grep -q "Load from load runners in the cluster: 2 pods" "$report" || fail "$report does not say the load came from 2 runner pods"
+grep -q "applied PodMonitor iris-serve/iris-serve" "$work/monitoring.log" ||
+    fail "--monitoring did not apply the PodMonitor on a cluster with its CRD"
 if kubectl get namespace iris-serve >/dev/null 2>&1; then
     fail "the run's namespace is still there"
 fi

@@ -5,7 +5,8 @@
 # pods inside the cluster (`--load-from cluster --load-pods 2`); then the seeds' own stack, the
 # FastAPI example of manifests/examples/fastapi-iris (`--app`, its image built offline by
 # .ci/fastapi-image.sh, `--image`), and a side-by-side table of it and the Iris server's run
-# (`cargo xtask report --beside`); then .ci/existing-cluster.sh (the
+# (`cargo xtask report --beside`); then .ci/offline-bundle.sh (the job from a bundle, on an
+# engine without the images or a network); then .ci/existing-cluster.sh (the
 # same job against a kind cluster made with plain kind) and .ci/interrupt.sh (Ctrl-C at every
 # step, --reuse, --keep). Fails when a run fails, and when the runs leave anything
 # behind: a container, network or volume, or an image beyond those that were there before it
@@ -57,9 +58,25 @@ e2e() {
         --metrics-server-image "$IRIS_METRICS_SERVER_IMAGE" \
         --out "$out" "$@" || status=$?
 }
-# The main job as users run it: every scenario, the load from this machine through the NodePort.
-e2e "$@"
+# The main job as users run it: every scenario, the load from this machine through the NodePort;
+# with --calibrate (one pod measured in a container first: the report's predicted-against-observed
+# section) and --monitoring (this cluster has no Prometheus Operator: said, and the run goes on).
+main_log=target/e2e-main.log
+mkdir -p target
+e2e --calibrate --monitoring "$@" > >(tee "$main_log") 2>&1
+wait "$!" || true
 main_report=$(ls -td "$out"/*/report.json 2>/dev/null | head -n1 || true)
+check() {
+    if ! grep -q -- "$2" "$3"; then
+        echo "FAILED: $1 ($3 has no \"$2\")" >&2
+        status=1
+    fi
+}
+check "--monitoring says the PodMonitor CRD is absent" "no podmonitors.monitoring.coreos.com CRD" "$main_log"
+check "--monitoring goes on without it" "no PodMonitor applied" "$main_log"
+if [ -n "$main_report" ]; then
+    check "--calibrate fills the predicted-against-observed section" "### Predicted against observed" "${main_report%.json}.md"
+fi
 # The seeds' own stack as the app under test: their manifests, their image, their request.
 fastapi_out=target/e2e-fastapi
 log "cargo xtask e2e --app manifests/examples/fastapi-iris --image $IRIS_FASTAPI_IMAGE --server-metrics ..."
@@ -88,6 +105,9 @@ else
 fi
 # Then the load from inside the cluster: two runner pods spread over the workers, merged exactly.
 e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
+# Then the whole job offline from a bundle, on an engine without the images and without network.
+log "cargo xtask e2e --offline --bundle (.ci/offline-bundle.sh)"
+bash .ci/offline-bundle.sh || status=$?
 # Then against a cluster the harness did not create, as a platform team runs it.
 log "cargo xtask e2e against an existing cluster (.ci/existing-cluster.sh)"
 bash .ci/existing-cluster.sh || status=$?

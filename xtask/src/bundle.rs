@@ -1,6 +1,8 @@
 //! `cargo xtask bundle --out DIR`: everything a run would pull (the kind node image, the
 //! metrics-server image) saved with `docker save`, plus the kind binary, and `bundle.json`
-//! listing the files. `e2e --offline --bundle DIR` loads it back.
+//! listing the files. `e2e --offline --bundle DIR` loads it back. An image this repository
+//! does not pin (a node image built locally) is recorded as `name:tag@<digest its tar names>`,
+//! and a run loads it only when its command line names it so (see [`Trust::for_run`]).
 //!
 //! A bundle is trusted for nothing: `bundle.json` and the files beside it can be rewritten
 //! together. What it may hold is pinned in this repository (the node image by digest in
@@ -144,6 +146,22 @@ impl Trust {
             kind_sha256: tools::pinned_sha256(&tools::platform()).map(str::to_owned),
             kind_dest: tools::cached_kind(),
         })
+    }
+
+    /// The repository's pins, plus the images the run's command line names by digest
+    /// (`--node-image`, `--metrics-server-image`): what the user pins there is trusted as if
+    /// this repository pinned it (a node image built locally, as CI builds one). A name
+    /// without a digest pins nothing and adds nothing.
+    pub fn for_run<'a>(overrides: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Trust> {
+        let mut trust = Trust::repository()?;
+        for reference in overrides {
+            if reference.contains('@') {
+                let pin = Pin::parse(reference).context("--node-image/--metrics-server-image")?;
+                trust.images.retain(|p| p.tag_ref != pin.tag_ref);
+                trust.images.push(pin);
+            }
+        }
+        Ok(trust)
     }
 }
 
@@ -379,12 +397,7 @@ pub async fn save(
                 );
                 pin.tag_ref.clone()
             }
-            None => {
-                eprintln!(
-                    "  note: {reference} is not pinned by this repository; `e2e --bundle` will refuse it"
-                );
-                reference.clone()
-            }
+            None => reference.clone(),
         };
         let file = file_name(reference);
         let path = staging.path().join(&file);
@@ -398,21 +411,40 @@ pub async fn save(
         }
         out_file.flush()?;
         let sha256 = iris_serve::model::hex(&hasher.finalize());
-        if let Some(pin) = pin {
-            let verified =
-                oci::verify_save(tools::open_no_follow(&path)?, &pin.tag_ref, &pin.digest)
-                    .with_context(|| {
-                        format!("the saved {reference} would not load from a bundle")
-                    })?;
-            ensure!(
-                verified.sha256 == sha256,
-                "{file} changed while it was saved"
+        // An image this repository does not pin (a local build) is recorded by the digest its
+        // tar names, so that the run that trusts it can pin it on its command line.
+        let (pin, recorded) = match pin {
+            Some(pin) => (pin.clone(), reference.clone()),
+            None if !reference.contains('@') => {
+                let digest = oci::index_digest(tools::open_no_follow(&path)?)
+                    .with_context(|| format!("reading the saved {reference}"))?;
+                let pin = Pin::parse(&format!("{reference}@{digest}"))?;
+                (pin.clone(), pin.reference)
+            }
+            None => bail!(
+                "{reference} is pinned by digest but not by this repository: bundle it by its \
+                 name:tag, and the bundle records the digest its saved tar names"
+            ),
+        };
+        let verified =
+            oci::verify_save(tools::open_no_follow(&path)?, &pin.tag_ref, &pin.digest)
+                .with_context(|| format!("the saved {reference} would not load from a bundle"))?;
+        ensure!(
+            verified.sha256 == sha256,
+            "{file} changed while it was saved"
+        );
+        if recorded == *reference {
+            eprintln!("  saved {reference} -> {file}");
+        } else {
+            eprintln!(
+                "  saved {reference} -> {file}, as {recorded}: not pinned by this repository, so \
+                 `e2e --offline --bundle` loads it only when its command line pins it \
+                 (--node-image or --metrics-server-image {recorded})"
             );
         }
-        eprintln!("  saved {reference} -> {file}");
         crate::signals::test_pause("bundle-saved-image").await;
         manifest.images.push(BundleImage {
-            reference: reference.clone(),
+            reference: recorded,
             id,
             file,
             sha256,
@@ -453,9 +485,9 @@ pub async fn save(
     Ok(manifest)
 }
 
-/// Loads a bundle with this repository's pins. Never touches the network.
-pub async fn load(docker: &Docker, dir: &Path) -> anyhow::Result<BundleManifest> {
-    load_with(docker, dir, &Trust::repository()?, &|_| {}).await
+/// Loads a bundle trusting `trust` ([`Trust::for_run`]). Never touches the network.
+pub async fn load(docker: &Docker, dir: &Path, trust: &Trust) -> anyhow::Result<BundleManifest> {
+    load_with(docker, dir, trust, &|_| {}).await
 }
 
 /// Verifies the bundle against `trust`, loads the images Docker does not have, and installs
@@ -498,7 +530,9 @@ pub async fn load_with(
             .find(|p| p.reference == image.reference)
             .with_context(|| {
                 format!(
-                    "refusing the bundle: {} is not an image this repository pins ({})",
+                    "refusing the bundle: {} is not an image this repository pins, nor one the \
+                     command line pins by digest (--node-image/--metrics-server-image NAME:TAG@sha256:...); \
+                     trusted: {}",
                     image.reference,
                     trust
                         .images
@@ -869,6 +903,29 @@ mod tests {
             metrics.by_digest(),
             "registry.k8s.io/metrics-server/metrics-server@sha256:d9862115e7c7881280d3d75ca26bda8ffc0fc213315979575bf23ce9826205c0"
         );
+    }
+
+    #[test]
+    fn a_command_line_pin_by_digest_is_trusted_and_a_bare_tag_is_not() {
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let node = format!("iris-kind/node:v1.36.1-local@{digest}");
+        let metrics = format!("registry.k8s.io/metrics-server/metrics-server:v0.9.0@{digest}");
+        let repository = Trust::repository().expect("repository pins");
+        let trust =
+            Trust::for_run([node.as_str(), metrics.as_str(), "local/other:1"]).expect("pins");
+        let references: Vec<&str> = trust.images.iter().map(|p| p.reference.as_str()).collect();
+        assert!(references.contains(&node.as_str()), "{references:?}");
+        // The same name:tag as the repository's pin: the command line's digest replaces it.
+        assert!(references.contains(&metrics.as_str()), "{references:?}");
+        assert!(
+            !references.iter().any(|r| r.contains("d9862115e7c7")),
+            "{references:?}"
+        );
+        // A name without a digest pins nothing.
+        assert!(!references.iter().any(|r| r.starts_with("local/other")));
+        assert_eq!(trust.images.len(), repository.images.len() + 1);
+        let err = Trust::for_run(["iris-kind/node:x@sha256:abc"]).expect_err("short digest");
+        assert!(format!("{err:#}").contains("--node-image"), "{err:#}");
     }
 
     #[test]

@@ -339,12 +339,21 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     }
     let mut steps = Steps::new(10);
     steps.start("doctor");
-    if let Some(dir) = &args.bundle {
-        let docker = docker::connect().await?;
-        crate::signals::or_interrupted("the bundle's load", bundle::load(&docker, dir))
-            .await
-            .with_context(|| format!("loading the bundle {}", dir.display()))?;
-    }
+    let bundled: Vec<String> = match &args.bundle {
+        Some(dir) => {
+            let docker = docker::connect().await?;
+            let overrides = args.node_image.iter().chain(&args.metrics_server_image);
+            let trust = bundle::Trust::for_run(overrides.map(String::as_str))?;
+            crate::signals::or_interrupted("the bundle's load", bundle::load(&docker, dir, &trust))
+                .await
+                .with_context(|| format!("loading the bundle {}", dir.display()))?
+                .images
+                .into_iter()
+                .map(|i| i.reference)
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let up = UpArgs {
         name: NameArgs {
             cluster_name: args.cluster_name.clone(),
@@ -382,13 +391,19 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     .await?;
     steps.done();
 
-    let preload: Vec<String> = match &args.bundle {
-        Some(_) => bundle::images_for_run()?
+    // Everything a bundle brought but the node image goes into the nodes: they pull nothing.
+    let node_images: Vec<String> = match &args.node_image {
+        Some(image) => vec![image.clone()],
+        None => cluster::KindConfig::load()?
+            .nodes
             .into_iter()
-            .filter(|i| !i.starts_with("kindest/node"))
+            .filter_map(|n| n.image)
             .collect(),
-        None => Vec::new(),
     };
+    let preload: Vec<String> = bundled
+        .into_iter()
+        .filter(|i| !node_images.contains(i))
+        .collect();
     // The user's image is checked before a cluster is made for it.
     if let Some(reference) = &args.image {
         docker::connect()

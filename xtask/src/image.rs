@@ -422,7 +422,7 @@ pub async fn load(
     };
     if !own {
         let tar = export(docker, tag_ref).await?;
-        let digest = crate::oci::descriptor_digest(&tar)
+        let digest = crate::oci::index_digest(&tar[..])
             .with_context(|| format!("reading the saved {tag_ref}"))?;
         if let Some(pinned) = pinned {
             ensure!(
@@ -884,7 +884,7 @@ mod tests {
                 "{store}: a node with a stale {name} was not refreshed: {again:?}"
             );
             let saved = export(&docker, &reference).await.expect("save");
-            let wanted = crate::oci::descriptor_digest(&saved).expect("digest");
+            let wanted = crate::oci::index_digest(&saved[..]).expect("digest");
             for node in &nodes {
                 let now = node_image_digest(&docker, &as_node(node), &name)
                     .await

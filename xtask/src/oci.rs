@@ -350,13 +350,18 @@ pub fn verify_save(reader: impl Read, tag_ref: &str, pinned: &str) -> anyhow::Re
     })
 }
 
-/// The digest `index.json` names in a `docker save` tar held in memory: what `ctr images
-/// import` records as the image's target on a node.
-pub fn descriptor_digest(tar: &[u8]) -> anyhow::Result<String> {
-    let mut archive = tar::Archive::new(tar);
+/// The digest `index.json` names in a `docker save` tar, read as a stream: what `ctr images
+/// import` records as the image's target on a node, and what an engine with the containerd
+/// image store finds the loaded image by (`name:tag@<digest>`).
+pub fn index_digest(reader: impl Read) -> anyhow::Result<String> {
+    let mut archive = tar::Archive::new(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
         if entry.path_bytes().as_ref() == b"index.json" {
+            ensure!(
+                entry.size() <= JSON_LIMIT,
+                "index.json in the tar is too large"
+            );
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes)?;
             let index: Index = serde_json::from_slice(&bytes).context("reading index.json")?;
