@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The product's main job, live: `cargo xtask e2e` on a real 3-node kind cluster (1 control plane,
 # 2 workers) made from the node image .ci/kind-node.sh builds here, every scenario of
-# xtask/scenarios.yaml, gates on; then the autoscale scenario again with the load sent from runner
+# xtask/scenarios.yaml, gates on, with --calibrate and --monitoring; then the autoscale scenario again with the load sent from runner
 # pods inside the cluster (`--load-from cluster --load-pods 2`); then the seeds' own stack, the
 # FastAPI example of manifests/examples/fastapi-iris (`--app`, its image built offline by
 # .ci/fastapi-image.sh, `--image`), and a side-by-side table of it and the Iris server's run
 # (`cargo xtask report --beside`); then .ci/offline-bundle.sh (the job from a bundle, on an
-# engine without the images or a network); then .ci/existing-cluster.sh (the
+# engine without the images or a network); then .ci/node-lost.sh (a worker killed under load);
+# then .ci/existing-cluster.sh (the
 # same job against a kind cluster made with plain kind) and .ci/interrupt.sh (Ctrl-C at every
 # step, --reuse, --keep). Fails when a run fails, and when the runs leave anything
 # behind: a container, network or volume, or an image beyond those that were there before it
@@ -108,6 +109,9 @@ e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
 # Then the whole job offline from a bundle, on an engine without the images and without network.
 log "cargo xtask e2e --offline --bundle (.ci/offline-bundle.sh)"
 bash .ci/offline-bundle.sh || status=$?
+# Then a worker node killed under load (.ci/node-lost.sh).
+log "a node lost under load (.ci/node-lost.sh)"
+bash .ci/node-lost.sh || status=$?
 # Then against a cluster the harness did not create, as a platform team runs it.
 log "cargo xtask e2e against an existing cluster (.ci/existing-cluster.sh)"
 bash .ci/existing-cluster.sh || status=$?

@@ -534,6 +534,7 @@ pub fn autoscale_run() -> Run {
             pods: timelines.into_values().collect(),
             events,
             scrapes,
+            lost_nodes: Vec::new(),
         },
         windows,
         load_end_s: LOAD_END_S,

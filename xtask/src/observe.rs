@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -109,11 +109,104 @@ pub struct ScaleEvent {
     pub message: String,
 }
 
+/// A node that stopped being Ready while the observer watched (a failed machine, a killed kind
+/// node): when, why, and the app's pods it held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoss {
+    pub node: String,
+    /// When its Ready condition left True, on the run's clock: the node controller's
+    /// `lastTransitionTime` (whole seconds), or the first sample that saw it when the node was
+    /// gone from the list or had no such time.
+    pub at_s: f64,
+    /// The first sample that saw it not Ready. The node controller marks a node whose kubelet
+    /// stopped reporting only after its `--node-monitor-grace-period` (live on kind, v1.36.1:
+    /// 44 s after the node's container was killed), so both times are well after the machine
+    /// failed; the pods' own traffic shows when it did.
+    pub seen_s: f64,
+    /// `Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)`, or `deleted`.
+    pub condition: String,
+    /// The app's pods scheduled on it.
+    #[serde(default)]
+    pub pods: Vec<String>,
+}
+
+/// A node's Ready condition as one look saw it: `None` when it is Ready, else what it says
+/// and when it changed (unix seconds).
+pub fn node_not_ready(node: &Node) -> Option<(String, Option<f64>)> {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => {
+            let mut why = format!("Ready={}", c.status);
+            match (&c.reason, &c.message) {
+                (Some(r), Some(m)) => why.push_str(&format!(" ({r}: {m})")),
+                (Some(r), None) => why.push_str(&format!(" ({r})")),
+                _ => {}
+            }
+            Some((why, c.last_transition_time.as_ref().map(unix_s)))
+        }
+        None => Some(("no Ready condition".to_owned(), None)),
+    }
+}
+
+/// Folds one look at the nodes into what the observer knows: `ready` holds the nodes that were
+/// Ready at some look; a node of it that is now not Ready, or gone, is lost (once).
+pub fn note_node_losses(
+    ready: &mut BTreeMap<String, bool>,
+    lost: &mut Vec<NodeLoss>,
+    nodes: &[Node],
+    t_s: f64,
+    load_start_unix_s: f64,
+) {
+    let mut listed = std::collections::BTreeSet::new();
+    for node in nodes {
+        let name = node.name_any();
+        listed.insert(name.clone());
+        match node_not_ready(node) {
+            None => {
+                ready.insert(name, true);
+            }
+            Some((condition, changed)) => {
+                if ready.get(&name) == Some(&true) && !lost.iter().any(|l| l.node == name) {
+                    let at_s = changed.map_or(t_s, |c| (c - load_start_unix_s).min(t_s));
+                    lost.push(NodeLoss {
+                        node: name.clone(),
+                        at_s,
+                        seen_s: t_s,
+                        condition,
+                        pods: Vec::new(),
+                    });
+                }
+                ready.insert(name, false);
+            }
+        }
+    }
+    for (name, was_ready) in ready.iter_mut() {
+        if *was_ready && !listed.contains(name) && !lost.iter().any(|l| &l.node == name) {
+            lost.push(NodeLoss {
+                node: name.clone(),
+                at_s: t_s,
+                seen_s: t_s,
+                condition: "deleted".to_owned(),
+                pods: Vec::new(),
+            });
+            *was_ready = false;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Observation {
     pub samples: Vec<Sample>,
     pub pods: Vec<PodTimeline>,
     pub events: Vec<ScaleEvent>,
+    /// Nodes that stopped being Ready during the observation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_nodes: Vec<NodeLoss>,
     /// Every app pod's `/metrics`, scraped with each sample: the observer's raw material, not the
     /// report's (the report keeps what `podmetrics::derive` makes of it).
     #[serde(skip)]
@@ -296,6 +389,9 @@ pub async fn observe(
         "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}",
         selector.replace('=', "%3D")
     );
+    // Listing nodes needs a cluster-wide read; a cluster that forbids it shows no lost nodes.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut node_ready: BTreeMap<String, bool> = BTreeMap::new();
     let mut observation = Observation::default();
     let mut pod_map: BTreeMap<String, PodTimeline> = BTreeMap::new();
     let mut ticker = tokio::time::interval(every);
@@ -310,6 +406,15 @@ pub async fn observe(
             break;
         }
         let t_s = unix_now_s() - load_start_unix_s;
+        if let Ok(list) = nodes.list(&ListParams::default()).await {
+            note_node_losses(
+                &mut node_ready,
+                &mut observation.lost_nodes,
+                &list.items,
+                t_s,
+                load_start_unix_s,
+            );
+        }
         let hpa = hpas.get_opt(&app.hpa).await.ok().flatten();
         let (hpa_current, hpa_desired, cpu_utilization, hpa_conditions) = hpa
             .as_ref()
@@ -404,6 +509,14 @@ pub async fn observe(
     }
     observation.events.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
     observation.pods = pod_map.into_values().collect();
+    for loss in &mut observation.lost_nodes {
+        loss.pods = observation
+            .pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(loss.node.as_str()))
+            .map(|p| p.name.clone())
+            .collect();
+    }
     observation
 }
 
@@ -1174,6 +1287,7 @@ mod tests {
             }],
             events: vec![],
             scrapes: vec![],
+            lost_nodes: Vec::new(),
         };
         let d = derive(&obs, &[window(21, &[("p", 5)])], 60.0, &manifests_hpa());
         assert_eq!(d.new_pods_ready_s["p"], 20.0);
@@ -1245,6 +1359,7 @@ mod tests {
             pods: vec![],
             events: vec![event(0.8, DOWN), event(16.0, UP), event(140.0, DOWN)],
             scrapes: vec![],
+            lost_nodes: Vec::new(),
         };
         let d = derive(&obs, &[], 120.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(16.0));
@@ -1270,6 +1385,7 @@ mod tests {
                 event(20.0, UP),
             ],
             scrapes: vec![],
+            lost_nodes: Vec::new(),
         };
         let d = derive(&from_two, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(20.0));
@@ -1289,6 +1405,7 @@ mod tests {
             pods: vec![],
             events: vec![event(15.0, UP)],
             scrapes: vec![],
+            lost_nodes: Vec::new(),
         };
         let d = derive(&obs, &[], 60.0, &manifests_hpa());
         assert_eq!(d.first_scale_decision_s, Some(15.0));
@@ -1311,6 +1428,12 @@ mod tests {
                        "conditions": [{"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale"},
                                       {"type": "ScalingLimited", "status": if desired >= 3 {"True"} else {"False"}, "reason": "DesiredWithinRange"}]}
         })
+    }
+
+    /// `GET /api/v1/nodes`: one worker, Ready or not since `changed`.
+    fn node_list(status: &str, changed: &str) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {},
+            "items": [serde_json::to_value(node("worker", status, changed)).expect("node")]})
     }
 
     #[tokio::test(start_paused = true)]
@@ -1339,6 +1462,14 @@ mod tests {
             for (i, (current, desired, cpu)) in
                 [(1, 1, 8), (1, 3, 230), (3, 3, 80)].into_iter().enumerate()
             {
+                // The third sample sees the worker not Ready (since a moment before it, on the
+                // API's clock): lost, with both pods on it.
+                let nodes = match i {
+                    2 => node_list("Unknown", &ts(-0.5)),
+                    _ => node_list("True", &ts(-300.0)),
+                };
+                api.expect("GET", "/api/v1/nodes", json_response(nodes))
+                    .await;
                 api.expect("GET", base, json_response(hpa_json(current, desired, cpu)))
                     .await;
                 api.expect("GET", "/apis/apps/v1/namespaces/iris-serve/deployments/iris-serve", json_response(serde_json::json!({
@@ -1385,6 +1516,15 @@ mod tests {
         );
         assert_eq!(obs.events.len(), 1, "{:?}", obs.events);
         assert_eq!(obs.events[0].message, "New size: 3");
+        assert_eq!(obs.lost_nodes.len(), 1, "{:?}", obs.lost_nodes);
+        let lost = &obs.lost_nodes[0];
+        assert_eq!(lost.node, "worker");
+        // The API's times are whole seconds: -0.5 s reads back up to a second earlier.
+        assert!(
+            (-1.5..=-0.5).contains(&lost.at_s) && lost.seen_s >= 0.0,
+            "{lost:?}"
+        );
+        assert_eq!(lost.pods, ["iris-serve-a", "iris-serve-b"]);
     }
 
     /// With each sample, the pods that have an address get their /metrics read through the pod
@@ -1399,6 +1539,12 @@ mod tests {
         )
         .expect("recorded text");
         let server = tokio::spawn(async move {
+            api.expect(
+                "GET",
+                "/api/v1/nodes",
+                json_response(node_list("True", "2026-12-04T18:00:00Z")),
+            )
+            .await;
             api.expect(
                 "GET",
                 "/apis/autoscaling/v2/namespaces/iris-serve/horizontalpodautoscalers/iris-serve",
@@ -1475,6 +1621,12 @@ mod tests {
         let server = tokio::spawn(async move {
             let frames = [None, Some((215.3, None)), Some((215.3, Some(222.6)))];
             for i in 0..4 {
+                api.expect(
+                    "GET",
+                    "/api/v1/nodes",
+                    json_response(node_list("True", &ts(-300.0))),
+                )
+                .await;
                 api.expect("GET", "/apis/autoscaling/v2/namespaces/iris-serve/horizontalpodautoscalers/iris-serve", json_response(hpa_json(3, 2, 2))).await;
                 api.expect("GET", "/apis/apps/v1/namespaces/iris-serve/deployments/iris-serve", json_response(serde_json::json!({
                     "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "iris-serve"},
@@ -1550,5 +1702,88 @@ mod tests {
         });
         assert_eq!((t.ready_s, t.unready_s), (Some(4.0), Some(90.0)));
         assert_eq!((t.node.as_deref(), t.created_s), (Some("w"), Some(1.0)));
+    }
+
+    /// A node as the API server shows it (fields recorded from the live kind cluster, Kubernetes
+    /// v1.36.1: a worker whose container was killed, after the node controller's grace period).
+    fn node(name: &str, status: &str, changed: &str) -> Node {
+        let (reason, message) = match status {
+            "True" => ("KubeletReady", "kubelet is posting ready status"),
+            _ => ("NodeStatusUnknown", "Kubelet stopped posting node status."),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": status, "reason": reason, "message": message,
+                 "lastHeartbeatTime": changed, "lastTransitionTime": changed},
+            ]},
+        }))
+        .expect("node")
+    }
+
+    #[test]
+    fn a_node_that_stops_being_ready_is_lost_once_with_its_time_and_reason() {
+        let start = 1_790_000_000.0;
+        let at = |s: f64| {
+            k8s_openapi::jiff::Timestamp::from_millisecond(((start + s) * 1000.0) as i64)
+                .expect("time")
+                .to_string()
+        };
+        let mut ready = BTreeMap::new();
+        let mut lost = Vec::new();
+        let cluster = |w2: &str, changed: f64| {
+            vec![
+                node("cp", "True", &at(-300.0)),
+                node("w1", "True", &at(-300.0)),
+                node("w2", w2, &at(changed)),
+            ]
+        };
+        note_node_losses(&mut ready, &mut lost, &cluster("True", -300.0), 1.0, start);
+        assert!(lost.is_empty());
+        // Killed at about 30 s; the node controller says so 50 s later.
+        note_node_losses(
+            &mut ready,
+            &mut lost,
+            &cluster("Unknown", 80.0),
+            81.3,
+            start,
+        );
+        note_node_losses(
+            &mut ready,
+            &mut lost,
+            &cluster("Unknown", 80.0),
+            82.3,
+            start,
+        );
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].node, "w2");
+        assert_eq!((lost[0].at_s, lost[0].seen_s), (80.0, 81.3));
+        assert_eq!(
+            lost[0].condition,
+            "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)"
+        );
+        // A node gone from the list is lost too; one never Ready is not (it was never ours to lose).
+        let mut ready2 = BTreeMap::new();
+        let mut lost2 = Vec::new();
+        note_node_losses(
+            &mut ready2,
+            &mut lost2,
+            &[node("w1", "True", &at(0.0)), node("new", "False", &at(0.0))],
+            1.0,
+            start,
+        );
+        note_node_losses(
+            &mut ready2,
+            &mut lost2,
+            &[node("new", "False", &at(0.0))],
+            2.0,
+            start,
+        );
+        assert_eq!(lost2.len(), 1, "{lost2:?}");
+        assert_eq!(
+            (lost2[0].node.as_str(), lost2[0].condition.as_str()),
+            ("w1", "deleted")
+        );
     }
 }

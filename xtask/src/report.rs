@@ -323,6 +323,34 @@ pub fn render_markdown(report: &Report) -> String {
                 .as_deref()
                 .unwrap_or("this machine, through the NodePort")
         );
+        for loss in &s.observation.lost_nodes {
+            let pods: Vec<String> = loss
+                .pods
+                .iter()
+                .map(|p| match s.load.totals.pods.get(p) {
+                    Some(n) => format!("`{p}` (served {n} requests)"),
+                    None => format!("`{p}`"),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "- **Node lost:** `{}` not Ready from {} (first seen so at {}): {}; the app's pods on it: {}. \
+                 Requests it could not answer are counted below by class, none dropped.",
+                loss.node,
+                opt_s(Some(loss.at_s)),
+                opt_s(Some(loss.seen_s)),
+                loss.condition,
+                if pods.is_empty() {
+                    "none".to_owned()
+                } else {
+                    pods.join(", ")
+                }
+            );
+        }
+        let errors = s.load.totals.errors.describe();
+        if !errors.is_empty() {
+            let _ = writeln!(out, "- Errors by class: {errors}.");
+        }
         let f = &s.derived.formula;
         if let Some(a) = f.agreement() {
             let excluded: Vec<String> = f
@@ -604,6 +632,8 @@ pub struct Timeline {
     pub verdict: String,
     pub passed: bool,
     pub scale_events: Vec<ScaleMark>,
+    /// Nodes lost during the load, when their Ready condition left True.
+    pub node_losses: Vec<ScaleMark>,
     /// HPA current, HPA desired and ready replicas, as steps: a count holds until the sample
     /// that shows the next one.
     pub replicas: [Vec<(f64, f64)>; 3],
@@ -649,6 +679,15 @@ impl Timeline {
             verdict: verdict_line(s),
             passed: s.gates.iter().all(|g| g.passed),
             scale_events: scale_marks(s),
+            node_losses: s
+                .observation
+                .lost_nodes
+                .iter()
+                .map(|l| ScaleMark {
+                    t_s: l.at_s,
+                    label: format!("{} lost", l.node),
+                })
+                .collect(),
             replicas: [
                 steps(&|x| x.hpa_current),
                 steps(&|x| x.hpa_desired),
@@ -783,6 +822,8 @@ const POD_COLORS: [RGBColor; 6] = [
 
 /// The load's end: a dark dashed vertical in every panel.
 const LOAD_END: RGBColor = RGBColor(34, 34, 34);
+/// A node lost during the load: a dotted vertical, purple.
+const NODE_LOST: RGBColor = RGBColor(128, 0, 160);
 /// Spans without a CPU reading: grey hatching.
 const NO_DATA: RGBColor = RGBColor(150, 150, 150);
 /// A replica line's legend label, colour, width, dash and gap in pixels (no dash: solid), and how
@@ -1004,6 +1045,17 @@ fn draw_scenario(
         if !timeline.scale_events.is_empty() {
             legend.add("scale event", RED, Mark::Tick);
         }
+        for l in &timeline.node_losses {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(l.t_s, 0.0), (l.t_s, top)],
+                3,
+                3,
+                NODE_LOST.stroke_width(2),
+            ))?;
+        }
+        if !timeline.node_losses.is_empty() {
+            legend.add("node lost", NODE_LOST, Mark::Dashed(3, 3));
+        }
         chart.draw_series(DashedLineSeries::new(
             vec![(timeline.load_end_s, 0.0), (timeline.load_end_s, top)],
             6,
@@ -1059,6 +1111,14 @@ fn draw_scenario(
             e.label.clone(),
             (x + 3, y + 2),
             ("sans-serif", 12).into_font().color(&RED),
+        ))?;
+    }
+    for l in &timeline.node_losses {
+        let (x, y) = pixel(&chart, &rows[0].0, (l.t_s, top));
+        rows[0].0.draw(&Text::new(
+            l.label.clone(),
+            (x + 3, y + 30),
+            ("sans-serif", 11).into_font().color(&NODE_LOST),
         ))?;
     }
     let (x, y) = pixel(&chart, &rows[0].0, (timeline.load_end_s, top));
@@ -1889,6 +1949,7 @@ pub mod tests {
             }],
             events: vec![],
             scrapes: vec![],
+            lost_nodes: Vec::new(),
         };
         let windows: Vec<WindowSummary> = (1..=60u32)
             .map(|second| WindowSummary {
@@ -2237,6 +2298,42 @@ pub mod tests {
             "{text}"
         );
         assert!(!report.passed());
+    }
+
+    #[test]
+    fn a_lost_node_is_named_with_its_pods_marked_on_the_timeline_and_errors_counted_by_class() {
+        let mut report = fixture();
+        let md = render_markdown(&report);
+        assert!(
+            !md.contains("Node lost") && !md.contains("Errors by class"),
+            "{md}"
+        );
+        let s = &mut report.scenarios[0];
+        let pod = s.observation.pods[0].name.clone();
+        s.observation.lost_nodes.push(crate::observe::NodeLoss {
+            node: "iris-serve-worker".into(),
+            at_s: 74.2,
+            seen_s: 75.1,
+            condition: "Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.)"
+                .into(),
+            pods: vec![pod.clone()],
+        });
+        s.load.totals.errors.timeout = 1364;
+        s.load.totals.errors.reset = 1285;
+        let md = render_markdown(&report);
+        assert!(
+            md.contains(&format!(
+                "- **Node lost:** `iris-serve-worker` not Ready from 74s (first seen so at 75s): \
+                 Ready=Unknown (NodeStatusUnknown: Kubelet stopped posting node status.); the app's pods on it: `{pod}`"
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains("- Errors by class: timeout 1364, reset 1285.\n"),
+            "{md}"
+        );
+        let svg = render_svg(&report).expect("svg");
+        assert!(svg.contains("node lost") && svg.contains("iris-serve-worker lost"));
     }
 
     #[test]

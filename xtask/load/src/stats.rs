@@ -40,6 +40,18 @@ pub const ERROR_CLASSES: [ErrorClass; 6] = [
 ];
 
 impl ErrorClass {
+    /// Its name in results (`connect`, `timeout`, `reset`, `http_4xx`, `http_5xx`, `other_status`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Connect => "connect",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Reset => "reset",
+            ErrorClass::Http4xx => "http_4xx",
+            ErrorClass::Http5xx => "http_5xx",
+            ErrorClass::OtherStatus => "other_status",
+        }
+    }
+
     /// The class of a response with `status`, or None when it is one of the `expected`.
     pub fn of_response(status: u16, expected: &ExpectStatus) -> Option<ErrorClass> {
         if expected.contains(status) {
@@ -96,6 +108,17 @@ impl ErrorCounts {
         for c in ERROR_CLASSES {
             self.add(c, other.get(c));
         }
+    }
+
+    /// The classes that counted any, as `timeout 120, connect 3` (in class order); empty when
+    /// there were none.
+    pub fn describe(&self) -> String {
+        ERROR_CLASSES
+            .iter()
+            .filter(|&&c| self.get(c) > 0)
+            .map(|&c| format!("{} {}", c.name(), self.get(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -528,6 +551,12 @@ mod tests {
         )
         .expect("old counts");
         assert_eq!((old.total(), old.other_status), (3, 0));
+        assert_eq!(old.describe(), "timeout 1, http_4xx 2");
+        assert_eq!(ErrorCounts::default().describe(), "");
+        // The names are the ones results use.
+        for c in ERROR_CLASSES {
+            assert_eq!(serde_json::to_value(c).expect("json"), c.name());
+        }
     }
 
     #[test]
