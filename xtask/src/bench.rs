@@ -22,6 +22,23 @@ pub enum Command {
     /// The load generator against wrk, same server, same connections, same pinned cores:
     /// closed-loop throughput and p50, and how exactly open loop holds a rate.
     Load(LoadArgs),
+    /// The harness's image load into every node of a kind cluster against `kind load
+    /// docker-image` of the same image into the same nodes, rounds interleaved.
+    ImageLoad(ImageLoadArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageLoadArgs {
+    /// The kind cluster (made by `cargo xtask cluster up`, or any kind cluster).
+    #[arg(long, default_value = crate::cluster::DEFAULT_NAME)]
+    cluster_name: String,
+    /// The image to load (default: the server image, built or reused unchanged).
+    #[arg(long)]
+    image: Option<String>,
+    /// Rounds of each load, interleaved; before every load the image is removed from the nodes
+    /// (`ctr images rm --sync`), so both import it into every node.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
 }
 
 /// How a benchmark is run: one pinned core each for the server and the load, and the load's shape.
@@ -306,7 +323,100 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Server(args) => server(&args),
         Command::Load(args) => load_vs_wrk(&args),
+        Command::ImageLoad(args) => image_load(&args),
     }
+}
+
+/// `bench image-load`: seconds per load of the same image into the same nodes, ours and kind's,
+/// and ours over kind's round by round (target: at most 1, at least as fast).
+fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(crate::signals::interruptible(async {
+        let docker = crate::docker::connect().await?;
+        let kind = crate::tools::ensure_kind(true).await?;
+        let image = match &args.image {
+            Some(image) => image.clone(),
+            None => crate::image::build(&docker).await?.reference,
+        };
+        let nodes: Vec<_> = crate::docker::kind_nodes(&docker, &args.cluster_name)
+            .await?
+            .into_iter()
+            .filter(|n| n.running)
+            .collect();
+        ensure!(
+            !nodes.is_empty(),
+            "no running kind cluster {}: make one with `cargo xtask cluster up` (or name yours with --cluster-name)",
+            args.cluster_name
+        );
+        let name = crate::image::containerd_name(&image);
+        let size = docker
+            .inspect_image(&image)
+            .await
+            .with_context(|| format!("{image} is not in the local Docker engine"))?
+            .size
+            .unwrap_or(0);
+        println!(
+            "image load of {image} ({:.1} MB) into the {} nodes of {}, {} rounds each, interleaved",
+            size as f64 / 1e6,
+            nodes.len(),
+            args.cluster_name,
+            args.rounds
+        );
+        // Gone from every node, its content collected, so the next load imports it everywhere.
+        let forget = || async {
+            for node in &nodes {
+                let out = crate::docker::exec(
+                    &docker,
+                    &node.id,
+                    &["ctr", "--namespace=k8s.io", "images", "rm", "--sync", &name],
+                    None,
+                )
+                .await?;
+                ensure!(
+                    out.exit_code == 0 || out.stderr.contains("not found"),
+                    "node {}: removing {name}: {}",
+                    node.name,
+                    out.stderr.trim()
+                );
+            }
+            anyhow::Ok(())
+        };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 1..=args.rounds {
+            forget().await?;
+            let started = Instant::now();
+            crate::image::load(&docker, &image, &args.cluster_name).await?;
+            ours.push(started.elapsed().as_secs_f64());
+            forget().await?;
+            let kind_load = cmd(&kind)
+                .arg("load")
+                .arg("docker-image")
+                .arg("--name")
+                .arg(&args.cluster_name)
+                .arg(&image);
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || kind_load.run()).await??;
+            theirs.push(started.elapsed().as_secs_f64());
+            println!(
+                "round {round}: harness {:.2} s, kind load docker-image {:.2} s",
+                ours[ours.len() - 1],
+                theirs[theirs.len() - 1]
+            );
+        }
+        let ratio = Spread::of(ours.iter().zip(&theirs).map(|(o, t)| o / t));
+        println!(
+            "harness {} s; kind load docker-image {} s",
+            Spread::of(ours.iter().copied()).show(2),
+            Spread::of(theirs.iter().copied()).show(2)
+        );
+        judge(&[Target::new(
+            "image load time, harness / kind load docker-image",
+            &ratio,
+            "<=",
+            1.0,
+            "x",
+        )])
+    }))
 }
 
 #[derive(Debug, Default, Serialize)]
