@@ -338,16 +338,7 @@ fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
             Some(image) => image.clone(),
             None => crate::image::build(&docker).await?.reference,
         };
-        let nodes: Vec<_> = crate::docker::kind_nodes(&docker, &args.cluster_name)
-            .await?
-            .into_iter()
-            .filter(|n| n.running)
-            .collect();
-        ensure!(
-            !nodes.is_empty(),
-            "no running kind cluster {}: make one with `cargo xtask cluster up` (or name yours with --cluster-name)",
-            args.cluster_name
-        );
+        let nodes = crate::docker::running_kind_nodes(&docker, &args.cluster_name).await?;
         let name = crate::image::containerd_name(&image);
         let size = docker
             .inspect_image(&image)

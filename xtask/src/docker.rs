@@ -134,6 +134,21 @@ pub struct Node {
     pub created_unix_s: i64,
 }
 
+/// The running node containers of a kind cluster; an error saying how to make one when there
+/// are none.
+pub async fn running_kind_nodes(docker: &Docker, cluster: &str) -> anyhow::Result<Vec<Node>> {
+    let nodes: Vec<Node> = kind_nodes(docker, cluster)
+        .await?
+        .into_iter()
+        .filter(|n| n.running)
+        .collect();
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "no running node of kind cluster {cluster:?} (containers labelled {KIND_CLUSTER_LABEL}={cluster}); create it with `cargo xtask cluster up`"
+    );
+    Ok(nodes)
+}
+
 /// The Docker network kind puts its nodes on (`KIND_EXPERIMENTAL_DOCKER_NETWORK` aside).
 pub const KIND_NETWORK: &str = "kind";
 

@@ -391,16 +391,7 @@ pub async fn load(
     reference: &str,
     cluster: &str,
 ) -> anyhow::Result<Vec<NodeLoad>> {
-    let nodes: Vec<Node> = docker::kind_nodes(docker, cluster)
-        .await?
-        .into_iter()
-        .filter(|n| n.running)
-        .collect();
-    ensure!(
-        !nodes.is_empty(),
-        "no running node of kind cluster {cluster:?} (containers labelled {}={cluster}); create it with `cargo xtask cluster up`",
-        docker::KIND_CLUSTER_LABEL
-    );
+    let nodes = docker::running_kind_nodes(docker, cluster).await?;
     docker
         .inspect_image(reference)
         .await
