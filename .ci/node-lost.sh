@@ -12,13 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n==> %s\n' "$*"; }
-fail() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
-: "${IRIS_NODE_IMAGE:?run after eval \"\$(bash .ci/kind-node.sh)\"}"
-: "${IRIS_METRICS_SERVER_IMAGE:?}" "${IRIS_KIND:?}"
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
+require_node_env
 
 name=iris-serve
 out=target/e2e-node-lost

@@ -19,13 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\n==> %s\n' "$*"; }
-fail() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
-: "${IRIS_NODE_IMAGE:?run after eval \"\$(bash .ci/kind-node.sh)\"}"
-: "${IRIS_METRICS_SERVER_IMAGE:?}" "${IRIS_KIND:?}"
+# shellcheck source=.ci/lib.sh
+. .ci/lib.sh
+require_node_env
 : "${IRIS_TEST_DOCKER_CONTAINERD_STORE:?run after eval \"\$(bash .ci/engine.sh)\"}"
 cs_host=$IRIS_TEST_DOCKER_CONTAINERD_STORE
 cs_pid=$(cat "${IRIS_ENGINE_CS_DIR:-/run/iris-docker-cs}/docker.pid")
