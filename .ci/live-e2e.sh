@@ -106,6 +106,25 @@ else
 fi
 # Then the load from inside the cluster: two runner pods spread over the workers, merged exactly.
 e2e --load-from cluster --load-pods 2 --scenario autoscale "$@"
+# Its merge, checked from outside: the runners' own histograms, as they sent them, added up by the
+# HdrHistogram project's Python port (pinned by hash; a venv cached by the requirements' hash).
+log "the runners' merge against Python's HdrHistogram (.ci/runner-merge.py)"
+runner_report=$(ls -td "$out"/*/report.json 2>/dev/null | head -n1 || true)
+requirements=.ci/runner-merge.requirements.txt
+venv="${IRIS_TOOLS_CACHE:-$HOME/.cache/iris-serve/tools}/hdrh-$(sha256sum "$requirements" | cut -c1-12)"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv.part"
+    "$venv.part/bin/pip" install -q --disable-pip-version-check --no-deps --require-hashes \
+        --only-binary :all: -r "$requirements"
+    rm -rf "$venv"
+    mv "$venv.part" "$venv"
+fi
+if [ -n "$runner_report" ]; then
+    "$venv/bin/python" .ci/runner-merge.py "$runner_report" || status=1
+else
+    echo "FAILED: the runner-pod run wrote no report.json" >&2
+    status=1
+fi
 # Then the whole job offline from a bundle, on an engine without the images and without network.
 log "cargo xtask e2e --offline --bundle (.ci/offline-bundle.sh)"
 bash .ci/offline-bundle.sh || status=$?

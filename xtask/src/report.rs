@@ -1906,6 +1906,7 @@ pub mod tests {
             server: Some(server),
             load_start_unix_s: None,
             witness: None,
+            runners: Vec::new(),
             server_not_measured: None,
         };
 
@@ -2006,6 +2007,7 @@ pub mod tests {
             server: Some(server),
             load_start_unix_s: None,
             witness: None,
+            runners: Vec::new(),
             server_not_measured: None,
         };
 

@@ -100,6 +100,18 @@ pub struct Placement {
     pub runners: BTreeMap<u32, (String, Option<String>)>,
     /// How late the latest runner began against the common start.
     pub max_start_lateness_ms: Option<u64>,
+    /// Each runner's share as it reported it, by pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<RunnerShare>,
+}
+
+/// One runner pod's share of the load as the pod reported it (its histogram undecoded).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunnerShare {
+    pub pod: String,
+    pub node: Option<String>,
+    #[serde(flatten)]
+    pub share: crate::load::runner::Share,
 }
 
 impl Placement {
@@ -531,6 +543,14 @@ async fn drive(
         let pod = &placement.runners[&index].0;
         return Err(failed(&pods, pod, "it ended without reporting its results").await);
     }
+    placement.shares = live
+        .shares()
+        .into_iter()
+        .filter_map(|share| {
+            let (pod, node) = placement.runners.get(&share.runner)?.clone();
+            Some(RunnerShare { pod, node, share })
+        })
+        .collect();
     let outcome = live.finish()?;
     Ok((outcome, placement))
 }

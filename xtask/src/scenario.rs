@@ -667,6 +667,10 @@ pub struct ScenarioResult {
     /// no witness ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<crate::witness::Checked>,
+    /// With the load from runner pods: each pod's share as it reported it, its latency histogram
+    /// in the encoding it came in, so that the merge can be checked from outside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runners: Vec<crate::runners::RunnerShare>,
 }
 
 /// Settled: the HPA at its minimum and wanting nothing else, every replica ready.
@@ -876,6 +880,7 @@ pub async fn run(
             stop_rx,
         ))
     };
+    let mut shares = Vec::new();
     let (load_start, observer, outcome, source) = match load_from {
         LoadFrom::Host => {
             let load_start = observe::unix_now_s();
@@ -922,6 +927,7 @@ pub async fn run(
                         "load runners in the cluster: {}{late}",
                         placement.describe()
                     );
+                    shares = placement.shares;
                     (Ok(outcome), source)
                 }
                 Err(e) => (Err(e), String::new()),
@@ -977,6 +983,7 @@ pub async fn run(
         server_not_measured: port.err(),
         load_start_unix_s: Some(load_start),
         witness: None,
+        runners: shares,
     })
 }
 

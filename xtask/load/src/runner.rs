@@ -330,7 +330,19 @@ struct RunnerReport {
     started_late_ms: Option<u64>,
     windows: BTreeMap<u32, (WindowSummary, Histogram<u64>)>,
     done: Option<(Outcome, Histograms)>,
+    /// Its whole-run latency histogram as it came (see `encode`), kept for checks from outside.
+    done_latency: Option<String>,
     failed: Option<String>,
+}
+
+/// One runner's whole share as it reported it: its responses and its latency histogram in the
+/// encoding it was sent in (HdrHistogram V2 deflate, base64), so that the merge can be checked by
+/// another implementation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub runner: u32,
+    pub responses: u64,
+    pub latency: String,
 }
 
 /// Folds the events of `runners` runners into one result.
@@ -383,6 +395,7 @@ impl Merger {
                     send_lag: decode(&send_lag)?,
                 };
                 report.done = Some((*outcome, histograms));
+                report.done_latency = Some(latency);
             }
             Event::Failed { error, .. } => report.failed = Some(error),
         }
@@ -415,6 +428,21 @@ impl Merger {
             .iter()
             .filter(|(_, r)| r.done.is_none() && r.failed.is_none())
             .map(|(i, _)| *i)
+            .collect()
+    }
+
+    /// Each finished runner's share, as it reported it.
+    pub fn shares(&self) -> Vec<Share> {
+        self.reports
+            .iter()
+            .filter_map(|(i, r)| {
+                let (outcome, _) = r.done.as_ref()?;
+                Some(Share {
+                    runner: *i,
+                    responses: outcome.totals.responses,
+                    latency: r.done_latency.clone()?,
+                })
+            })
             .collect()
     }
 
@@ -750,6 +778,44 @@ mod tests {
             pods: pods.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect(),
             ..Default::default()
         }
+    }
+
+    /// What each runner sent with its `done` is kept as it came, for a check from outside the
+    /// merge (`.ci/runner-merge.py` decodes them with Python's hdrhistogram package).
+    #[test]
+    fn the_merger_keeps_each_runners_share_as_it_came() {
+        let mut merger = Merger::new(2);
+        let mut sent = Vec::new();
+        for (runner, values) in [(0u32, &[1000u64, 3000][..]), (1, &[2000][..])] {
+            let mut histograms = Histograms::default();
+            values
+                .iter()
+                .for_each(|v| histograms.latency.record(*v).expect("in range"));
+            let outcome = Outcome {
+                started_at_unix_ms: 1,
+                elapsed_s: 1.0,
+                totals: Totals {
+                    responses: values.len() as u64,
+                    ..Default::default()
+                },
+                windows: Vec::new(),
+                scheduled: None,
+                interrupted_after_s: None,
+            };
+            let done = done_event(runner, outcome, &histograms).expect("done");
+            let Event::Done { latency, .. } = &done else {
+                unreachable!("a done event")
+            };
+            sent.push(Share {
+                runner,
+                responses: values.len() as u64,
+                latency: latency.clone(),
+            });
+            merger.push_text(&done.line()).expect("done line");
+        }
+        assert_eq!(merger.shares(), sent);
+        let merged = merger.finish().expect("both done");
+        assert_eq!(merged.totals.responses, 3);
     }
 
     #[test]
