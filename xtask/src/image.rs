@@ -516,18 +516,8 @@ pub async fn load(
         }
         wanted.digest = Some(digest);
     }
-    let mut stale = Vec::new();
-    for (node, _) in after_save {
-        let input = futures::stream::iter(parts.clone()).boxed();
-        stale.push(import(
-            docker,
-            node,
-            reference,
-            &wanted,
-            input,
-            bar_for(node),
-        ));
-    }
+    // From the tar in memory: the nodes a pinned reference held back, and stale copies.
+    let mut again: Vec<&Node> = after_save.iter().map(|(node, _)| *node).collect();
     for (node, (name, by_digest)) in &listed {
         if wanted.holds(name.as_deref(), by_digest.as_deref()) {
             eprintln!("  {}: already has {reference}", node.name);
@@ -539,17 +529,13 @@ pub async fn load(
                 name.as_deref().unwrap_or("?"),
                 wanted.digest.as_deref().unwrap_or("?")
             );
-            let input = futures::stream::iter(parts.clone()).boxed();
-            stale.push(import(
-                docker,
-                node,
-                reference,
-                &wanted,
-                input,
-                bar_for(node),
-            ));
+            again.push(node);
         }
     }
+    let stale = again.into_iter().map(|node| {
+        let input = futures::stream::iter(parts.clone()).boxed();
+        import(docker, node, reference, &wanted, input, bar_for(node))
+    });
     failures.extend(
         futures::future::join_all(stale)
             .await
