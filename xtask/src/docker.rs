@@ -49,12 +49,8 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// Standard input for [`exec`]: the chunks to write, as they come, and a callback told each
-/// chunk's size.
-pub type Stdin<'a> = (
-    futures::stream::BoxStream<'a, Bytes>,
-    &'a (dyn Fn(usize) + Sync),
-);
+/// Standard input for [`exec`]: the chunks to write, and a callback told each chunk's size.
+pub type Stdin<'a> = (Vec<Bytes>, &'a (dyn Fn(usize) + Sync));
 
 /// Runs `cmd` in a running container. With `stdin`, its chunks are written to the command's
 /// standard input (then closed), calling `on_chunk` with each chunk's size.
@@ -89,8 +85,8 @@ pub async fn exec(
         bail!("`{}` in {container} did not attach", cmd.join(" "));
     };
     let writer = async {
-        if let Some((mut chunks, on_chunk)) = stdin {
-            while let Some(chunk) = chunks.next().await {
+        if let Some((chunks, on_chunk)) = stdin {
+            for chunk in chunks {
                 input.write_all(&chunk).await?;
                 on_chunk(chunk.len());
             }

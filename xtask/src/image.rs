@@ -8,6 +8,7 @@
 //! that needs it, concurrently with a progress bar each, then verify every node has it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{Context, bail, ensure};
 use bollard::Docker;
@@ -336,7 +337,6 @@ fn platform() -> String {
     format!("linux/{}", crate::tools::go_arch())
 }
 
-#[cfg(test)]
 async fn export(docker: &Docker, reference: &str) -> anyhow::Result<Bytes> {
     let mut chunks = Vec::new();
     let mut saved = docker.export_image(reference);
@@ -386,126 +386,33 @@ async fn node_state(
 /// Loads `reference` into every node of `cluster`; returns what happened per node. A reference
 /// may be pinned (`name:tag@sha256:...`): the engine's image must then be that digest, and the
 /// nodes get the `name@sha256:...` name too, which is how the kubelet resolves a pinned image.
-///
-/// The save streams into the imports of the nodes that lack the name altogether while it is
-/// being read (kind saves to a file first, then imports): for a large image the save's seconds
-/// overlap the imports'. The whole tar is kept too: it names the digest every node is checked
-/// against afterwards, and feeds the nodes whose copy turned out to be stale.
 pub async fn load(
     docker: &Docker,
     reference: &str,
     cluster: &str,
 ) -> anyhow::Result<Vec<NodeLoad>> {
     let nodes = docker::running_kind_nodes(docker, cluster).await?;
-    let size = docker
+    docker
         .inspect_image(reference)
         .await
-        .with_context(|| format!("image {reference} is not in the local Docker engine; build it (`cargo xtask image build` for the Iris server, your own build for your service) or pull it"))?
-        .size
-        .unwrap_or(0);
+        .with_context(|| format!("image {reference} is not in the local Docker engine; build it (`cargo xtask image build` for the Iris server, your own build for your service) or pull it"))?;
 
     let (tag_ref, pinned) = match reference.split_once('@') {
         Some((tag_ref, digest)) => (tag_ref, Some(digest)),
         None => (reference, None),
     };
     let own = is_content_addressed(reference);
-    let name = containerd_name(tag_ref);
-    let by_digest = match pinned {
-        Some(pinned) if !own => Some(format!(
-            "{}@{pinned}",
-            name.rsplit_once(':').map_or(name.as_str(), |(n, _)| n)
-        )),
-        _ => None,
-    };
-    // The digest is known once the tar is read: until then a node is compared by name only.
+    // `docker save` once, one platform (the engine's own), shared by every node. Images not
+    // named by their content are saved first: the saved tar says which digest the nodes'
+    // containerd will record for them, and that is what the nodes are compared by.
+    let mut saved = None;
     let mut wanted = Wanted {
-        name,
+        name: containerd_name(tag_ref),
         digest: None,
-        by_digest,
+        by_digest: None,
     };
-    let checks =
-        futures::future::join_all(nodes.iter().map(|n| node_state(docker, n, &wanted))).await;
-    let mut states = Vec::new();
-    for (node, state) in nodes.iter().zip(checks) {
-        states.push((node, state?));
-    }
-    // Our content-hash tags are decided by name. Other images: a node without the name needs
-    // the import whatever the digest; one with it waits for the digest.
-    let (fresh, listed): (Vec<_>, Vec<_>) = states
-        .into_iter()
-        .partition(|(_, (name, _))| name.is_none());
-    if fresh.is_empty() && own {
-        return Ok(nodes
-            .iter()
-            .map(|n| {
-                eprintln!("  {}: already has {reference}", n.name);
-                NodeLoad::AlreadyPresent(n.name.clone())
-            })
-            .collect());
-    }
-
-    let bars = MultiProgress::new();
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let style = ProgressStyle::with_template("  {prefix:30} {bar:30} {bytes}/{total_bytes}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    let bar_for = |node: &Node| {
-        let bar = bars.add(ProgressBar::new(u64::try_from(size).unwrap_or(0)));
-        bar.set_style(style.clone());
-        bar.set_prefix(node.name.clone());
-        bar
-    };
-
-    // The save, streamed to each fresh node's import as it comes, and kept whole. A pinned
-    // reference is checked against its digest first: no node gets it under that name unchecked.
-    let (streaming, after_save): (&[_], &[_]) = match pinned {
-        None => (&fresh, &[]),
-        Some(_) => (&[], &fresh),
-    };
-    let mut senders = Vec::new();
-    let mut streamed = Vec::new();
-    for (node, _) in streaming {
-        let (tx, rx) = futures::channel::mpsc::channel::<Bytes>(STREAM_DEPTH);
-        senders.push(tx);
-        streamed.push(import(
-            docker,
-            node,
-            reference,
-            &wanted,
-            rx.boxed(),
-            bar_for(node),
-        ));
-    }
-    let save = async {
-        let mut chunks = Vec::new();
-        let mut pending = bytes::BytesMut::new();
-        let mut saved = docker.export_image(tag_ref);
-        while let Some(chunk) = saved.next().await {
-            pending.extend_from_slice(&chunk.with_context(|| format!("saving {tag_ref}"))?);
-            if pending.len() >= SAVE_CHUNK {
-                send_all(&mut senders, keep(&mut pending, &mut chunks)).await;
-            }
-        }
-        if !pending.is_empty() {
-            send_all(&mut senders, keep(&mut pending, &mut chunks)).await;
-        }
-        // The imports see the end of their input.
-        senders.clear();
-        anyhow::Ok(chunks)
-    };
-    let (saved, imports) = tokio::join!(save, futures::future::join_all(streamed));
-    // A failed save explains the imports' truncated input: it is the error to report.
-    let parts = saved?;
-    let total: usize = parts.iter().map(Bytes::len).sum();
-    let mut failures: Vec<String> = imports
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|e| format!("{e:#}"))
-        .collect();
-
     if !own {
-        let tar: Bytes = parts.concat().into();
+        let tar = export(docker, tag_ref).await?;
         let digest = crate::oci::index_digest(&tar[..])
             .with_context(|| format!("reading the saved {tag_ref}"))?;
         if let Some(pinned) = pinned {
@@ -513,49 +420,139 @@ pub async fn load(
                 digest == pinned,
                 "this engine's {tag_ref} is {digest}, not the pinned {pinned}"
             );
+            let name = wanted
+                .name
+                .rsplit_once(':')
+                .map_or(wanted.name.as_str(), |(n, _)| n);
+            wanted.by_digest = Some(format!("{name}@{pinned}"));
         }
         wanted.digest = Some(digest);
+        saved = Some(tar);
     }
-    // From the tar in memory: the nodes a pinned reference held back, and stale copies.
-    let mut again: Vec<&Node> = after_save.iter().map(|(node, _)| *node).collect();
-    for (node, (name, by_digest)) in &listed {
+
+    let checks =
+        futures::future::join_all(nodes.iter().map(|n| node_state(docker, n, &wanted))).await;
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for (node, state) in nodes.iter().zip(checks) {
+        let (name, by_digest) = state?;
         if wanted.holds(name.as_deref(), by_digest.as_deref()) {
             eprintln!("  {}: already has {reference}", node.name);
+            results.push(NodeLoad::AlreadyPresent(node.name.clone()));
         } else {
-            eprintln!(
-                "  {}: has {} at {}, not {}: importing again",
-                node.name,
-                wanted.name,
-                name.as_deref().unwrap_or("?"),
-                wanted.digest.as_deref().unwrap_or("?")
-            );
-            again.push(node);
+            if let Some(stale) = name {
+                eprintln!(
+                    "  {}: has {} at {stale}, not {}: importing again",
+                    node.name,
+                    wanted.name,
+                    wanted.digest.as_deref().unwrap_or("?")
+                );
+            }
+            missing.push(node.clone());
         }
     }
-    let stale = again.into_iter().map(|node| {
-        let input = futures::stream::iter(parts.clone()).boxed();
-        import(docker, node, reference, &wanted, input, bar_for(node))
-    });
-    failures.extend(
-        futures::future::join_all(stale)
+    if missing.is_empty() {
+        return Ok(results);
+    }
+
+    let tar: Bytes = match saved {
+        Some(tar) => tar,
+        None => export(docker, tag_ref).await?,
+    };
+    let total = tar.len() as u64;
+    let parts: Vec<Bytes> = (0..tar.len())
+        .step_by(SAVE_CHUNK)
+        .map(|at| tar.slice(at..(at + SAVE_CHUNK).min(tar.len())))
+        .collect();
+
+    let bars = MultiProgress::new();
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("  {prefix:30} {bar:30} {bytes}/{total_bytes}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let wanted = &wanted;
+    let loads = missing.iter().map(|node| {
+        let bar = Arc::new(bars.add(ProgressBar::new(total)));
+        bar.set_style(style.clone());
+        bar.set_prefix(node.name.clone());
+        let parts = parts.clone();
+        async move {
+            let snapshotter = snapshotter(docker, node).await?;
+            let snapshotter_flag = format!("--snapshotter={snapshotter}");
+            let platform_flag = format!("--platform={}", platform());
+            let progress = {
+                let bar = bar.clone();
+                move |n: usize| bar.inc(n as u64)
+            };
+            let out = docker::exec(
+                docker,
+                &node.id,
+                &[
+                    "ctr",
+                    "--namespace=k8s.io",
+                    "images",
+                    "import",
+                    "--digests",
+                    &platform_flag,
+                    &snapshotter_flag,
+                    "-",
+                ],
+                Some((parts, &progress)),
+            )
             .await
-            .into_iter()
-            .filter_map(Result::err)
-            .map(|e| format!("{e:#}")),
-    );
+            .with_context(|| format!("loading {reference} into node {}", node.name))?;
+            bar.finish();
+            if out.exit_code != 0 {
+                bail!(
+                    "loading {reference} into node {} failed (ctr exit {}): {}{}",
+                    node.name,
+                    out.exit_code,
+                    out.stderr.trim(),
+                    out.stdout.trim()
+                );
+            }
+            if let Some(by_digest) = &wanted.by_digest {
+                let tagged = docker::exec(
+                    docker,
+                    &node.id,
+                    &[
+                        "ctr",
+                        "--namespace=k8s.io",
+                        "images",
+                        "tag",
+                        "--force",
+                        &wanted.name,
+                        by_digest,
+                    ],
+                    None,
+                )
+                .await?;
+                ensure!(
+                    tagged.exit_code == 0,
+                    "node {}: naming {by_digest} failed: {}",
+                    node.name,
+                    tagged.stderr.trim()
+                );
+            }
+            eprintln!(
+                "  {}: imported {reference} ({:.1} MB)",
+                node.name,
+                total as f64 / 1e6
+            );
+            anyhow::Ok(())
+        }
+    });
+    let outcomes = futures::future::join_all(loads).await;
+    let failures: Vec<String> = outcomes
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| format!("{e:#}"))
+        .collect();
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
 
-    let mut results = Vec::new();
-    for node in &nodes {
-        let imported = fresh.iter().any(|(n, _)| n.id == node.id)
-            || !listed.iter().any(|(n, (name, by_digest))| {
-                n.id == node.id && wanted.holds(name.as_deref(), by_digest.as_deref())
-            });
-        if !imported {
-            results.push(NodeLoad::AlreadyPresent(node.name.clone()));
-            continue;
-        }
-        let (name, by_digest) = node_state(docker, node, &wanted).await?;
+    for node in &missing {
+        let (name, by_digest) = node_state(docker, node, wanted).await?;
         ensure!(
             wanted.holds(name.as_deref(), by_digest.as_deref()),
             "node {} does not list {}{} after the import: the load failed there (found {name:?})",
@@ -567,107 +564,9 @@ pub async fn load(
                 .map(|d| format!(" at {d}"))
                 .unwrap_or_default()
         );
-        eprintln!(
-            "  {}: imported {reference} ({:.1} MB)",
-            node.name,
-            total as f64 / 1e6
-        );
         results.push(NodeLoad::Loaded(node.name.clone()));
     }
     Ok(results)
-}
-
-/// How many saved chunks may wait for the slowest node's import before the save waits for it.
-const STREAM_DEPTH: usize = 16;
-
-/// The saved bytes so far, as one chunk kept in `chunks`.
-fn keep(pending: &mut bytes::BytesMut, chunks: &mut Vec<Bytes>) -> Bytes {
-    let chunk = pending.split().freeze();
-    chunks.push(chunk.clone());
-    chunk
-}
-
-/// Hands a saved chunk to every import still reading; one that has stopped (its `ctr` failed)
-/// is dropped, and its error is reported when it ends.
-async fn send_all(senders: &mut Vec<futures::channel::mpsc::Sender<Bytes>>, chunk: Bytes) {
-    let sent = futures::future::join_all(senders.iter_mut().map(|tx| {
-        let chunk = chunk.clone();
-        async move { futures::SinkExt::send(tx, chunk).await.is_ok() }
-    }))
-    .await;
-    let mut open = sent.into_iter();
-    senders.retain(|_| open.next().unwrap_or(false));
-}
-
-/// `ctr images import` of the tar read from `input` into one node's `k8s.io` namespace (one
-/// platform, the node's snapshotter), then its `name@digest` when the reference is pinned.
-async fn import(
-    docker: &Docker,
-    node: &Node,
-    reference: &str,
-    wanted: &Wanted,
-    input: futures::stream::BoxStream<'_, Bytes>,
-    bar: ProgressBar,
-) -> anyhow::Result<()> {
-    let snapshotter = snapshotter(docker, node).await?;
-    let snapshotter_flag = format!("--snapshotter={snapshotter}");
-    let platform_flag = format!("--platform={}", platform());
-    let progress = {
-        let bar = bar.clone();
-        move |n: usize| bar.inc(n as u64)
-    };
-    let out = docker::exec(
-        docker,
-        &node.id,
-        &[
-            "ctr",
-            "--namespace=k8s.io",
-            "images",
-            "import",
-            "--digests",
-            &platform_flag,
-            &snapshotter_flag,
-            "-",
-        ],
-        Some((input, &progress)),
-    )
-    .await
-    .with_context(|| format!("loading {reference} into node {}", node.name))?;
-    bar.finish();
-    if out.exit_code != 0 {
-        bail!(
-            "loading {reference} into node {} failed (ctr exit {}): {}{}",
-            node.name,
-            out.exit_code,
-            out.stderr.trim(),
-            out.stdout.trim()
-        );
-    }
-    // The digest is known by now: the name is given once the whole tar was read.
-    if let Some(by_digest) = &wanted.by_digest {
-        let tagged = docker::exec(
-            docker,
-            &node.id,
-            &[
-                "ctr",
-                "--namespace=k8s.io",
-                "images",
-                "tag",
-                "--force",
-                &wanted.name,
-                by_digest,
-            ],
-            None,
-        )
-        .await?;
-        ensure!(
-            tagged.exit_code == 0,
-            "node {}: naming {by_digest} failed: {}",
-            node.name,
-            tagged.stderr.trim()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
