@@ -112,18 +112,23 @@ log "the runners' merge against Python's HdrHistogram (.ci/runner-merge.py)"
 runner_report=$(ls -td "$out"/*/report.json 2>/dev/null | head -n1 || true)
 requirements=.ci/runner-merge.requirements.txt
 venv="${IRIS_TOOLS_CACHE:-$HOME/.cache/iris-serve/tools}/hdrh-$(sha256sum "$requirements" | cut -c1-12)"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv.part"
-    "$venv.part/bin/pip" install -q --disable-pip-version-check --no-deps --require-hashes \
-        --only-binary :all: -r "$requirements"
-    rm -rf "$venv"
-    mv "$venv.part" "$venv"
-fi
-if [ -n "$runner_report" ]; then
-    "$venv/bin/python" .ci/runner-merge.py "$runner_report" || status=1
-else
+hdrh_venv() {
+    [ ! -x "$venv/bin/python" ] || return 0
+    rm -rf "$venv.part"
+    python3 -m venv "$venv.part" &&
+        "$venv.part/bin/pip" install -q --disable-pip-version-check --no-deps --require-hashes \
+            --only-binary :all: -r "$requirements" &&
+        rm -rf "$venv" && mv "$venv.part" "$venv"
+}
+# A failure here fails the run at its end; the steps after it still run and clean up.
+if ! hdrh_venv; then
+    echo "FAILED: could not install $requirements into $venv" >&2
+    status=1
+elif [ -z "$runner_report" ]; then
     echo "FAILED: the runner-pod run wrote no report.json" >&2
     status=1
+else
+    "$venv/bin/python" .ci/runner-merge.py "$runner_report" || status=1
 fi
 # Then the whole job offline from a bundle, on an engine without the images and without network.
 log "cargo xtask e2e --offline --bundle (.ci/offline-bundle.sh)"
