@@ -9,6 +9,7 @@ percentiles and the maximum. Exit 1 on any difference beyond one histogram bucke
 
     python3 .ci/runner-merge.py target/e2e/<run>/report.json
 """
+import importlib.metadata
 import json
 import sys
 
@@ -25,6 +26,7 @@ def close(ours, theirs):
 
 def main(path):
     report = json.load(open(path))
+    print(f"the reference: hdrhistogram {importlib.metadata.version('hdrhistogram')} (Python)")
     checked = 0
     problems = []
     for scenario in report["scenarios"]:
