@@ -1,0 +1,53 @@
+//! `cargo xtask calibrate`: one pod's capacity under the Deployment's limits, in a Docker
+//! container (no cluster). The settings (`Args`) are the calibration's own, in the domain.
+
+use crate::domain::calibrate::*;
+use crate::domain::image;
+use crate::platform::docker;
+use crate::platform::paths::project_root;
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    // A scenario that does not exist is refused before a minute of measuring.
+    let scenarios = args
+        .scenario
+        .as_deref()
+        .map(|choice| crate::domain::scenario::ScenarioFile::select(Some(choice)))
+        .transpose()?;
+    runtime.block_on(crate::platform::signals::interruptible(async {
+        let docker = docker::connect().await?;
+        let calibration = match &args.scenario {
+            None => calibrate(&docker, args).await?,
+            Some(_) => {
+                let limits = limits_for(args)?;
+                let image = match &args.image {
+                    Some(i) => i.clone(),
+                    None => image::build(&docker).await?.reference,
+                };
+                let dir = project_root().join(args.out_dir());
+                match latest(&dir).filter(|c| c.matches(&image, &limits)) {
+                    Some(c) => {
+                        eprintln!(
+                            "using the calibration in {} ({image}, {} CPU)",
+                            dir.join("calibration.json").display(),
+                            limits.cpus
+                        );
+                        c
+                    }
+                    None => {
+                        eprintln!("no calibration of {image} under these limits yet: measuring");
+                        calibrate(&docker, args).await?
+                    }
+                }
+            }
+        };
+        if let Some(scenarios) = &scenarios {
+            let hpa = predict::app_autoscaling(Target::of_args(args)?.1)?;
+            for s in scenarios {
+                let p = predict::predict(&calibration, &hpa, s)?;
+                print!("\n{}", predict::render(&p));
+            }
+        }
+        anyhow::Ok(())
+    }))
+}
