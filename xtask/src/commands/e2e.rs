@@ -921,17 +921,10 @@ pub fn node_address(nodes: &[Node]) -> Option<String> {
 /// Pushes the image and returns the reference to deploy: `repo@sha256:...`, the digest the
 /// registry stored, so the cluster runs exactly what was built (a tag can be moved meanwhile).
 async fn push(docker: &Docker, reference: &str, repo: &str) -> anyhow::Result<String> {
-    use bollard::query_parameters::{PushImageOptions, TagImageOptions};
+    use bollard::query_parameters::PushImageOptions;
     use futures::StreamExt;
     let tag = reference.rsplit(':').next().unwrap_or("latest");
-    docker
-        .tag_image(
-            reference,
-            Some(TagImageOptions {
-                repo: Some(repo.to_owned()),
-                tag: Some(tag.to_owned()),
-            }),
-        )
+    docker::tag(docker, reference, repo, tag)
         .await
         .with_context(|| format!("tagging {reference} as {repo}:{tag}"))?;
     let credentials = registry_credentials(

@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail, ensure};
 use bollard::Docker;
-use bollard::query_parameters::{
-    CreateImageOptions, ListImagesOptions, RemoveImageOptions, TagImageOptions,
-};
+use bollard::query_parameters::{CreateImageOptions, ListImagesOptions, RemoveImageOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -223,14 +221,7 @@ pub async fn ensure_present(
     }
     if let Some(pin) = pin {
         let (repo, tag) = oci::split_tag(&pin.tag_ref).context("pin without a tag")?;
-        docker
-            .tag_image(
-                &from,
-                Some(TagImageOptions {
-                    repo: Some(repo.to_owned()),
-                    tag: Some(tag.to_owned()),
-                }),
-            )
+        docker::tag(docker, &from, repo, tag)
             .await
             .with_context(|| format!("tagging {from} as {}", pin.tag_ref))?;
     }
@@ -633,14 +624,7 @@ async fn undo(docker: &Docker, before: &Snapshot, tags: &[String], ids: &[String
         }
         let restored = match was {
             Some(old) => match oci::split_tag(tag) {
-                Some((repo, t)) => docker
-                    .tag_image(
-                        old,
-                        Some(TagImageOptions {
-                            repo: Some(repo.to_owned()),
-                            tag: Some(t.to_owned()),
-                        }),
-                    )
+                Some((repo, t)) => docker::tag(docker, old, repo, t)
                     .await
                     .map_err(anyhow::Error::from),
                 None => Err(anyhow::anyhow!("no tag in {tag}")),

@@ -494,6 +494,24 @@ pub fn remove_image_blocking(docker: &Docker, reference: &str) {
     });
 }
 
+/// Names the image `from` also `repo:tag` (the tag moves if another image had it).
+pub async fn tag(
+    docker: &Docker,
+    from: &str,
+    repo: &str,
+    tag: &str,
+) -> Result<(), bollard::errors::Error> {
+    docker
+        .tag_image(
+            from,
+            Some(bollard::query_parameters::TagImageOptions {
+                repo: Some(repo.to_owned()),
+                tag: Some(tag.to_owned()),
+            }),
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! sha256 pinned here for this platform and the published `.sha256sum`. The cached binary is
 //! hashed again before every use. Any mismatch is refused.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -96,24 +96,9 @@ fn recorded_sum_path(binary: &Path) -> PathBuf {
     binary.with_file_name("kind.published-sha256")
 }
 
-/// Copies `input` to `output` (`io::sink()` to only hash) and returns the sha256 of what passed.
-fn copy_hashed(input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
-    }
-    Ok(iris_serve::model::hex(&hasher.finalize()))
-}
-
 /// sha256 of a file's bytes, read without following a symlink at `path`.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    copy_hashed(&mut open_no_follow(path)?, &mut std::io::sink())
+    crate::platform::oci::copy_hashed(&mut open_no_follow(path)?, &mut std::io::sink())
 }
 
 /// Opens a regular file for reading; a symlink (or anything else) at `path` is an error.
@@ -387,7 +372,7 @@ pub fn install_kind(src: &Path, expected: &str, dest: &Path) -> anyhow::Result<P
     let dir = dest.parent().context("destination has no folder")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut copy = tempfile::NamedTempFile::new_in(dir)?;
-    let actual = copy_hashed(&mut open_no_follow(src)?, &mut copy)?;
+    let actual = crate::platform::oci::copy_hashed(&mut open_no_follow(src)?, &mut copy)?;
     copy.flush()?;
     ensure!(
         actual == expected,

@@ -6,7 +6,7 @@
 //! both are checked before a tar is handed to Docker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{Read, Write};
 
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
@@ -137,20 +137,12 @@ fn read_contents(reader: impl Read) -> anyhow::Result<(Contents, String)> {
                 ensure!(is_hex64(hex), "unexpected blob name {raw:?} in the tar");
                 let digest = format!("sha256:{hex}");
                 let keep = entry.size() <= KEEP_LIMIT;
-                let mut hasher = Sha256::new();
                 let mut kept = Vec::new();
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = entry.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    if keep {
-                        kept.extend_from_slice(&buf[..n]);
-                    }
-                }
-                let actual = iris_serve::model::hex(&hasher.finalize());
+                let actual = if keep {
+                    copy_hashed(&mut entry, &mut kept)?
+                } else {
+                    copy_hashed(&mut entry, &mut std::io::sink())?
+                };
                 ensure!(
                     actual == hex,
                     "blob {hex} in the tar has sha256 {actual}: its content is not what its name says"
@@ -560,6 +552,21 @@ pub fn containerd_name(reference: &str) -> String {
     } else {
         format!("docker.io/library/{reference}")
     }
+}
+
+/// Copies `input` to `output` (`io::sink()` to only hash) and returns the sha256 of what passed.
+pub fn copy_hashed(input: &mut impl Read, output: &mut impl Write) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n])?;
+    }
+    Ok(iris_serve::model::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -286,7 +286,11 @@ mod tests {
     #[test]
     fn children_never_see_registry_credentials() {
         let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "cmd::tests::child_env_probe", "--nocapture"])
+            .args([
+                "--exact",
+                "platform::process::tests::child_env_probe",
+                "--nocapture",
+            ])
             .env("IRIS_CHILD_ENV_PROBE", "1")
             .env("REGISTRY_USERNAME", "me")
             .env("REGISTRY_PASSWORD", "s3cret")
