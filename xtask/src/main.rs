@@ -2,10 +2,8 @@
 //! each command lives in the module of the same name.
 
 mod commands;
-mod domain;
-mod platform;
-#[cfg(test)]
-mod testkit;
+
+use xtask::{domain, platform};
 
 use clap::{Parser, Subcommand};
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
-use crate::platform::http_wait::wait_http_ok;
-use crate::platform::numbers::{median_of, median_sorted};
-use crate::platform::paths::project_root;
-use crate::platform::process::cmd;
 use iris_load::client::Outcome;
+use xtask::platform::http_wait::wait_http_ok;
+use xtask::platform::numbers::{median_of, median_sorted};
+use xtask::platform::paths::project_root;
+use xtask::platform::process::cmd;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -32,7 +32,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImageLoadArgs {
     /// The kind cluster (made by `cargo xtask cluster up`, or any kind cluster).
-    #[arg(long, default_value = crate::domain::cluster::DEFAULT_NAME)]
+    #[arg(long, default_value = xtask::domain::cluster::DEFAULT_NAME)]
     cluster_name: String,
     /// The image to load (default: the server image, built or reused unchanged).
     #[arg(long)]
@@ -316,16 +316,16 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
 /// and ours over kind's round by round (target: at most 1, at least as fast).
 fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::platform::signals::interruptible(async {
-        let docker = crate::platform::docker::connect().await?;
-        let kind = crate::platform::kind::ensure_kind(true).await?;
+    runtime.block_on(xtask::platform::signals::interruptible(async {
+        let docker = xtask::platform::docker::connect().await?;
+        let kind = xtask::platform::kind::ensure_kind(true).await?;
         let image = match &args.image {
             Some(image) => image.clone(),
-            None => crate::domain::image::build(&docker).await?.reference,
+            None => xtask::domain::image::build(&docker).await?.reference,
         };
         let nodes =
-            crate::platform::docker::running_kind_nodes(&docker, &args.cluster_name).await?;
-        let name = crate::platform::oci::containerd_name(&image);
+            xtask::platform::docker::running_kind_nodes(&docker, &args.cluster_name).await?;
+        let name = xtask::platform::oci::containerd_name(&image);
         let size = docker
             .inspect_image(&image)
             .await
@@ -342,7 +342,7 @@ fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
         // Gone from every node, its content collected, so the next load imports it everywhere.
         let forget = || async {
             for node in &nodes {
-                let out = crate::platform::docker::exec(
+                let out = xtask::platform::docker::exec(
                     &docker,
                     &node.id,
                     &["ctr", "--namespace=k8s.io", "images", "rm", "--sync", &name],
@@ -362,7 +362,7 @@ fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
         for round in 1..=args.rounds {
             forget().await?;
             let started = Instant::now();
-            crate::domain::image::load(&docker, &image, &args.cluster_name).await?;
+            xtask::domain::image::load(&docker, &image, &args.cluster_name).await?;
             ours.push(started.elapsed().as_secs_f64());
             forget().await?;
             let kind_load = cmd(&kind)
@@ -653,11 +653,11 @@ fn rps_p99(o: &Outcome) -> (f64, f64) {
 fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let docker = crate::platform::docker::connect().await?;
-        let server_image = crate::domain::image::build(&docker).await?;
-        let runner_image = crate::domain::image::build_runner(&docker).await?;
+        let docker = xtask::platform::docker::connect().await?;
+        let server_image = xtask::domain::image::build(&docker).await?;
+        let runner_image = xtask::domain::image::build_runner(&docker).await?;
         let server =
-            crate::domain::calibrate::start_server(&docker, &server_image.reference, None).await?;
+            xtask::domain::calibrate::start_server(&docker, &server_image.reference, None).await?;
         let config = |url: String| -> anyhow::Result<iris_load::client::Config> {
             Ok(iris_load::client::Config {
                 url: iris_load::parse_url(&url)?,
@@ -694,7 +694,7 @@ fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
                 rig.connections,
                 rig.duration.as_secs()
             );
-            let o = crate::domain::runners::run_in_containers(
+            let o = xtask::domain::runners::run_in_containers(
                 &docker,
                 &runner_image.reference,
                 &server.id,

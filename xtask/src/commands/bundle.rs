@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::domain::bundle::{ensure_present, images_for_run, pins_for_run, save};
-use crate::platform::{docker, kind};
+use xtask::domain::bundle::{ensure_present, images_for_run, pins_for_run, save};
+use xtask::platform::{docker, kind};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,7 +25,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::platform::signals::interruptible(async {
+    runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = docker::connect().await?;
         let kind = if args.without_kind {
             None

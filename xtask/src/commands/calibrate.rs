@@ -1,10 +1,10 @@
 //! `cargo xtask calibrate`: one pod's capacity under the Deployment's limits, in a Docker
 //! container (no cluster). The settings (`Args`) are the calibration's own, in the domain.
 
-use crate::domain::calibrate::*;
-use crate::domain::image;
-use crate::platform::docker;
-use crate::platform::paths::project_root;
+use xtask::domain::calibrate::*;
+use xtask::domain::image;
+use xtask::platform::docker;
+use xtask::platform::paths::project_root;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -12,9 +12,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let scenarios = args
         .scenario
         .as_deref()
-        .map(|choice| crate::domain::scenario::ScenarioFile::select(Some(choice)))
+        .map(|choice| xtask::domain::scenario::ScenarioFile::select(Some(choice)))
         .transpose()?;
-    runtime.block_on(crate::platform::signals::interruptible(async {
+    runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = docker::connect().await?;
         let calibration = match &args.scenario {
             None => calibrate(&docker, args).await?,

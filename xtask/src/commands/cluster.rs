@@ -2,11 +2,11 @@
 
 use anyhow::bail;
 
-use crate::domain::claim;
-use crate::domain::cluster::{NameArgs, UpArgs, down, export_logs, status, up};
-use crate::platform::k8s::{api_url, client};
-use crate::platform::kind;
-use crate::platform::paths::{kubeconfig_path, logs_dir};
+use xtask::domain::claim;
+use xtask::domain::cluster::{NameArgs, UpArgs, down, export_logs, status, up};
+use xtask::platform::k8s::{api_url, client};
+use xtask::platform::kind;
+use xtask::platform::paths::{kubeconfig_path, logs_dir};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -27,7 +27,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         match command {
             Command::Up(args) => {
                 let _lock = claim::lock_cluster(&args.name.cluster_name)?;
-                let cluster = crate::platform::signals::interruptible(up(&args)).await?;
+                let cluster = xtask::platform::signals::interruptible(up(&args)).await?;
                 let api = api_url(&cluster.kubeconfig)
                     .await
                     .unwrap_or_else(|e| format!("unknown ({e:#})"));
@@ -44,7 +44,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Command::Down(args) => {
                 let _lock = claim::lock_cluster(&args.cluster_name)?;
-                crate::platform::signals::interruptible(down(&args.cluster_name)).await
+                xtask::platform::signals::interruptible(down(&args.cluster_name)).await
             }
             Command::Status(args) => status(&args.cluster_name).await,
             Command::Logs(args) => {

@@ -1,8 +1,8 @@
 //! `cargo xtask deploy`: the app (Namespace, Deployment, Service, HPA) on the kind cluster.
 
-use crate::domain::deploy::{App, AppSettings, deploy};
-use crate::domain::{cluster, image};
-use crate::platform::docker;
+use xtask::domain::deploy::{App, AppSettings, deploy};
+use xtask::domain::{cluster, image};
+use xtask::platform::docker;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -16,8 +16,8 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::platform::signals::interruptible(async {
-        let client = crate::platform::k8s::client(&crate::platform::paths::kubeconfig_path(
+    runtime.block_on(xtask::platform::signals::interruptible(async {
+        let client = xtask::platform::k8s::client(&xtask::platform::paths::kubeconfig_path(
             &args.cluster_name,
         ))
         .await?;

@@ -1,12 +1,12 @@
 //! `cargo xtask doctor`: can this machine run the cluster path?
 
-use crate::domain::doctor::{Needs, checks, render, verdict};
-use crate::domain::scenario::{self, ScenarioFile};
+use xtask::domain::doctor::{Needs, checks, render, verdict};
+use xtask::domain::scenario::{self, ScenarioFile};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The host port the app's NodePort is mapped to (on 127.0.0.1).
-    #[arg(long, default_value_t = crate::domain::cluster::DEFAULT_HOST_PORT)]
+    #[arg(long, default_value_t = xtask::domain::cluster::DEFAULT_HOST_PORT)]
     pub host_port: u16,
     /// Never download anything (kind must be present or come from a bundle).
     #[arg(long)]

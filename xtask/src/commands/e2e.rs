@@ -16,21 +16,21 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-use crate::domain::bundle;
-use crate::domain::claim::{self, NamespaceClaim};
-use crate::domain::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
-use crate::domain::deploy::{self, App, AppSettings};
-use crate::domain::doctor::{self, Needs};
-use crate::domain::image;
-use crate::domain::monitoring;
-use crate::domain::report::{self, Report, Versions};
-use crate::domain::runners::{self, LoadFrom, LoadSource};
-use crate::domain::scenario::{self, Gates, ScenarioFile};
-use crate::platform::docker;
-use crate::platform::k8s::client_for;
-use crate::platform::kind;
-use crate::platform::paths::project_root;
-use crate::platform::steps::Steps;
+use xtask::domain::bundle;
+use xtask::domain::claim::{self, NamespaceClaim};
+use xtask::domain::cluster::{self, Cluster, NameArgs, Teardown, UpArgs};
+use xtask::domain::deploy::{self, App, AppSettings};
+use xtask::domain::doctor::{self, Needs};
+use xtask::domain::image;
+use xtask::domain::monitoring;
+use xtask::domain::report::{self, Report, Versions};
+use xtask::domain::runners::{self, LoadFrom, LoadSource};
+use xtask::domain::scenario::{self, Gates, ScenarioFile};
+use xtask::platform::docker;
+use xtask::platform::k8s::client_for;
+use xtask::platform::kind;
+use xtask::platform::paths::project_root;
+use xtask::platform::steps::Steps;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -97,7 +97,7 @@ pub struct Args {
     /// `/metrics` on the Service's target port): each pod's count and latency in the report.
     /// Without it those read "not measured".
     #[arg(long, requires = "app", value_parser = parse_server_metrics)]
-    pub server_metrics: Option<crate::domain::podmetrics::Source>,
+    pub server_metrics: Option<xtask::domain::podmetrics::Source>,
     /// The app's image. On kind: an image in the local Docker engine, loaded into the nodes
     /// (nothing of ours is built). On an existing cluster: one the cluster can pull.
     #[arg(long)]
@@ -263,8 +263,8 @@ impl Args {
     }
 }
 
-fn parse_server_metrics(text: &str) -> Result<crate::domain::podmetrics::Source, String> {
-    crate::domain::podmetrics::Source::parse(text).map_err(|e| format!("{e:#}"))
+fn parse_server_metrics(text: &str) -> Result<xtask::domain::podmetrics::Source, String> {
+    xtask::domain::podmetrics::Source::parse(text).map_err(|e| format!("{e:#}"))
 }
 
 /// Flags of the kind cluster the harness makes, refused with --context/--kubeconfig (clap does
@@ -287,7 +287,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     // A signal winds the run down: the step stops, what was measured is written (a partial
     // report), logs are exported and what the run created is deleted; exit 130.
-    let report = runtime.block_on(crate::platform::signals::graceful(e2e(args, app)))?;
+    let report = runtime.block_on(xtask::platform::signals::graceful(e2e(args, app)))?;
     if report.passed() {
         Ok(())
     } else {
@@ -349,7 +349,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
             let docker = docker::connect().await?;
             let overrides = args.node_image.iter().chain(&args.metrics_server_image);
             let trust = bundle::Trust::for_run(overrides.map(String::as_str))?;
-            crate::platform::signals::or_interrupted(
+            xtask::platform::signals::or_interrupted(
                 "the bundle's load",
                 bundle::load(&docker, dir, &trust),
             )
@@ -375,7 +375,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
         replace: args.replace,
     };
     // One run per cluster name at a time, held to the end of the run.
-    let _lock = crate::domain::claim::lock_cluster(&args.cluster_name)?;
+    let _lock = xtask::domain::claim::lock_cluster(&args.cluster_name)?;
     let has_cluster = match docker::connect().await {
         Ok(d) => !docker::kind_nodes(&d, &args.cluster_name)
             .await
@@ -385,8 +385,8 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     };
     // A reused cluster holds the host port itself.
     let port = (!(args.reuse && has_cluster)).then_some(args.host_port);
-    let kind = crate::platform::signals::or_interrupted("the doctor", async {
-        crate::platform::signals::test_pause("e2e-doctor").await;
+    let kind = xtask::platform::signals::or_interrupted("the doctor", async {
+        xtask::platform::signals::test_pause("e2e-doctor").await;
         doctor::require(Needs {
             kind: true,
             host_port: port,
@@ -447,7 +447,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
         namespace: None,
     };
     let result = async {
-        let prepared = crate::platform::signals::or_interrupted(
+        let prepared = xtask::platform::signals::or_interrupted(
             "the image build, image load and deploy",
             async {
                 steps.start("image build");
@@ -463,9 +463,9 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                     }
                 };
                 let calibration =
-                    crate::domain::calibrate::for_run(&app, &reference, args.calibrate).await?;
+                    xtask::domain::calibrate::for_run(&app, &reference, args.calibrate).await?;
                 steps.start("image load");
-                crate::platform::signals::test_pause("e2e-image-load").await;
+                xtask::platform::signals::test_pause("e2e-image-load").await;
                 image::load(&docker, &reference, &cluster.name).await?;
                 let load_from = match args.load_source() {
                     LoadSource::Host => LoadFrom::Host,
@@ -482,7 +482,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                     }
                 };
                 steps.start("deploy");
-                crate::platform::signals::test_pause("e2e-deploy").await;
+                xtask::platform::signals::test_pause("e2e-deploy").await;
                 let settings = AppSettings {
                     app: app.clone(),
                     image: reference.clone(),
@@ -538,12 +538,12 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
         steps.done();
         let report = Report {
             run_id: run_id.clone(),
-            created_unix_s: crate::platform::clock::unix_now_s(),
+            created_unix_s: xtask::platform::clock::unix_now_s(),
             versions,
             settings: settings_report,
             phases: phases(&steps, started),
             scenarios: results,
-            calibration: crate::domain::calibrate::section(calibration, &scenarios),
+            calibration: xtask::domain::calibrate::section(calibration, &scenarios),
             interrupted,
         };
         let files = report::write(&report, &out_dir)?;
@@ -558,7 +558,7 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     let passed = result
         .as_ref()
         .ok()
-        .map(|r| r.passed() && crate::platform::signals::has_fired().is_none());
+        .map(|r| r.passed() && xtask::platform::signals::has_fired().is_none());
     let end = ending(passed, keep_cluster);
     if end.export_logs {
         // Logs first, always; then the guard deletes the cluster unless it is kept.
@@ -598,13 +598,13 @@ async fn run_scenarios(
 ) -> anyhow::Result<(Vec<scenario::ScenarioResult>, Option<String>)> {
     let mut results = Vec::new();
     for s in scenarios {
-        if let Some(name) = crate::platform::signals::has_fired() {
+        if let Some(name) = xtask::platform::signals::has_fired() {
             return Ok((results, Some(format!("{name} before scenario {}", s.name))));
         }
-        let witness = crate::domain::witness::Witness::start(client, &settings.app);
+        let witness = xtask::domain::witness::Witness::start(client, &settings.app);
         match scenario::run(client, s, settings, url, load_from, gates).await {
-            Ok(result) => results.push(crate::domain::verdict::finish(witness, result).await),
-            Err(e) if e.is::<crate::platform::signals::Interrupted>() => {
+            Ok(result) => results.push(xtask::domain::verdict::finish(witness, result).await),
+            Err(e) if e.is::<xtask::platform::signals::Interrupted>() => {
                 return Ok((
                     results,
                     Some(format!("{e:#}; scenario {} has no numbers", s.name)),
@@ -612,7 +612,7 @@ async fn run_scenarios(
             }
             Err(e) => return Err(e),
         }
-        if let Some(name) = crate::platform::signals::has_fired() {
+        if let Some(name) = xtask::platform::signals::has_fired() {
             return Ok((results, Some(format!("{name} during scenario {}", s.name))));
         }
     }
@@ -622,22 +622,22 @@ async fn run_scenarios(
 /// A signal during the report step: every scenario ran, but the run was cut short all the same
 /// (logs are exported, exit 130), so its report says so.
 async fn report_step_interrupted() -> Option<String> {
-    let paused = crate::platform::signals::or_interrupted("the report", async {
-        crate::platform::signals::test_pause("e2e-report").await;
+    let paused = xtask::platform::signals::or_interrupted("the report", async {
+        xtask::platform::signals::test_pause("e2e-report").await;
         anyhow::Ok(())
     })
     .await;
     paused
         .err()
         .map(|e| e.to_string())
-        .or(crate::platform::signals::has_fired().map(|name| format!("{name} during the report")))
+        .or(xtask::platform::signals::has_fired().map(|name| format!("{name} during the report")))
 }
 
 /// A report written after a signal is returned as the signal's error (exit 130), naming where it
 /// is; a whole report is returned as it is.
 fn partial_is_interrupted(report: Report, out_dir: &Path) -> anyhow::Result<Report> {
     match &report.interrupted {
-        Some(why) => Err(crate::platform::signals::Interrupted(format!(
+        Some(why) => Err(xtask::platform::signals::Interrupted(format!(
             "{why}; the partial report is in {}",
             out_dir.display()
         ))
@@ -720,7 +720,7 @@ async fn existing(
     let svc = Api::<APIService>::all(client.clone())
         .get_opt("v1beta1.metrics.k8s.io")
         .await?;
-    crate::platform::k8s::apiservice_available(svc.as_ref()).map_err(|e| {
+    xtask::platform::k8s::apiservice_available(svc.as_ref()).map_err(|e| {
         anyhow::anyhow!("the cluster's metrics API (v1beta1.metrics.k8s.io) is not available ({e}); the HPA needs metrics-server: install it, e.g. from manifests/metrics-server/")
     })?;
     let nodes = Api::<Node>::all(client.clone())
@@ -731,14 +731,14 @@ async fn existing(
     let (image, calibration) = match (&args.image, &args.push) {
         (Some(image), _) => (
             image.clone(),
-            crate::domain::calibrate::for_run(&app, image, args.calibrate).await?,
+            xtask::domain::calibrate::for_run(&app, image, args.calibrate).await?,
         ),
         (None, Some(repo)) => {
             let docker = docker::connect().await?;
             let built = image::build(&docker).await?;
             // Calibrated under the local build's name: the pushed reference is a digest.
             let calibration =
-                crate::domain::calibrate::for_run(&app, &built.reference, args.calibrate).await?;
+                xtask::domain::calibrate::for_run(&app, &built.reference, args.calibrate).await?;
             (push(&docker, &built.reference, repo).await?, calibration)
         }
         (None, None) => unreachable!("checked above"),
@@ -798,7 +798,7 @@ async fn existing(
             max_replicas: None,
             fixed_node_port: false,
         };
-        crate::platform::signals::or_interrupted("the deploy", deploy::deploy(&client, &settings))
+        xtask::platform::signals::or_interrupted("the deploy", deploy::deploy(&client, &settings))
             .await?;
         let url = match (&args.url, &node_address) {
             (Some(u), _) => u.clone(),
@@ -847,12 +847,12 @@ async fn existing(
         steps.done();
         let report = Report {
             run_id: run_id.to_owned(),
-            created_unix_s: crate::platform::clock::unix_now_s(),
+            created_unix_s: xtask::platform::clock::unix_now_s(),
             versions,
             settings: settings_report,
             phases: phases(&steps, started),
             scenarios: results,
-            calibration: crate::domain::calibrate::section(calibration, scenarios),
+            calibration: xtask::domain::calibrate::section(calibration, scenarios),
             interrupted,
         };
         report::write(&report, out_dir)?;
@@ -1073,7 +1073,7 @@ mod tests {
         assert!(err.contains("without _bucket"), "{err}");
         // Offline, a sidecar's or init container's image could not be pulled: refused, named.
         let example =
-            crate::platform::paths::project_root().join("manifests/examples/fastapi-iris");
+            xtask::platform::paths::project_root().join("manifests/examples/fastapi-iris");
         for name in ["deployment.yaml", "service.yaml", "hpa.yaml"] {
             std::fs::copy(example.join(name), dir.path().join(name)).expect("copy");
         }
@@ -1259,17 +1259,17 @@ mod tests {
     fn a_failed_gate_exports_logs_like_an_error() {
         // A run that worked but violates a gate: the committed fixture's autoscale run (p99
         // 402 ms) judged against `--max-p99-ms 300`. It is a report, not an error.
-        let path = crate::platform::paths::project_root().join("xtask/fixtures/report.json");
+        let path = xtask::platform::paths::project_root().join("xtask/fixtures/report.json");
         let mut report: Report =
             serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("report");
         assert!(report.passed());
         assert!(!ending(Some(report.passed()), false).export_logs);
         let s = &mut report.scenarios[0];
-        let flags = crate::domain::scenario::Gates {
+        let flags = xtask::domain::scenario::Gates {
             max_p99_ms: Some(300.0),
             ..Default::default()
         };
-        s.gates = crate::domain::scenario::judge(
+        s.gates = xtask::domain::scenario::judge(
             &s.scenario.gates.overridden_by(&flags),
             &s.load,
             &s.derived,

@@ -1,8 +1,8 @@
 //! `cargo xtask image build|load`: the server's and the runner's images, built offline, and
 //! loaded into a kind cluster's nodes.
 
-use crate::domain::image::{RUNNER, SERVER, build, build_artifact, load};
-use crate::platform::docker;
+use xtask::domain::image::{RUNNER, SERVER, build, build_artifact, load};
+use xtask::platform::docker;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -16,7 +16,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// The kind cluster's name.
-    #[arg(long, default_value = crate::domain::cluster::DEFAULT_NAME)]
+    #[arg(long, default_value = xtask::domain::cluster::DEFAULT_NAME)]
     pub cluster_name: String,
     /// The image to load (default: build it first, or reuse the unchanged build).
     #[arg(long)]
@@ -25,7 +25,7 @@ pub struct LoadArgs {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::platform::signals::interruptible(async {
+    runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = docker::connect().await?;
         match command {
             Command::Build => {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
-use crate::domain::dataset::iris_bodies;
 use client::{Config, Load, Mode};
 use request::ExpectStatus;
+use xtask::domain::dataset::iris_bodies;
 
 /// The URL when none is given: the server of `cargo run` (its path, when `--path` gives none).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080/predict";
@@ -84,7 +84,7 @@ pub struct Args {
     /// --load-image in --namespace of an existing cluster, an Indexed Job spread over the nodes;
     /// the URL is then as seen from inside the cluster, e.g. http://iris-serve.iris-serve.svc/predict).
     #[arg(long, value_enum, default_value = "host")]
-    pub load_from: crate::domain::runners::LoadSource,
+    pub load_from: xtask::domain::runners::LoadSource,
     /// With --load-from cluster: runner pods sharing the load (at most --connections).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub load_pods: u32,
@@ -244,22 +244,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // The first Ctrl-C (or SIGTERM) ends the load and keeps its results, as wrk does; a second
     // one quits at once.
     let outcome = runtime.block_on(async {
-        let interrupt = crate::platform::signals::first_signal()?;
+        let interrupt = xtask::platform::signals::first_signal()?;
         match (args.load_from, &args.load_image) {
-            (crate::domain::runners::LoadSource::Cluster, Some(image)) => {
-                let client = crate::platform::k8s::client_for(
+            (xtask::domain::runners::LoadSource::Cluster, Some(image)) => {
+                let client = xtask::platform::k8s::client_for(
                     args.context.clone(),
                     args.kubeconfig.as_deref(),
                 )
                 .await?;
-                let (outcome, placement) = crate::domain::runners::run(
+                let (outcome, placement) = xtask::domain::runners::run(
                     &client,
                     &args.namespace,
-                    &crate::domain::runners::job_name("load"),
+                    &xtask::domain::runners::job_name("load"),
                     image,
                     args.load_pods,
                     &config,
-                    crate::domain::runners::Timing::default(),
+                    xtask::domain::runners::Timing::default(),
                     args.quiet,
                     |_| {},
                     interrupt,
@@ -278,7 +278,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(after) = outcome.interrupted_after_s {
-        return Err(crate::platform::signals::Interrupted(format!(
+        return Err(xtask::platform::signals::Interrupted(format!(
             "interrupted after {after:.1}s: the results above cover only that part of the run"
         ))
         .into());

@@ -1,5 +1,5 @@
 //! One file per `cargo xtask` command: its `Args` and `run`, calling the domain. Commands never
-//! use each other; what two of them share lives in `crate::domain` or `crate::platform`.
+//! use each other; what two of them share lives in `xtask::domain` or `xtask::platform`.
 
 pub mod bench;
 pub mod bundle;

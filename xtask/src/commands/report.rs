@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::domain::report::{
+use xtask::domain::report::{
     read_report, render_comparison, render_markdown, render_svg, render_terminal,
 };
 
@@ -30,7 +30,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir = args
         .out
         .clone()
-        .unwrap_or_else(|| crate::platform::paths::project_root().join("target/report"));
+        .unwrap_or_else(|| xtask::platform::paths::project_root().join("target/report"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("report.md"), render_markdown(&report))?;
     std::fs::write(dir.join("timeline.svg"), render_svg(&report)?)?;

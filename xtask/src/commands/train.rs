@@ -5,8 +5,8 @@ use anyhow::{Context, ensure};
 
 use iris_serve::model::sha256_hex;
 
-use crate::domain::dataset::{ARTIFACT, CARD, CV_FOLDS, DATASET, train, write};
-use crate::platform::paths::project_root;
+use xtask::domain::dataset::{ARTIFACT, CARD, CV_FOLDS, DATASET, train, write};
+use xtask::platform::paths::project_root;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
