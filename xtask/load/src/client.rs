@@ -48,6 +48,25 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+impl Config {
+    /// The Iris app's request as the harness sends it: `POST url` with the default body
+    /// ([`crate::DEFAULT_BODY`]) as JSON; `connections` in `mode`, no reconnects, `timeout` per
+    /// request.
+    pub fn iris(url: Uri, connections: usize, mode: Mode, timeout: Duration) -> Self {
+        Config {
+            url,
+            method: Method::POST,
+            bodies: crate::request::default_bodies(),
+            headers: crate::request::with_json_content_type(Vec::new()),
+            connections,
+            mode,
+            max_requests_per_conn: None,
+            conn_max_age: None,
+            timeout,
+        }
+    }
+}
+
 /// A load to run: what to send and how (`config`), and which answers count as successes. A
 /// `Config` alone is a load expecting any 2xx. (Kept beside `Config` rather than in it so that
 /// the code building a `Config` literal for `/predict` stays as it is.)
@@ -536,18 +555,8 @@ mod tests {
 
     fn config(url: String, mode: Mode) -> Config {
         Config {
-            url: url.parse().expect("url"),
-            method: Method::POST,
-            bodies: vec![Bytes::from_static(crate::DEFAULT_BODY.as_bytes())],
-            headers: vec![(
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            connections: 4,
-            mode,
             max_requests_per_conn: Some(5),
-            conn_max_age: None,
-            timeout: Duration::from_secs(5),
+            ..Config::iris(url.parse().expect("url"), 4, mode, Duration::from_secs(5))
         }
     }
 

@@ -59,6 +59,11 @@ pub fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
     header(name, value)
 }
 
+/// The bodies a load sends when it is given none: the Iris request ([`crate::DEFAULT_BODY`]).
+pub fn default_bodies() -> Vec<Bytes> {
+    vec![Bytes::from_static(crate::DEFAULT_BODY.as_bytes())]
+}
+
 /// `headers` with `Content-Type: application/json` added unless one names a content type: the
 /// default bodies are JSON, and so is what the server takes.
 pub fn with_json_content_type(

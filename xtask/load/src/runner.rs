@@ -667,18 +667,14 @@ mod tests {
 
     fn config(connections: usize, mode: Mode) -> Config {
         Config {
-            url: "http://127.0.0.1:8080/predict".parse().expect("url"),
-            method: hyper::Method::POST,
-            bodies: vec![Bytes::from_static(crate::DEFAULT_BODY.as_bytes())],
-            headers: vec![(
-                hyper::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            connections,
-            mode,
             max_requests_per_conn: Some(100),
             conn_max_age: Some(Duration::from_secs(2)),
-            timeout: Duration::from_secs(5),
+            ..Config::iris(
+                "http://127.0.0.1:8080/predict".parse().expect("url"),
+                connections,
+                mode,
+                Duration::from_secs(5),
+            )
         }
     }
 

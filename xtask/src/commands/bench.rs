@@ -659,22 +659,14 @@ fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
         let server =
             xtask::domain::calibrate::start_server(&docker, &server_image.reference, None).await?;
         let config = |url: String| -> anyhow::Result<iris_load::client::Config> {
-            Ok(iris_load::client::Config {
-                url: iris_load::parse_url(&url)?,
-                method: hyper::Method::POST,
-                bodies: vec![bytes::Bytes::from_static(iris_load::DEFAULT_BODY.as_bytes())],
-                headers: vec![(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                )],
-                connections: rig.connections,
-                mode: iris_load::client::Mode::Closed {
+            Ok(iris_load::client::Config::iris(
+                iris_load::parse_url(&url)?,
+                rig.connections,
+                iris_load::client::Mode::Closed {
                     duration: rig.duration,
                 },
-                max_requests_per_conn: None,
-                conn_max_age: None,
-                timeout: Duration::from_secs(10),
-            })
+                Duration::from_secs(10),
+            ))
         };
         let (mut host, mut runner) = (Vec::new(), Vec::new());
         for round in 1..=rig.rounds {

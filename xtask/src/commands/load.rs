@@ -1,9 +1,7 @@
 //! `cargo xtask load`: an HTTP load generator, usable alone against any URL (like wrk or oha).
 //! The engine is the `iris-load` library crate (`xtask/load/`); this module is its command line.
 
-use iris_load::{
-    DEFAULT_BODY, client, describe, drive, parse_url, printer, request, schedule, verdict,
-};
+use iris_load::{client, describe, drive, parse_url, printer, request, schedule, verdict};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,7 +154,7 @@ impl Args {
         } else if let Some(path) = &self.bodies_file {
             request::read_bodies(path).context("--bodies-file")?
         } else {
-            vec![Bytes::from_static(DEFAULT_BODY.as_bytes())]
+            request::default_bodies()
         };
         let headers = self
             .headers
@@ -293,6 +291,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iris_load::DEFAULT_BODY;
 
     #[derive(Debug, clap::Parser)]
     struct Cli {

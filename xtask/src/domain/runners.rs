@@ -662,26 +662,16 @@ mod tests {
     use iris_load::runner::{Event, done_event, encode};
 
     fn config(connections: usize) -> Config {
-        Config {
-            url: service_url("iris-serve", "iris-serve", 80, "/predict")
+        Config::iris(
+            service_url("iris-serve", "iris-serve", 80, "/predict")
                 .parse()
                 .expect("url"),
-            method: http::Method::POST,
-            bodies: vec![bytes::Bytes::from_static(
-                iris_load::DEFAULT_BODY.as_bytes(),
-            )],
-            headers: vec![(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            )],
             connections,
-            mode: Mode::Closed {
+            Mode::Closed {
                 duration: Duration::from_secs(2),
             },
-            max_requests_per_conn: None,
-            conn_max_age: None,
-            timeout: Duration::from_secs(1),
-        }
+            Duration::from_secs(1),
+        )
     }
 
     #[test]

@@ -524,9 +524,7 @@ impl Scenario {
             (false, None, None, Some(file)) => {
                 request::read_bodies(Path::new(file)).context("request.bodies_file")?
             }
-            (false, None, None, None) => vec![bytes::Bytes::from_static(
-                iris_load::DEFAULT_BODY.as_bytes(),
-            )],
+            (false, None, None, None) => request::default_bodies(),
         };
         let mut url: hyper::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
         if let Some(path) = &r.path {

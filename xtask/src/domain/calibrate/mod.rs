@@ -469,13 +469,8 @@ impl Target {
             ready_path: "/ready".to_owned(),
             path: "/predict".to_owned(),
             method: hyper::Method::POST,
-            bodies: vec![bytes::Bytes::from_static(
-                iris_load::DEFAULT_BODY.as_bytes(),
-            )],
-            headers: vec![(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/json"),
-            )],
+            bodies: iris_load::request::default_bodies(),
+            headers: iris_load::request::with_json_content_type(Vec::new()),
             expect_status: Default::default(),
             what: "the iris-serve image".to_owned(),
             ours: true,
