@@ -12,6 +12,7 @@ pub mod printer;
 pub mod request;
 pub mod runner;
 pub mod schedule;
+pub mod signals;
 pub mod stats;
 
 use anyhow::{Context, ensure};

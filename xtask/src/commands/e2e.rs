@@ -497,57 +497,36 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
                 if args.monitoring {
                     monitoring::apply_and_report(&cluster.client, &app.namespace).await?;
                 }
-                anyhow::Ok((reference, calibration, load_from, settings))
+                anyhow::Ok((calibration, load_from, settings))
             },
         )
         .await;
-        let (reference, calibration, load_from, settings) = prepared?;
+        let (calibration, load_from, settings) = prepared?;
         steps.start("scenarios");
         let url = match load_from {
             LoadFrom::Host => format!("http://127.0.0.1:{}{}", args.host_port, default_path(&app)),
             LoadFrom::Cluster { .. } => in_cluster_url(&settings)?,
         };
-        let (results, interrupted) = run_scenarios(
-            &cluster.client,
-            &scenarios,
-            &settings,
-            &url,
-            &load_from,
-            &args.gates(),
-        )
-        .await?;
-        steps.start("report");
-        let interrupted = interrupted.or(report_step_interrupted().await);
-        let metrics = cluster::metrics_server(&cluster.client).await;
-        let versions = Versions {
-            iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
-            model_sha256: iris_serve::model::Model::embedded()?.sha256,
-            image: reference.clone(),
-            // The kind that ran, which may be a newer v0.x than the pin.
-            kind: kind::kind_version(&kind).or(Some(kind::KIND_VERSION.to_owned())),
+        let run = Run {
+            client: &cluster.client,
+            scenarios: &scenarios,
+            settings: &settings,
+            url: &url,
+            load_from: &load_from,
+            gates: args.gates(),
+            cluster_name: &cluster.name,
+            nodes: cluster.nodes,
+            kind: Some(&kind),
             node_image: args.node_image.clone().or(up
                 .kind_config()?
                 .nodes
                 .first()
                 .and_then(|n| n.image.clone())),
-            kubernetes: server_version(&cluster.client).await,
-            metrics_server: metrics.version.clone(),
+            calibration,
+            run_id: &run_id,
+            out_dir: &out_dir,
         };
-        let settings_report =
-            report::report_settings(&cluster.name, cluster.nodes, &settings, &url, &metrics)?;
-        steps.done();
-        let report = Report {
-            run_id: run_id.clone(),
-            created_unix_s: xtask::platform::clock::unix_now_s(),
-            versions,
-            settings: settings_report,
-            phases: phases(&steps, started),
-            scenarios: results,
-            calibration: xtask::domain::calibrate::section(calibration, &scenarios),
-            interrupted,
-        };
-        let files = report::write(&report, &out_dir)?;
-        eprint!("{}", report::render_terminal(&report, false));
+        let (report, files) = scenarios_and_report(run, &mut steps, started).await?;
         for f in files {
             eprintln!("  wrote {}", f.display());
         }
@@ -583,6 +562,75 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
     drop(guard);
     drop(teardown);
     result
+}
+
+/// A run's app, deployed, and what its report says of where it ran.
+struct Run<'a> {
+    client: &'a Client,
+    scenarios: &'a [scenario::Scenario],
+    settings: &'a AppSettings,
+    url: &'a str,
+    load_from: &'a LoadFrom,
+    gates: Gates,
+    cluster_name: &'a str,
+    nodes: usize,
+    /// The kind binary of a kind run (its version goes into the report); None on an existing
+    /// cluster.
+    kind: Option<&'a Path>,
+    node_image: Option<String>,
+    calibration: Option<xtask::domain::calibrate::Calibration>,
+    run_id: &'a str,
+    out_dir: &'a Path,
+}
+
+/// The part a kind run and an existing cluster share once the app is deployed: the scenarios,
+/// then the report, written to the run folder (the files returned) and printed.
+async fn scenarios_and_report(
+    run: Run<'_>,
+    steps: &mut Steps,
+    started: Instant,
+) -> anyhow::Result<(Report, Vec<PathBuf>)> {
+    let (results, interrupted) = run_scenarios(
+        run.client,
+        run.scenarios,
+        run.settings,
+        run.url,
+        run.load_from,
+        &run.gates,
+    )
+    .await?;
+    steps.start("report");
+    let interrupted = interrupted.or(report_step_interrupted().await);
+    // The cluster's own metrics-server: its version and resolution, or "unknown".
+    let metrics = cluster::metrics_server(run.client).await;
+    let versions = Versions {
+        iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
+        model_sha256: iris_serve::model::Model::embedded()?.sha256,
+        image: run.settings.image.clone(),
+        // The kind that ran, which may be a newer v0.x than the pin.
+        kind: run
+            .kind
+            .map(|k| kind::kind_version(k).unwrap_or_else(|| kind::KIND_VERSION.to_owned())),
+        node_image: run.node_image,
+        kubernetes: server_version(run.client).await,
+        metrics_server: metrics.version.clone(),
+    };
+    let settings_report =
+        report::report_settings(run.cluster_name, run.nodes, run.settings, run.url, &metrics)?;
+    steps.done();
+    let report = Report {
+        run_id: run.run_id.to_owned(),
+        created_unix_s: xtask::platform::clock::unix_now_s(),
+        versions,
+        settings: settings_report,
+        phases: phases(steps, started),
+        scenarios: results,
+        calibration: xtask::domain::calibrate::section(run.calibration, run.scenarios),
+        interrupted,
+    };
+    let files = report::write(&report, run.out_dir)?;
+    eprint!("{}", report::render_terminal(&report, false));
+    Ok((report, files))
 }
 
 /// Runs the scenarios one after another. At a signal the one running stops where it is (a host
@@ -816,47 +864,26 @@ async fn existing(
             monitoring::apply_and_report(&client, &app.namespace).await?;
         }
         steps.start("scenarios");
-        let (results, interrupted) = run_scenarios(
-            &client,
-            scenarios,
-            &settings,
-            &url,
-            &load_from,
-            &args.gates(),
-        )
-        .await?;
-        steps.start("report");
-        let interrupted = interrupted.or(report_step_interrupted().await);
-        // The cluster's own metrics-server: its version and resolution, or "unknown".
-        let metrics = cluster::metrics_server(&client).await;
-        let versions = Versions {
-            iris_serve: env!("CARGO_PKG_VERSION").to_owned(),
-            model_sha256: iris_serve::model::Model::embedded()?.sha256,
-            image: image.clone(),
-            kind: None,
-            node_image: None,
-            kubernetes: server_version(&client).await,
-            metrics_server: metrics.version.clone(),
-        };
         let cluster_name = args
             .context
             .clone()
             .unwrap_or_else(|| "existing cluster".to_owned());
-        let settings_report =
-            report::report_settings(&cluster_name, nodes.len(), &settings, &url, &metrics)?;
-        steps.done();
-        let report = Report {
-            run_id: run_id.to_owned(),
-            created_unix_s: xtask::platform::clock::unix_now_s(),
-            versions,
-            settings: settings_report,
-            phases: phases(&steps, started),
-            scenarios: results,
-            calibration: xtask::domain::calibrate::section(calibration, scenarios),
-            interrupted,
+        let run = Run {
+            client: &client,
+            scenarios,
+            settings: &settings,
+            url: &url,
+            load_from: &load_from,
+            gates: args.gates(),
+            cluster_name: &cluster_name,
+            nodes: nodes.len(),
+            kind: None,
+            node_image: None,
+            calibration,
+            run_id,
+            out_dir,
         };
-        report::write(&report, out_dir)?;
-        eprint!("{}", report::render_terminal(&report, false));
+        let (report, _) = scenarios_and_report(run, &mut steps, started).await?;
         partial_is_interrupted(report, out_dir)
     }
     .await;

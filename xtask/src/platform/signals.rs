@@ -3,30 +3,7 @@
 
 use std::future::Future;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
-
-/// SIGINT and SIGTERM, handled from the moment this is made (no longer ending the process).
-struct Signals {
-    int: Signal,
-    term: Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// The next of the two to arrive, by name.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-        }
-    }
-}
+use iris_load::signals::Signals;
 
 pub async fn interruptible<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let mut signals = Signals::install()?;

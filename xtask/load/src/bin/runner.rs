@@ -18,7 +18,6 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use iris_load::runner::{Event, INDEX_ENV, SPEC_ENV, Spec, Start, done_event, encode};
-use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).is_some() {
@@ -72,13 +71,9 @@ fn unix_ms() -> u64 {
 
 /// Resolves at the first SIGTERM (what Kubernetes sends a pod it deletes) or SIGINT.
 async fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = iris_load::signals::Signals::install()?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signals.next().await;
     })
 }
 
