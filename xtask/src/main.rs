@@ -1,5 +1,5 @@
-//! `cargo xtask <command>`: the project's harness. This file only parses flags and dispatches;
-//! each command lives in the module of the same name.
+//! `cargo xtask <command>`: the project's harness. This file only parses flags, builds the one
+//! tokio runtime and dispatches; each command lives in `commands/`, in the file of its name.
 
 mod commands;
 
@@ -54,19 +54,28 @@ fn main() -> std::process::ExitCode {
     // Each load connection is a file; many desktops start programs with a soft limit of 1,024.
     iris_load::nofile::raise();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::E2e(args) => commands::e2e::run(&args),
-        Command::Bundle(args) => commands::bundle::run(&args),
-        Command::Doctor(args) => commands::doctor::run(&args),
-        Command::Cluster(cmd) => commands::cluster::run(cmd),
-        Command::Image(cmd) => commands::image::run(cmd),
-        Command::Deploy(args) => commands::deploy::run(&args),
-        Command::Load(args) => commands::load::run(&args),
-        Command::Calibrate(args) => commands::calibrate::run(&args),
-        Command::Report(args) => commands::report::run(&args),
-        Command::Train(args) => commands::train::run(&args),
-        Command::Bench(cmd) => commands::bench::run(cmd),
-    };
+    // One tokio runtime for every command. It is dropped (its tasks cancelled) before the
+    // result is printed, as each command's own runtime was at its end.
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            let rt = &runtime;
+            let result = match cli.command {
+                Command::E2e(args) => commands::e2e::run(&args, rt),
+                Command::Bundle(args) => commands::bundle::run(&args, rt),
+                Command::Doctor(args) => commands::doctor::run(&args, rt),
+                Command::Cluster(cmd) => commands::cluster::run(cmd, rt),
+                Command::Image(cmd) => commands::image::run(cmd, rt),
+                Command::Deploy(args) => commands::deploy::run(&args, rt),
+                Command::Load(args) => commands::load::run(&args, rt),
+                Command::Calibrate(args) => commands::calibrate::run(&args, rt),
+                Command::Report(args) => commands::report::run(&args),
+                Command::Train(args) => commands::train::run(&args),
+                Command::Bench(cmd) => commands::bench::run(cmd, rt),
+            };
+            drop(runtime);
+            result
+        });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -304,18 +304,17 @@ pub struct ServerArgs {
     json: PathBuf,
 }
 
-pub fn run(cmd: Command) -> anyhow::Result<()> {
+pub fn run(cmd: Command, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cmd {
         Command::Server(args) => server(&args),
-        Command::Load(args) => load_vs_wrk(&args),
-        Command::ImageLoad(args) => image_load(&args),
+        Command::Load(args) => load_vs_wrk(&args, runtime),
+        Command::ImageLoad(args) => image_load(&args, runtime),
     }
 }
 
 /// `bench image-load`: seconds per load of the same image into the same nodes, ours and kind's,
 /// and ours over kind's round by round (target: at most 1, at least as fast).
-fn image_load(args: &ImageLoadArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+fn image_load(args: &ImageLoadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = xtask::platform::docker::connect().await?;
         let kind = xtask::platform::kind::ensure_kind(true).await?;
@@ -454,24 +453,16 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
     }
     let ready_ms = Spread::of(ready);
 
-    let addr = free_addr()?;
     // The cap raised past the half-open count and a header timeout longer than opening them all
     // takes, so that the RSS is that of all of them held at once.
-    let server = spawn_pinned(
-        &bin,
-        rig.server_cpu,
-        addr,
-        &[
-            "--max-connections",
-            &(2 * HALF_OPEN).to_string(),
-            "--header-read-timeout-seconds",
-            "600",
-        ],
-    )?;
-    let pid = *server.pids().first().context("server pid")?;
-    let server = Running(server);
-    let result = (|| -> anyhow::Result<ServerReport> {
-        wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
+    let max_connections = (2 * HALF_OPEN).to_string();
+    let extra = [
+        "--max-connections",
+        &max_connections,
+        "--header-read-timeout-seconds",
+        "600",
+    ];
+    let report = with_pinned_server(&bin, rig, &extra, |addr, pid| {
         std::thread::sleep(Duration::from_millis(500));
         let rss_idle_mib = rss_mib(pid)?;
         let reference_server = if args.no_reference {
@@ -592,14 +583,9 @@ fn server(args: &ServerArgs) -> anyhow::Result<()> {
             duration_s: rig.duration.as_secs_f64(),
             targets,
         })
-    })();
-    drop(server);
-    let report = result?;
+    })?;
     print_server_report(&report);
-    let json = root.join(&args.json);
-    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)?;
-    eprintln!("wrote {}", json.display());
-    judge(&report.targets)
+    save_and_judge(&root.join(&args.json), &report, &report.targets)
 }
 
 #[derive(Debug, Serialize)]
@@ -650,8 +636,7 @@ fn rps_p99(o: &Outcome) -> (f64, f64) {
 
 /// The container rows: the same server container, loaded in turn from the host through the
 /// published port and from a runner container sharing its network namespace.
-fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
-    let runtime = tokio::runtime::Runtime::new()?;
+fn container_rows(rig: &Rig, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ContainerRows> {
     runtime.block_on(async {
         let docker = xtask::platform::docker::connect().await?;
         let server_image = xtask::domain::image::build(&docker).await?;
@@ -707,7 +692,7 @@ fn container_rows(rig: &Rig) -> anyhow::Result<ContainerRows> {
     })
 }
 
-fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
+fn load_vs_wrk(args: &LoadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let rig = &args.rig;
     let Prepared {
         root,
@@ -715,10 +700,7 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
         lua,
         bin,
     } = prepare()?;
-    let addr = free_addr()?;
-    let server = Running(spawn_pinned(&bin, rig.server_cpu, addr, &[])?);
-    let result = (|| -> anyhow::Result<LoadReport> {
-        wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
+    let mut r = with_pinned_server(&bin, rig, &[], |addr, _| {
         let (mut wrks, mut ours) = (Vec::new(), Vec::new());
         for round in 1..=rig.rounds {
             eprintln!(
@@ -807,10 +789,8 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
             containers: None,
             targets,
         })
-    })();
-    drop(server);
-    let mut r = result?;
-    let c = container_rows(rig)?;
+    })?;
+    let c = container_rows(rig, runtime)?;
     println!(
         "\n| generator (1 pinned core; -c{} -d{}s; server on another core; median of {} rounds) | req/s | p50 ms | p99 ms |",
         rig.connections,
@@ -857,10 +837,31 @@ fn load_vs_wrk(args: &LoadArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let json = root.join(&args.json);
-    std::fs::write(&json, serde_json::to_vec_pretty(&r)?)?;
+    save_and_judge(&root.join(&args.json), &r, &r.targets)
+}
+
+/// Runs `measure` against the release server started pinned to the rig's server CPU (with
+/// `extra` flags on a free port of 127.0.0.1), once it answers `/ready`; `measure` gets its
+/// address and pid. The server is stopped whatever `measure` returns.
+fn with_pinned_server<T>(
+    bin: &Path,
+    rig: &Rig,
+    extra: &[&str],
+    measure: impl FnOnce(SocketAddr, u32) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let addr = free_addr()?;
+    let server = spawn_pinned(bin, rig.server_cpu, addr, extra)?;
+    let pid = *server.pids().first().context("server pid")?;
+    let _server = Running(server);
+    wait_http_ok(addr, "/ready", Duration::from_secs(10))?;
+    measure(addr, pid)
+}
+
+/// Writes a measurement's JSON, says where, and judges its targets.
+fn save_and_judge(json: &Path, report: &impl Serialize, targets: &[Target]) -> anyhow::Result<()> {
+    std::fs::write(json, serde_json::to_vec_pretty(report)?)?;
     eprintln!("wrote {}", json.display());
-    judge(&r.targets)
+    judge(targets)
 }
 
 fn run_load(args: &Rig, addr: SocketAddr, extra: &[&str], json: &Path) -> anyhow::Result<Outcome> {

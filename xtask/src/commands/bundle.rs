@@ -23,8 +23,7 @@ pub struct Args {
     pub without_kind: bool,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = docker::connect().await?;
         let kind = if args.without_kind {

@@ -6,8 +6,7 @@ use xtask::domain::image;
 use xtask::platform::docker;
 use xtask::platform::paths::project_root;
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     // A scenario that does not exist is refused before a minute of measuring.
     let scenarios = args
         .scenario

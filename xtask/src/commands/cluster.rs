@@ -21,8 +21,7 @@ pub enum Command {
     Logs(NameArgs),
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(command: Command, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Up(args) => {

@@ -14,8 +14,7 @@ pub struct Args {
     pub image: Option<String>,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(xtask::platform::signals::interruptible(async {
         let client = xtask::platform::k8s::client(&xtask::platform::paths::kubeconfig_path(
             &args.cluster_name,

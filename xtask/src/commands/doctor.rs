@@ -13,8 +13,7 @@ pub struct Args {
     pub offline: bool,
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let findings = runtime.block_on(checks(Needs {
         kind: true,
         host_port: Some(args.host_port),

@@ -280,11 +280,10 @@ const KIND_ONLY: [&str; 8] = [
     "host_port",
 ];
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     args.refuse_existing_only_flags_on_kind()?;
     // The app folder is read and checked before anything is created.
     let app = args.app()?;
-    let runtime = tokio::runtime::Runtime::new()?;
     // A signal winds the run down: the step stops, what was measured is written (a partial
     // report), logs are exported and what the run created is deleted; exit 130.
     let report = runtime.block_on(xtask::platform::signals::graceful(e2e(args, app)))?;
@@ -516,12 +515,11 @@ async fn e2e(args: &Args, app: App) -> anyhow::Result<Report> {
             gates: args.gates(),
             cluster_name: &cluster.name,
             nodes: cluster.nodes,
-            kind: Some(&kind),
-            node_image: args.node_image.clone().or(up
-                .kind_config()?
-                .nodes
-                .first()
-                .and_then(|n| n.image.clone())),
+            kind: Some(KindRun {
+                bin: &kind,
+                up: &up,
+                node_image: args.node_image.clone(),
+            }),
             calibration,
             run_id: &run_id,
             out_dir: &out_dir,
@@ -574,13 +572,20 @@ struct Run<'a> {
     gates: Gates,
     cluster_name: &'a str,
     nodes: usize,
-    /// The kind binary of a kind run (its version goes into the report); None on an existing
+    /// A kind run's binary and cluster (their versions go into the report); None on an existing
     /// cluster.
-    kind: Option<&'a Path>,
-    node_image: Option<String>,
+    kind: Option<KindRun<'a>>,
     calibration: Option<xtask::domain::calibrate::Calibration>,
     run_id: &'a str,
     out_dir: &'a Path,
+}
+
+/// What the report says of a kind run's cluster.
+struct KindRun<'a> {
+    bin: &'a Path,
+    up: &'a UpArgs,
+    /// `--node-image`, else the kind config's.
+    node_image: Option<String>,
 }
 
 /// The part a kind run and an existing cluster share once the app is deployed: the scenarios,
@@ -610,8 +615,17 @@ async fn scenarios_and_report(
         // The kind that ran, which may be a newer v0.x than the pin.
         kind: run
             .kind
-            .map(|k| kind::kind_version(k).unwrap_or_else(|| kind::KIND_VERSION.to_owned())),
-        node_image: run.node_image,
+            .as_ref()
+            .map(|k| kind::kind_version(k.bin).unwrap_or_else(|| kind::KIND_VERSION.to_owned())),
+        node_image: match &run.kind {
+            Some(k) => k.node_image.clone().or(k
+                .up
+                .kind_config()?
+                .nodes
+                .first()
+                .and_then(|n| n.image.clone())),
+            None => None,
+        },
         kubernetes: server_version(run.client).await,
         metrics_server: metrics.version.clone(),
     };
@@ -878,7 +892,6 @@ async fn existing(
             cluster_name: &cluster_name,
             nodes: nodes.len(),
             kind: None,
-            node_image: None,
             calibration,
             run_id,
             out_dir,

@@ -23,8 +23,7 @@ pub struct LoadArgs {
     pub image: Option<String>,
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
+pub fn run(command: Command, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(xtask::platform::signals::interruptible(async {
         let docker = docker::connect().await?;
         match command {

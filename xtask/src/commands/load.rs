@@ -226,7 +226,7 @@ fn prepare_output(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let config = args.config()?;
     let config_url = config.config.url.clone();
     if let Some(path) = &args.json {
@@ -236,9 +236,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !args.quiet {
         eprintln!("Running {header}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     // The first Ctrl-C (or SIGTERM) ends the load and keeps its results, as wrk does; a second
     // one quits at once.
     let outcome = runtime.block_on(async {

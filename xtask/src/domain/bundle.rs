@@ -7,7 +7,7 @@
 //! A bundle is trusted for nothing: `bundle.json` and the files beside it can be rewritten
 //! together. What it may hold is pinned in this repository (the node image by digest in
 //! `kind/cluster.yaml`, metrics-server by digest in its manifest, kind by sha256 per platform
-//! in `tools.rs`). Each image tar is read before Docker sees it: it may apply no tag but the
+//! in `platform/kind.rs`). Each image tar is read before Docker sees it: it may apply no tag but the
 //! pinned `name:tag`, and its image must be reachable from the pinned digest through blobs whose
 //! content matches their digests (see `oci.rs`). After `docker load`, the tag must resolve to
 //! that image and the pinned `name:tag@digest` must resolve too; otherwise everything the load

@@ -368,7 +368,22 @@ impl App {
         &self,
     ) -> anyhow::Result<(PodSpec, k8s_openapi::api::core::v1::Container, Vec<Object>)> {
         let objects = self.objects()?;
-        let pod = objects
+        let pod = self.pod_in(&objects)?.clone();
+        let container = self.container_of(&pod)?.clone();
+        Ok((pod, container, objects))
+    }
+
+    /// The container under test as `objects` (the app's, settings applied or not) have it.
+    pub fn container_in<'a>(
+        &self,
+        objects: &'a [Object],
+    ) -> anyhow::Result<&'a k8s_openapi::api::core::v1::Container> {
+        self.container_of(self.pod_in(objects)?)
+    }
+
+    /// The Deployment's pod template in `objects`.
+    fn pod_in<'a>(&self, objects: &'a [Object]) -> anyhow::Result<&'a PodSpec> {
+        objects
             .iter()
             .find_map(|o| match o {
                 Object::Deployment(d) if d.name_any() == self.deployment => d.spec.as_ref(),
@@ -383,15 +398,19 @@ impl App {
             })?
             .template
             .spec
-            .clone()
-            .context("the Deployment has no pod template")?;
-        let container = pod
-            .containers
+            .as_ref()
+            .context("the Deployment has no pod template")
+    }
+
+    /// The container under test in the pod template.
+    fn container_of<'a>(
+        &self,
+        pod: &'a PodSpec,
+    ) -> anyhow::Result<&'a k8s_openapi::api::core::v1::Container> {
+        pod.containers
             .iter()
             .find(|c| c.name == self.container)
-            .cloned()
-            .with_context(|| format!("the Deployment has no container {}", self.container))?;
-        Ok((pod, container, objects))
+            .with_context(|| format!("the Deployment has no container {}", self.container))
     }
 
     /// The images of the Deployment's pod other than the container under test's (its other

@@ -415,71 +415,7 @@ pub async fn load(
         bar.set_style(style.clone());
         bar.set_prefix(node.name.clone());
         let parts = parts.clone();
-        async move {
-            let snapshotter = snapshotter(docker, node).await?;
-            let snapshotter_flag = format!("--snapshotter={snapshotter}");
-            let platform_flag = format!("--platform={}", platform());
-            let progress = {
-                let bar = bar.clone();
-                move |n: usize| bar.inc(n as u64)
-            };
-            let out = docker::exec(
-                docker,
-                &node.id,
-                &[
-                    "ctr",
-                    "--namespace=k8s.io",
-                    "images",
-                    "import",
-                    "--digests",
-                    &platform_flag,
-                    &snapshotter_flag,
-                    "-",
-                ],
-                Some((parts, &progress)),
-            )
-            .await
-            .with_context(|| format!("loading {reference} into node {}", node.name))?;
-            bar.finish();
-            if out.exit_code != 0 {
-                bail!(
-                    "loading {reference} into node {} failed (ctr exit {}): {}{}",
-                    node.name,
-                    out.exit_code,
-                    out.stderr.trim(),
-                    out.stdout.trim()
-                );
-            }
-            if let Some(by_digest) = &wanted.by_digest {
-                let tagged = docker::exec(
-                    docker,
-                    &node.id,
-                    &[
-                        "ctr",
-                        "--namespace=k8s.io",
-                        "images",
-                        "tag",
-                        "--force",
-                        &wanted.name,
-                        by_digest,
-                    ],
-                    None,
-                )
-                .await?;
-                ensure!(
-                    tagged.exit_code == 0,
-                    "node {}: naming {by_digest} failed: {}",
-                    node.name,
-                    tagged.stderr.trim()
-                );
-            }
-            eprintln!(
-                "  {}: imported {reference} ({:.1} MB)",
-                node.name,
-                total as f64 / 1e6
-            );
-            anyhow::Ok(())
-        }
+        import_into(docker, node, reference, wanted, parts, bar, total)
     });
     let outcomes = futures::future::join_all(loads).await;
     let failures: Vec<String> = outcomes
@@ -505,6 +441,82 @@ pub async fn load(
         results.push(NodeLoad::Loaded(node.name.clone()));
     }
     Ok(results)
+}
+
+/// `ctr images import` of the saved tar (`parts`) into one node, with its progress on `bar`;
+/// a pinned image is named by its digest there too.
+async fn import_into(
+    docker: &Docker,
+    node: &Node,
+    reference: &str,
+    wanted: &Wanted,
+    parts: Vec<Bytes>,
+    bar: Arc<ProgressBar>,
+    total: u64,
+) -> anyhow::Result<()> {
+    let snapshotter = snapshotter(docker, node).await?;
+    let snapshotter_flag = format!("--snapshotter={snapshotter}");
+    let platform_flag = format!("--platform={}", platform());
+    let progress = {
+        let bar = bar.clone();
+        move |n: usize| bar.inc(n as u64)
+    };
+    let out = docker::exec(
+        docker,
+        &node.id,
+        &[
+            "ctr",
+            "--namespace=k8s.io",
+            "images",
+            "import",
+            "--digests",
+            &platform_flag,
+            &snapshotter_flag,
+            "-",
+        ],
+        Some((parts, &progress)),
+    )
+    .await
+    .with_context(|| format!("loading {reference} into node {}", node.name))?;
+    bar.finish();
+    if out.exit_code != 0 {
+        bail!(
+            "loading {reference} into node {} failed (ctr exit {}): {}{}",
+            node.name,
+            out.exit_code,
+            out.stderr.trim(),
+            out.stdout.trim()
+        );
+    }
+    if let Some(by_digest) = &wanted.by_digest {
+        let tagged = docker::exec(
+            docker,
+            &node.id,
+            &[
+                "ctr",
+                "--namespace=k8s.io",
+                "images",
+                "tag",
+                "--force",
+                &wanted.name,
+                by_digest,
+            ],
+            None,
+        )
+        .await?;
+        ensure!(
+            tagged.exit_code == 0,
+            "node {}: naming {by_digest} failed: {}",
+            node.name,
+            tagged.stderr.trim()
+        );
+    }
+    eprintln!(
+        "  {}: imported {reference} ({:.1} MB)",
+        node.name,
+        total as f64 / 1e6
+    );
+    Ok(())
 }
 
 #[cfg(test)]

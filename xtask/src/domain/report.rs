@@ -1001,7 +1001,24 @@ fn draw_scenario(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let end = timeline.end_s;
     let (header, area) = area.split_vertically(HEADER_H);
-    // The verdict and its gates, above the panels; a long gate list goes on a second line.
+    draw_header(timeline, &header)?;
+    let (plot_w, _) = area.dim_in_pixel();
+    let rows: Vec<(Area<'_>, Area<'_>)> = area
+        .split_evenly((PANELS as usize, 1))
+        .into_iter()
+        .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
+        .collect();
+    draw_replicas(s, timeline, end, &rows[0])?;
+    draw_throughput(s, timeline, end, &rows[1])?;
+    draw_pods(s, timeline, end, &rows[2])?;
+    draw_latency(s, timeline, end, &rows[3])?;
+    draw_cpu(s, timeline, end, &rows[4])?;
+    Ok(())
+}
+
+/// The scenario's name and verdict, and its gates, above the panels.
+fn draw_header(timeline: &Timeline, header: &Area<'_>) -> Result<(), Box<dyn std::error::Error>> {
+    // A long gate list goes on a second line.
     let (name_and_verdict, gates) = timeline
         .verdict
         .split_once(": ")
@@ -1028,57 +1045,63 @@ fn draw_scenario(
         (10, 26),
         ("sans-serif", 12).into_font(),
     ))?;
+    Ok(())
+}
 
-    let (plot_w, _) = area.dim_in_pixel();
-    let rows: Vec<(Area<'_>, Area<'_>)> = area
-        .split_evenly((PANELS as usize, 1))
-        .into_iter()
-        .map(|row| row.split_horizontally(plot_w.saturating_sub(LEGEND_W)))
-        .collect();
-    // Scale events as red verticals and the load's end as a dark dashed one, in every panel,
-    // named in each panel's legend.
-    let mark_times = |chart: &mut Chart<'_, '_>,
-                      legend: &mut Legend,
-                      top: f64|
-     -> Result<(), Box<dyn std::error::Error>> {
-        for e in &timeline.scale_events {
-            chart.draw_series(LineSeries::new(
-                vec![(e.t_s, 0.0), (e.t_s, top)],
-                RED.stroke_width(1),
-            ))?;
-        }
-        if !timeline.scale_events.is_empty() {
-            legend.add("scale event", RED, Mark::Tick);
-        }
-        for l in &timeline.node_losses {
-            chart.draw_series(DashedLineSeries::new(
-                vec![(l.t_s, 0.0), (l.t_s, top)],
-                3,
-                3,
-                NODE_LOST.stroke_width(2),
-            ))?;
-        }
-        if !timeline.node_losses.is_empty() {
-            legend.add("node lost", NODE_LOST, Mark::Dashed(3, 3));
-        }
-        chart.draw_series(DashedLineSeries::new(
-            vec![(timeline.load_end_s, 0.0), (timeline.load_end_s, top)],
-            6,
-            3,
-            LOAD_END.stroke_width(2),
+/// Scale events as red verticals and the load's end as a dark dashed one, in every panel, named in
+/// each panel's legend.
+fn mark_times(
+    chart: &mut Chart<'_, '_>,
+    legend: &mut Legend,
+    timeline: &Timeline,
+    top: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    for e in &timeline.scale_events {
+        chart.draw_series(LineSeries::new(
+            vec![(e.t_s, 0.0), (e.t_s, top)],
+            RED.stroke_width(1),
         ))?;
-        legend.add(
-            format!("load end ({:.0}s)", clock_s(timeline.load_end_s)),
-            LOAD_END,
-            Mark::Dashed(6, 3),
-        );
-        Ok(())
-    };
+    }
+    if !timeline.scale_events.is_empty() {
+        legend.add("scale event", RED, Mark::Tick);
+    }
+    for l in &timeline.node_losses {
+        chart.draw_series(DashedLineSeries::new(
+            vec![(l.t_s, 0.0), (l.t_s, top)],
+            3,
+            3,
+            NODE_LOST.stroke_width(2),
+        ))?;
+    }
+    if !timeline.node_losses.is_empty() {
+        legend.add("node lost", NODE_LOST, Mark::Dashed(3, 3));
+    }
+    chart.draw_series(DashedLineSeries::new(
+        vec![(timeline.load_end_s, 0.0), (timeline.load_end_s, top)],
+        6,
+        3,
+        LOAD_END.stroke_width(2),
+    ))?;
+    legend.add(
+        format!("load end ({:.0}s)", clock_s(timeline.load_end_s)),
+        LOAD_END,
+        Mark::Dashed(6, 3),
+    );
+    Ok(())
+}
+
+/// The replicas panel: the HPA's current and desired counts and the ready pods, with each rescale named.
+fn draw_replicas(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    end: f64,
+    row: &(Area<'_>, Area<'_>),
+) -> Result<(), Box<dyn std::error::Error>> {
     // Replicas: whole numbers only. Equal counts are the rule (all three at 1 before the load),
     // so each line has its own pattern and is drawn a little apart from the others.
     let top = f64::from(s.scenario.max_replicas) + 1.0;
     let mut chart = panel(
-        &rows[0].0,
+        &row.0,
         format!(
             "{}: replicas (HPA current, desired; ready)",
             s.scenario.name
@@ -1108,32 +1131,41 @@ fn draw_scenario(
             }
         }
     }
-    mark_times(&mut chart, &mut legend, top)?;
+    mark_times(&mut chart, &mut legend, timeline, top)?;
     // Each rescale's direction and new size, at the top of its line.
     for e in &timeline.scale_events {
-        let (x, y) = pixel(&chart, &rows[0].0, (e.t_s, top));
-        rows[0].0.draw(&Text::new(
+        let (x, y) = pixel(&chart, &row.0, (e.t_s, top));
+        row.0.draw(&Text::new(
             e.label.clone(),
             (x + 3, y + 2),
             ("sans-serif", 12).into_font().color(&RED),
         ))?;
     }
     for l in &timeline.node_losses {
-        let (x, y) = pixel(&chart, &rows[0].0, (l.t_s, top));
-        rows[0].0.draw(&Text::new(
+        let (x, y) = pixel(&chart, &row.0, (l.t_s, top));
+        row.0.draw(&Text::new(
             l.label.clone(),
             (x + 3, y + 30),
             ("sans-serif", 11).into_font().color(&NODE_LOST),
         ))?;
     }
-    let (x, y) = pixel(&chart, &rows[0].0, (timeline.load_end_s, top));
-    rows[0].0.draw(&Text::new(
+    let (x, y) = pixel(&chart, &row.0, (timeline.load_end_s, top));
+    row.0.draw(&Text::new(
         "load end",
         (x + 3, y + 16),
         ("sans-serif", 11).into_font().color(&LOAD_END),
     ))?;
-    legend.draw(&rows[0].1)?;
+    legend.draw(&row.1)?;
+    Ok(())
+}
 
+/// The throughput panel: achieved requests/s, and offered in open loop.
+fn draw_throughput(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    end: f64,
+    row: &(Area<'_>, Area<'_>),
+) -> Result<(), Box<dyn std::error::Error>> {
     // Throughput.
     let rps: Vec<(f64, f64)> = s
         .load
@@ -1148,7 +1180,7 @@ fn draw_scenario(
         .filter_map(|w| w.offered_rps.map(|o| (f64::from(w.second), o)))
         .collect();
     let (mut chart, mut legend, top) = fitted(
-        &rows[1].0,
+        &row.0,
         "requests/s (achieved; offered in open loop)",
         end,
         rps.iter().chain(&offered).map(|p| p.1),
@@ -1157,9 +1189,18 @@ fn draw_scenario(
     if !offered.is_empty() {
         line(&mut chart, &mut legend, offered, BLACK, 1, "offered")?;
     }
-    mark_times(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[1].1)?;
+    mark_times(&mut chart, &mut legend, timeline, top)?;
+    legend.draw(&row.1)?;
+    Ok(())
+}
 
+/// The per-pod panel: each server's own count of requests/s.
+fn draw_pods(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    end: f64,
+    row: &(Area<'_>, Area<'_>),
+) -> Result<(), Box<dyn std::error::Error>> {
     // Each pod's own count: how evenly the Service spread the load.
     let pods: Vec<(&String, Vec<(f64, f64)>)> = s
         .server
@@ -1171,7 +1212,7 @@ fn draw_scenario(
         })
         .collect();
     let (mut chart, mut legend, top) = fitted(
-        &rows[2].0,
+        &row.0,
         "requests/s per pod (each server's own count, from /metrics)",
         end,
         pods.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)),
@@ -1188,9 +1229,18 @@ fn draw_scenario(
             short,
         )?;
     }
-    mark_times(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[2].1)?;
+    mark_times(&mut chart, &mut legend, timeline, top)?;
+    legend.draw(&row.1)?;
+    Ok(())
+}
 
+/// The latency panel: the client's p99 and the server handler's.
+fn draw_latency(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    end: f64,
+    row: &(Area<'_>, Area<'_>),
+) -> Result<(), Box<dyn std::error::Error>> {
     // Latency.
     let p99: Vec<(f64, f64)> = s
         .load
@@ -1204,7 +1254,7 @@ fn draw_scenario(
         .map(|m| m.p99_by_second.clone())
         .unwrap_or_default();
     let (mut chart, mut legend, top) = fitted(
-        &rows[3].0,
+        &row.0,
         "p99 latency (ms): client, and in the server's handler",
         end,
         p99.iter().chain(&server_p99).map(|p| p.1),
@@ -1227,9 +1277,18 @@ fn draw_scenario(
             "server p99",
         )?;
     }
-    mark_times(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[3].1)?;
+    mark_times(&mut chart, &mut legend, timeline, top)?;
+    legend.draw(&row.1)?;
+    Ok(())
+}
 
+/// The CPU panel: utilization against the HPA's target, spans without a reading hatched.
+fn draw_cpu(
+    s: &ScenarioResult,
+    timeline: &Timeline,
+    end: f64,
+    row: &(Area<'_>, Area<'_>),
+) -> Result<(), Box<dyn std::error::Error>> {
     // CPU, with the HPA's target as a dashed line of its own colour (not a grid line), and the
     // spans without a reading of the load hatched, not drawn as an idle pod.
     let target = s
@@ -1249,7 +1308,7 @@ fn draw_scenario(
         None => "CPU utilization (% of request)".to_owned(),
     };
     let mut chart = panel(
-        &rows[4].0,
+        &row.0,
         caption,
         end,
         top,
@@ -1265,22 +1324,22 @@ fn draw_scenario(
         legend.add("CPU utilization", teal, Mark::Line);
     }
     for gap in &timeline.cpu_no_data {
-        let (x0, y0) = pixel(&chart, &rows[4].0, (gap.from_s, top));
-        let (x1, y1) = pixel(&chart, &rows[4].0, (gap.to_s, 0.0));
-        rows[4].0.draw(&Rectangle::new(
+        let (x0, y0) = pixel(&chart, &row.0, (gap.from_s, top));
+        let (x1, y1) = pixel(&chart, &row.0, (gap.to_s, 0.0));
+        row.0.draw(&Rectangle::new(
             [(x0, y0), (x1, y1)],
             NO_DATA.mix(0.15).filled(),
         ))?;
-        hatch(&rows[4].0, (x0, y0), (x1, y1), NO_DATA, 8)?;
+        hatch(&row.0, (x0, y0), (x1, y1), NO_DATA, 8)?;
         let grey = RGBColor(60, 60, 60);
-        rows[4].0.draw(&Text::new(
+        row.0.draw(&Text::new(
             "no data",
             (x0 + 3, y0 + 3),
             ("sans-serif", 11).into_font().color(&grey),
         ))?;
         // Why, where the span is wide enough for it (about 6 pixels a character).
         if x1 - x0 >= 6 * gap.why.len() as i32 {
-            rows[4].0.draw(&Text::new(
+            row.0.draw(&Text::new(
                 gap.why,
                 (x0 + 3, y0 + 16),
                 ("sans-serif", 10).into_font().color(&grey),
@@ -1300,8 +1359,8 @@ fn draw_scenario(
         ))?;
         legend.add(format!("HPA target {t:.0}%"), purple, Mark::Dashed(8, 5));
     }
-    mark_times(&mut chart, &mut legend, top)?;
-    legend.draw(&rows[4].1)?;
+    mark_times(&mut chart, &mut legend, timeline, top)?;
+    legend.draw(&row.1)?;
     Ok(())
 }
 
@@ -1408,18 +1467,9 @@ pub fn report_settings(
 ) -> anyhow::Result<Settings> {
     let app = &settings.app;
     let objects = crate::domain::deploy::app_objects(settings)?;
-    let resources = objects
-        .iter()
-        .find_map(|o| match o {
-            crate::platform::manifests::Object::Deployment(d)
-                if d.metadata.name.as_ref() == Some(&app.deployment) =>
-            {
-                d.spec.as_ref()
-            }
-            _ => None,
-        })
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == app.container))
+    let resources = app
+        .container_in(&objects)
+        .ok()
         .and_then(|c| c.resources.as_ref())
         .map(serde_json::to_value)
         .transpose()?

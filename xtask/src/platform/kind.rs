@@ -315,7 +315,7 @@ async fn download_for_this_platform() -> anyhow::Result<PathBuf> {
     if pinned.is_none() {
         ensure!(
             allow_unpinned(),
-            "kind {KIND_VERSION} has no pinned sha256 for {platform} (xtask/src/tools.rs pins {}); \
+            "kind {KIND_VERSION} has no pinned sha256 for {platform} (xtask/src/platform/kind.rs pins {}); \
              refusing to download it. Set {ALLOW_UNPINNED_ENV}=1 to accept the published .sha256sum alone, or {KIND_INSTALL_HINT}",
             KIND_PINNED_SHA256
                 .iter()

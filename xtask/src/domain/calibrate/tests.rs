@@ -476,10 +476,14 @@ async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
             memory_bytes: 256 << 20,
             cpu_request: Some(0.1),
         };
-        // The best of two: other work on the host can only end a search early (a spurious
-        // break), never carry it past the pod's capacity.
+        // The best of two that found a knee: other work on the host can only end a search early
+        // (a spurious break), never carry it past the pod's capacity. Up to four tries, for a
+        // host busy enough to break even the first stage twice (seen in CI, other tests building
+        // release binaries meanwhile).
         let mut best: Option<(f64, String)> = None;
-        for _ in 0..2 {
+        let (mut tries, mut found) = (0, 0);
+        while found < 2 && tries < 4 {
+            tries += 1;
             let c = measure(&docker, &image.reference, &limits, &short)
                 .await
                 .expect("calibration");
@@ -506,12 +510,13 @@ async fn the_knee_is_found_and_rises_with_the_cpu_limit() {
             for s in &c.stages {
                 assert!(s.cpu_cores <= cpus * 1.1, "{s:?}");
             }
+            found += 1;
             if best.as_ref().is_none_or(|b| knee > b.0) {
                 best = Some((knee, c.limited_by.clone()));
             }
         }
         let (knee, limited) = best
-            .unwrap_or_else(|| panic!("neither of two calibrations at {cpus} CPU found a knee"));
+            .unwrap_or_else(|| panic!("none of {tries} calibrations at {cpus} CPU found a knee"));
         knees.push((cpus, knee, limited));
     }
     eprintln!("knees: {knees:?}");
